@@ -1,0 +1,53 @@
+//! Pure domain types and rules of pharox.
+//!
+//! Everything here is plain data and pure functions: no async, no I/O, no
+//! database or runtime crates. Values that come from outside (a proxy, a pool
+//! name, a filter, a lease TTL) are checked by the `validate`/`build` methods
+//! and rejected with a [`ValidationError`] that names the field and the reason.
+//!
+//! ```
+//! use pharox_domain::{PoolId, Proxy, ProxyFilter, ProxyProtocol};
+//!
+//! let pool = PoolId::new();
+//! let proxy = Proxy::from_url(pool, "socks5://user:p%40ss@[2001:db8::1]:1080")?
+//!     .country("AR")
+//!     .build()?;
+//! assert_eq!(proxy.protocol, ProxyProtocol::Socks5);
+//! assert_eq!(proxy.connect_url(), "socks5://user:p%40ss@[2001:db8::1]:1080");
+//! // Display and Debug never show credentials.
+//! assert_eq!(proxy.to_string(), "socks5://[2001:db8::1]:1080");
+//!
+//! let filter = ProxyFilter::new().country("AR").none_of([ProxyFilter::new().isp("BadNet")]);
+//! assert!(filter.matches(&proxy));
+//! # Ok::<(), pharox_domain::ValidationError>(())
+//! ```
+
+mod error;
+mod filter;
+mod health;
+mod ids;
+mod lease;
+mod names;
+mod pool;
+mod proxy;
+mod retry;
+mod selector;
+mod stats;
+
+pub use error::ValidationError;
+pub use filter::{
+    EARTH_RADIUS_KM, GEO_EXACT_TOLERANCE_DEG, MAX_FILTER_DEPTH, MAX_FILTER_NODES, Predicate,
+    ProxyFilter, haversine_km,
+};
+pub use health::{
+    HealthCheckOptions, HealthCheckResult, HealthOutcome, HealthPolicy, HealthRecord,
+    MAX_HEALTH_ATTEMPTS, ProxyHealth,
+};
+pub use ids::{ConsumerId, HealthRecordId, LeaseId, PoolId, ProxyId};
+pub use lease::{Lease, LeaseStatus, MAX_LEASE_TTL, now_micros, truncate_to_micros, validate_ttl};
+pub use names::{MAX_NAME_CHARS, validate_name};
+pub use pool::{Consumer, ProxyPool};
+pub use proxy::{Credentials, Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
+pub use retry::RetryPolicy;
+pub use selector::Selector;
+pub use stats::PoolStats;

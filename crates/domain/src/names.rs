@@ -1,0 +1,42 @@
+use crate::ValidationError;
+
+/// The longest pool or consumer name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Checks a pool or consumer name: not blank, at most [`MAX_NAME_CHARS`]
+/// characters, no control characters.
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    if name.trim().is_empty() {
+        return Err(ValidationError::new(field, "must not be blank"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("pool.name", "residential-eu").is_ok());
+        assert_eq!(
+            validate_name("pool.name", "  ").unwrap_err().field,
+            "pool.name"
+        );
+        assert!(validate_name("pool.name", &"x".repeat(128)).is_ok());
+        assert!(validate_name("pool.name", &"x".repeat(129)).is_err());
+        assert!(validate_name("consumer.name", "a\nb").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! The ports of pharox: what the application needs from the outside world.
+//!
+//! - [`ProxyStorage`]: pools, proxies, consumers, leases and health history.
+//!   Every adapter (in-memory, PostgreSQL, your own) implements it and proves
+//!   it with the `pharox-contract-tests` suite.
+//! - [`Clock`]: the time, injectable so expiry can be tested without sleeping.
+//! - [`HealthProbe`]: one health check through one proxy.
+//!
+//! With the `mock` feature, mockall mocks (`MockProxyStorage`,
+//! `MockHealthProbe`) are generated for unit-testing the application layer.
+
+mod clock;
+mod error;
+mod probe;
+mod storage;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BoxError, StorageError, StorageResult};
+pub use probe::HealthProbe;
+#[cfg(feature = "mock")]
+pub use probe::MockHealthProbe;
+#[cfg(feature = "mock")]
+pub use storage::MockProxyStorage;
+pub use storage::{AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease};
+
+/// The domain crate, re-exported so adapters need one dependency for both.
+pub use pharox_domain as domain;
