@@ -1,0 +1,2 @@
+//! One `pub async fn` per behaviour. Each panics with a message saying what
+//! went wrong when the storage misbehaves.
