@@ -1,1 +1,74 @@
-//! placeholder
+//! pharox: lease proxies from named pools to workers, safely and fast.
+//!
+//! This is the crate applications depend on. It holds the application layer
+//! ([`ProxyManager`] for leasing, [`HealthOrchestrator`] for health checks)
+//! and re-exports the domain types, the ports and, behind cargo features,
+//! the adapters:
+//!
+//! | feature | adapter |
+//! |---|---|
+//! | `memory` (default) | [`MemoryStorage`], in-process |
+//! | `postgres` | `pharox::postgres` (PostgreSQL on SeaORM) |
+//! | `http-probe` | `pharox::http_probe` (HTTP/HTTPS/SOCKS health probe) |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use pharox::{LeaseRequest, MemoryStorage, Proxy, ProxyFilter, ProxyManager, ProxyPool, ProxyStorage, Selector};
+//!
+//! let storage = MemoryStorage::new();
+//! let pool = storage.save_pool(&ProxyPool::new("latam")?).await?;
+//! let proxy = Proxy::from_url(pool.id, "http://user:secret@186.33.123.10:8080")?
+//!     .country("AR")
+//!     .build()?;
+//! storage.save_proxy(&proxy).await?;
+//!
+//! let manager = ProxyManager::new(storage);
+//! let request = LeaseRequest::new("latam")
+//!     .filter(ProxyFilter::new().country("AR"))
+//!     .selector(Selector::LeastUsed);
+//! let answer = manager
+//!     .with_lease(request, |lease| async move {
+//!         // hand lease.proxy.connect_url() to your HTTP client here
+//!         Ok::<_, std::io::Error>(lease.proxy.port)
+//!     })
+//!     .await?;
+//! assert_eq!(answer, 8080);
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod health;
+mod manager;
+pub mod observe;
+
+pub use error::{PharoxError, WithLeaseError};
+pub use health::{
+    HealthCheck, HealthOrchestrator, HealthOrchestratorBuilder, SimulatedProbe, Sweep, SweepSummary,
+};
+pub use manager::{DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, ProxyManager};
+pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+
+pub use pharox_domain as domain;
+pub use pharox_domain::{
+    ConsumerId, Credentials, HealthCheckOptions, HealthCheckResult, HealthPolicy, HealthRecord,
+    Lease, LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
+    ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
+};
+pub use pharox_ports as ports;
+pub use pharox_ports::{
+    AcquireRequest, Clock, HealthProbe, ManualClock, ProxyStorage, ReleaseOutcome, StorageError,
+    SystemClock,
+};
+
+/// The in-memory storage adapter.
+#[cfg(feature = "memory")]
+pub use pharox_adapter_memory::MemoryStorage;
+
+/// The PostgreSQL storage adapter.
+#[cfg(feature = "postgres")]
+pub use pharox_adapter_postgres as postgres;
+
+/// The HTTP/HTTPS/SOCKS health probe.
+#[cfg(feature = "http-probe")]
+pub use pharox_adapter_http_probe as http_probe;

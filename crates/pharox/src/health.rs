@@ -1,0 +1,456 @@
+//! Health checks: the [`HealthOrchestrator`] probes proxies with bounded
+//! concurrency, persists every result through the storage, and streams the
+//! results as they finish.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use pharox_domain::{
+    HealthCheckOptions, HealthCheckResult, HealthPolicy, Proxy, ProxyId, ProxyProtocol,
+    ProxyStatus, ValidationError, now_micros,
+};
+use pharox_ports::{HealthProbe, ProxyStorage};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::PharoxError;
+
+/// Default number of probes in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
+/// One proxy checked and its result persisted.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// The proxy checked.
+    pub proxy_id: ProxyId,
+    /// Its address without credentials (`socks5://10.0.0.1:1080`).
+    pub address: String,
+    /// Its status before the result was applied.
+    pub status_before: ProxyStatus,
+    /// Its status after, or `None` when the proxy was deleted meanwhile.
+    pub status_after: Option<ProxyStatus>,
+    /// What the probe found.
+    pub result: HealthCheckResult,
+}
+
+/// Counts of a sweep's outcomes, built with [`record`](Self::record).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepSummary {
+    /// Results received.
+    pub checked: usize,
+    /// Proxies active afterwards.
+    pub active: usize,
+    /// Proxies slow afterwards.
+    pub slow: usize,
+    /// Proxies inactive afterwards.
+    pub inactive: usize,
+    /// Proxies banned (left banned) afterwards.
+    pub banned: usize,
+    /// Proxies deleted while being checked.
+    pub vanished: usize,
+    /// Checks whose result could not be persisted.
+    pub failed: usize,
+    latencies_ms: Vec<f64>,
+}
+
+impl SweepSummary {
+    /// Counts one item of a sweep.
+    pub fn record(&mut self, item: &Result<HealthCheck, PharoxError>) {
+        self.checked += 1;
+        let check = match item {
+            Ok(check) => check,
+            Err(_) => {
+                self.failed += 1;
+                return;
+            }
+        };
+        if let Some(latency) = check.result.latency_ms {
+            self.latencies_ms.push(latency);
+        }
+        match check.status_after {
+            Some(ProxyStatus::Active) => self.active += 1,
+            Some(ProxyStatus::Slow) => self.slow += 1,
+            Some(ProxyStatus::Inactive) => self.inactive += 1,
+            Some(ProxyStatus::Banned) => self.banned += 1,
+            None => self.vanished += 1,
+        }
+    }
+
+    /// The latency below which `q` (0..=1) of the measured checks fall, in ms.
+    #[must_use]
+    pub fn latency_percentile(&self, q: f64) -> Option<f64> {
+        if self.latencies_ms.is_empty() {
+            return None;
+        }
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = (q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted.get(rank).copied()
+    }
+}
+
+/// The results of a running sweep, as they finish.
+///
+/// Dropping it cancels the sweep: probes still in flight are aborted.
+pub struct Sweep {
+    results: mpsc::Receiver<Result<HealthCheck, PharoxError>>,
+    driver: AbortHandle,
+    total: usize,
+    deadline_hit: Arc<AtomicBool>,
+}
+
+impl Sweep {
+    /// How many proxies the sweep covers.
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the overall deadline stopped the sweep before every proxy was
+    /// checked (meaningful once the stream has ended).
+    #[must_use]
+    pub fn deadline_exceeded(&self) -> bool {
+        self.deadline_hit.load(Ordering::Acquire)
+    }
+
+    /// Drives the sweep to the end and counts the outcomes.
+    pub async fn summarize(mut self) -> SweepSummary {
+        let mut summary = SweepSummary::default();
+        while let Some(item) = self.results.recv().await {
+            summary.record(&item);
+        }
+        summary
+    }
+}
+
+impl Stream for Sweep {
+    type Item = Result<HealthCheck, PharoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.results.poll_recv(cx)
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl std::fmt::Debug for Sweep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweep")
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    storage: Arc<dyn ProxyStorage>,
+    default_probe: Arc<dyn HealthProbe>,
+    probes: HashMap<ProxyProtocol, Arc<dyn HealthProbe>>,
+    options: HealthCheckOptions,
+    protocol_options: HashMap<ProxyProtocol, HealthCheckOptions>,
+    policy: HealthPolicy,
+    concurrency: usize,
+    deadline: Option<Duration>,
+}
+
+impl Inner {
+    async fn check(&self, proxy: &Proxy) -> Result<HealthCheck, PharoxError> {
+        let probe = self
+            .probes
+            .get(&proxy.protocol)
+            .unwrap_or(&self.default_probe);
+        let options = self
+            .protocol_options
+            .get(&proxy.protocol)
+            .unwrap_or(&self.options);
+        let span = tracing::debug_span!("pharox.health.probe", proxy = %proxy.id, protocol = %proxy.protocol);
+        let result = probe.probe(proxy, options).instrument(span).await;
+        let updated = self
+            .storage
+            .apply_health_result(&result, &self.policy)
+            .await?;
+        tracing::debug!(
+            proxy = %proxy.id,
+            verdict = %result.status,
+            status = updated.as_ref().map(|p| p.status.as_str()),
+            latency_ms = result.latency_ms,
+            "health result applied"
+        );
+        Ok(HealthCheck {
+            proxy_id: proxy.id,
+            address: proxy.to_string(),
+            status_before: proxy.status,
+            status_after: updated.map(|p| p.status),
+            result,
+        })
+    }
+}
+
+/// Checks proxies and keeps their status honest.
+///
+/// Each check runs the probe for the proxy's protocol with that protocol's
+/// options, then hands the result to the storage, which applies the
+/// [`HealthPolicy`] atomically (inactive only after N consecutive failures,
+/// slow above the threshold, banned never lifted) and appends a record.
+#[derive(Clone)]
+pub struct HealthOrchestrator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HealthOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthOrchestrator")
+            .field("concurrency", &self.inner.concurrency)
+            .field("deadline", &self.inner.deadline)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthOrchestrator {
+    /// Starts configuring an orchestrator that checks with `probe` and
+    /// persists into `storage`.
+    pub fn builder(
+        storage: Arc<dyn ProxyStorage>,
+        probe: Arc<dyn HealthProbe>,
+    ) -> HealthOrchestratorBuilder {
+        HealthOrchestratorBuilder {
+            inner: Inner {
+                storage,
+                default_probe: probe,
+                probes: HashMap::new(),
+                options: HealthCheckOptions::default(),
+                protocol_options: HashMap::new(),
+                policy: HealthPolicy::default(),
+                concurrency: DEFAULT_CONCURRENCY,
+                deadline: None,
+            },
+        }
+    }
+
+    /// Checks one proxy and persists the result.
+    pub async fn check(&self, proxy: &Proxy) -> Result<HealthCheck, PharoxError> {
+        self.inner.check(proxy).await
+    }
+
+    /// Sweeps every proxy of a pool (see [`sweep`](Self::sweep)).
+    pub async fn sweep_pool(&self, pool_name: &str) -> Result<Sweep, PharoxError> {
+        let pool = self.inner.storage.get_pool_by_name(pool_name).await?;
+        let proxies = self.inner.storage.list_proxies(pool.id).await?;
+        Ok(self.sweep(proxies))
+    }
+
+    /// Checks `proxies` with bounded concurrency, persisting each result;
+    /// the returned stream yields them as they finish. The sweep stops at
+    /// the overall deadline, if one is set. Must be called inside a tokio
+    /// runtime.
+    pub fn sweep(&self, proxies: Vec<Proxy>) -> Sweep {
+        let total = proxies.len();
+        let inner = Arc::clone(&self.inner);
+        let (tx, rx) = mpsc::channel(inner.concurrency);
+        let deadline_hit = Arc::new(AtomicBool::new(false));
+        let hit = Arc::clone(&deadline_hit);
+        let span = tracing::info_span!(
+            "pharox.health.sweep",
+            proxies = total,
+            concurrency = inner.concurrency
+        );
+        let driver = tokio::spawn(drive_sweep(inner, proxies, tx, hit).instrument(span));
+        Sweep {
+            results: rx,
+            driver: driver.abort_handle(),
+            total,
+            deadline_hit,
+        }
+    }
+}
+
+async fn drive_sweep(
+    inner: Arc<Inner>,
+    proxies: Vec<Proxy>,
+    tx: mpsc::Sender<Result<HealthCheck, PharoxError>>,
+    deadline_hit: Arc<AtomicBool>,
+) {
+    let mut queue = proxies.into_iter();
+    // Dropping the set (on return or abort) aborts the probes in flight.
+    let mut in_flight = JoinSet::new();
+    let mut summary = SweepSummary::default();
+    let deadline = async {
+        match inner.deadline {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        while in_flight.len() < inner.concurrency {
+            let Some(proxy) = queue.next() else { break };
+            let inner = Arc::clone(&inner);
+            in_flight.spawn(async move { inner.check(&proxy).await });
+        }
+        let joined = tokio::select! {
+            joined = in_flight.join_next() => joined,
+            () = &mut deadline => {
+                deadline_hit.store(true, Ordering::Release);
+                tracing::warn!(unchecked = in_flight.len() + queue.len(), "sweep deadline reached");
+                break;
+            }
+            () = tx.closed() => {
+                tracing::debug!("sweep cancelled by its consumer");
+                break;
+            }
+        };
+        let Some(joined) = joined else { break };
+        let item = match joined {
+            Ok(item) => item,
+            Err(e) if e.is_panic() => {
+                tracing::error!(error = %e, "health check panicked");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        summary.record(&item);
+        if tx.send(item).await.is_err() {
+            break;
+        }
+    }
+    tracing::info!(
+        checked = summary.checked,
+        active = summary.active,
+        slow = summary.slow,
+        inactive = summary.inactive,
+        banned = summary.banned,
+        vanished = summary.vanished,
+        failed = summary.failed,
+        "sweep finished"
+    );
+}
+
+/// Configures a [`HealthOrchestrator`].
+#[must_use]
+pub struct HealthOrchestratorBuilder {
+    inner: Inner,
+}
+
+impl HealthOrchestratorBuilder {
+    /// Options for every protocol without its own (default:
+    /// [`HealthCheckOptions::default`]).
+    pub fn options(mut self, options: HealthCheckOptions) -> Self {
+        self.inner.options = options;
+        self
+    }
+
+    /// Options for one protocol, replacing the defaults for it.
+    pub fn protocol_options(
+        mut self,
+        protocol: ProxyProtocol,
+        options: HealthCheckOptions,
+    ) -> Self {
+        self.inner.protocol_options.insert(protocol, options);
+        self
+    }
+
+    /// A probe for one protocol, replacing the default probe for it.
+    pub fn protocol_probe(mut self, protocol: ProxyProtocol, probe: Arc<dyn HealthProbe>) -> Self {
+        self.inner.probes.insert(protocol, probe);
+        self
+    }
+
+    /// What results do to a proxy's status (default: inactive after 3
+    /// consecutive failures).
+    pub fn policy(mut self, policy: HealthPolicy) -> Self {
+        self.inner.policy = policy;
+        self
+    }
+
+    /// Probes in flight at once (default 32).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.inner.concurrency = concurrency;
+        self
+    }
+
+    /// Stops a sweep after this long, whatever is left.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.inner.deadline = Some(deadline);
+        self
+    }
+
+    /// Validates the options and builds the orchestrator.
+    pub fn build(self) -> Result<HealthOrchestrator, PharoxError> {
+        if self.inner.concurrency == 0 {
+            return Err(ValidationError::new("health.concurrency", "must be at least 1").into());
+        }
+        if self.inner.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(
+                ValidationError::new("health.deadline", "must be greater than zero").into(),
+            );
+        }
+        self.inner.options.validate()?;
+        for (protocol, options) in &self.inner.protocol_options {
+            options
+                .validate()
+                .map_err(|e| e.within(&format!("protocol_options.{protocol}")))?;
+        }
+        Ok(HealthOrchestrator {
+            inner: Arc::new(self.inner),
+        })
+    }
+}
+
+/// A probe that touches no network: it answers after a fixed latency with a
+/// fixed verdict. For benchmarks (`pharox bench health`) and tests of
+/// everything around the probe.
+#[derive(Debug, Clone)]
+pub struct SimulatedProbe {
+    latency: Duration,
+    verdict: ProxyStatus,
+}
+
+impl SimulatedProbe {
+    /// Answers "active" after `latency`.
+    #[must_use]
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            latency,
+            verdict: ProxyStatus::Active,
+        }
+    }
+
+    /// Answers with this verdict instead (active, slow or inactive).
+    #[must_use]
+    pub fn with_verdict(mut self, verdict: ProxyStatus) -> Self {
+        self.verdict = verdict;
+        self
+    }
+}
+
+#[async_trait]
+impl HealthProbe for SimulatedProbe {
+    async fn probe(&self, proxy: &Proxy, _options: &HealthCheckOptions) -> HealthCheckResult {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let failed = self.verdict == ProxyStatus::Inactive;
+        HealthCheckResult {
+            proxy_id: proxy.id,
+            protocol: proxy.protocol,
+            status: self.verdict,
+            reachable: !failed,
+            latency_ms: (!failed).then(|| self.latency.as_secs_f64() * 1000.0),
+            attempts: 1,
+            http_status: (!failed).then_some(204),
+            checked_at: now_micros(),
+            error: failed.then(|| "simulated failure".to_owned()),
+        }
+    }
+}

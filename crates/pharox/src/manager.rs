@@ -1,0 +1,468 @@
+//! [`ProxyManager`]: acquire, release, renew and scoped leases.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use pharox_domain::{
+    ConsumerId, Lease, LeaseId, PoolStats, ProxyFilter, RetryPolicy, Selector, validate_name,
+    validate_ttl,
+};
+use pharox_ports::{AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, SystemClock};
+use tracing::Instrument;
+
+use crate::observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+use crate::{PharoxError, WithLeaseError};
+
+/// The consumer name used when a request names none.
+pub const DEFAULT_CONSUMER: &str = "default";
+/// The lease time-to-live used when a request sets none: 300 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// What to lease: a pool, and optionally who, for how long, which proxies
+/// and how to choose.
+///
+/// ```
+/// use std::time::Duration;
+/// use pharox::{LeaseRequest, ProxyFilter, Selector};
+/// let request = LeaseRequest::new("residential-eu")
+///     .consumer("crawler-7")
+///     .ttl(Duration::from_secs(60))
+///     .filter(ProxyFilter::new().country("DE"))
+///     .selector(Selector::LeastUsed);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LeaseRequest {
+    pool: String,
+    consumer: Option<String>,
+    ttl: Option<Duration>,
+    filter: ProxyFilter,
+    selector: Selector,
+}
+
+impl LeaseRequest {
+    /// Any proxy of `pool`, for the default consumer and TTL.
+    pub fn new(pool: impl Into<String>) -> Self {
+        Self {
+            pool: pool.into(),
+            consumer: None,
+            ttl: None,
+            filter: ProxyFilter::default(),
+            selector: Selector::default(),
+        }
+    }
+
+    /// Leases on behalf of this consumer (created on first use).
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Holds the lease this long unless released or renewed.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Only proxies matching this filter.
+    pub fn filter(mut self, filter: ProxyFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Chooses among matching proxies this way.
+    pub fn selector(mut self, selector: Selector) -> Self {
+        self.selector = selector;
+        self
+    }
+
+    /// The pool asked for.
+    #[must_use]
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+}
+
+impl From<&str> for LeaseRequest {
+    fn from(pool: &str) -> Self {
+        Self::new(pool)
+    }
+}
+
+impl From<String> for LeaseRequest {
+    fn from(pool: String) -> Self {
+        Self::new(pool)
+    }
+}
+
+/// Settings of a [`ProxyManager`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ManagerConfig {
+    default_consumer: String,
+    default_ttl: Duration,
+    pool_stats_in_events: bool,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            default_consumer: DEFAULT_CONSUMER.to_owned(),
+            default_ttl: DEFAULT_TTL,
+            pool_stats_in_events: false,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// The consumer used when a request names none (default `"default"`).
+    pub fn with_default_consumer(mut self, name: impl Into<String>) -> Self {
+        self.default_consumer = name.into();
+        self
+    }
+
+    /// The TTL used when a request sets none (default 300 s).
+    pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Whether observer events carry pool stats. Off by default: on a
+    /// database it costs one query per acquire and release.
+    pub fn with_pool_stats(mut self, enabled: bool) -> Self {
+        self.pool_stats_in_events = enabled;
+        self
+    }
+
+    fn validate(&self) -> Result<(), PharoxError> {
+        validate_name("default_consumer", &self.default_consumer)?;
+        validate_ttl(self.default_ttl)?;
+        Ok(())
+    }
+}
+
+/// Leases proxies from pools on top of any [`ProxyStorage`].
+///
+/// Cheap to share: wrap it in an `Arc` and hand it to every worker task.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use pharox::{LeaseRequest, MemoryStorage, Proxy, ProxyManager, ProxyPool, ProxyProtocol, ProxyStorage};
+///
+/// let storage = MemoryStorage::new();
+/// let pool = storage.save_pool(&ProxyPool::new("eu")?).await?;
+/// storage
+///     .save_proxy(&Proxy::builder(pool.id, "10.0.0.1", 8080, ProxyProtocol::Http).build()?)
+///     .await?;
+///
+/// let manager = ProxyManager::new(storage);
+/// let lease = manager.acquire("eu").await?.expect("a free proxy");
+/// println!("connect through {}", lease.proxy); // credentials never printed
+/// manager.release(&lease).await?;
+/// # Ok(()) }
+/// ```
+pub struct ProxyManager {
+    storage: Arc<dyn ProxyStorage>,
+    clock: Arc<dyn Clock>,
+    config: ManagerConfig,
+    observers: Vec<Arc<dyn LeaseObserver>>,
+    consumers: RwLock<HashMap<String, ConsumerId>>,
+}
+
+impl std::fmt::Debug for ProxyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyManager")
+            .field("config", &self.config)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyManager {
+    /// A manager over `storage` with the default settings.
+    pub fn new(storage: impl ProxyStorage + 'static) -> Self {
+        Self::from_arc(Arc::new(storage))
+    }
+
+    /// A manager over a shared storage.
+    pub fn from_arc(storage: Arc<dyn ProxyStorage>) -> Self {
+        Self {
+            storage,
+            clock: Arc::new(SystemClock),
+            config: ManagerConfig::default(),
+            observers: Vec::new(),
+            consumers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the settings; fails if the default consumer or TTL is invalid.
+    pub fn with_config(mut self, config: ManagerConfig) -> Result<Self, PharoxError> {
+        config.validate()?;
+        self.config = config;
+        Ok(self)
+    }
+
+    /// Uses this clock for event timestamps and lease durations.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Adds an observer of acquire and release events.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn LeaseObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// The storage underneath.
+    #[must_use]
+    pub fn storage(&self) -> &Arc<dyn ProxyStorage> {
+        &self.storage
+    }
+
+    /// The id of the consumer `name`, created on first use and then cached.
+    pub async fn consumer_id(&self, name: &str) -> Result<ConsumerId, PharoxError> {
+        if let Some(id) = self.consumers.read().get(name) {
+            return Ok(*id);
+        }
+        validate_name("consumer", name)?;
+        let id = self.storage.ensure_consumer(name).await?;
+        self.consumers.write().insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// Leases a proxy, or returns `Ok(None)` when none is free (or the pool
+    /// does not exist). Accepts a pool name or a [`LeaseRequest`].
+    pub async fn acquire(
+        &self,
+        request: impl Into<LeaseRequest>,
+    ) -> Result<Option<Lease>, PharoxError> {
+        let request = request.into();
+        let consumer = request
+            .consumer
+            .as_deref()
+            .unwrap_or(&self.config.default_consumer);
+        let ttl = request.ttl.unwrap_or(self.config.default_ttl);
+        // Validate before anything is created (the consumer included).
+        validate_name("pool", &request.pool)?;
+        validate_ttl(ttl)?;
+        request.filter.validate()?;
+        let consumer_id = self.consumer_id(consumer).await?;
+
+        let observed = !self.observers.is_empty();
+        let started_at = observed.then(|| self.clock.now());
+        let storage_request = AcquireRequest {
+            pool_name: request.pool,
+            consumer_id,
+            ttl,
+            filter: request.filter,
+            selector: request.selector,
+        };
+        let span = tracing::debug_span!(
+            "pharox.acquire",
+            pool = %storage_request.pool_name,
+            consumer,
+            selector = %storage_request.selector,
+        );
+        let lease = self
+            .storage
+            .acquire(&storage_request)
+            .instrument(span)
+            .await?;
+        match &lease {
+            Some(lease) => tracing::debug!(
+                pool = %storage_request.pool_name,
+                lease = %lease.id,
+                proxy = %lease.proxy_id,
+                "proxy leased"
+            ),
+            None => tracing::debug!(pool = %storage_request.pool_name, "no proxy available"),
+        }
+
+        if let Some(started_at) = started_at {
+            let stats = self.stats_for_event(&storage_request.pool_name).await;
+            let completed_at = self.clock.now();
+            let event = AcquireEvent {
+                pool_name: &storage_request.pool_name,
+                consumer,
+                filter: &storage_request.filter,
+                selector: storage_request.selector,
+                lease: lease.as_ref(),
+                started_at,
+                completed_at,
+                duration: (completed_at - started_at).try_into().unwrap_or_default(),
+                pool_stats: stats.as_ref(),
+            };
+            self.observers.iter().for_each(|o| o.on_acquire(&event));
+        }
+        Ok(lease)
+    }
+
+    /// Like [`acquire`](Self::acquire), but when nothing is free (or the
+    /// storage fails in a retryable way) waits per `policy` and tries again,
+    /// up to `policy.max_attempts()` attempts in all. Non-retryable errors
+    /// return at once.
+    pub async fn acquire_with_retry(
+        &self,
+        request: impl Into<LeaseRequest>,
+        policy: &RetryPolicy,
+    ) -> Result<Option<Lease>, PharoxError> {
+        let request = request.into();
+        let mut attempt = 1;
+        loop {
+            let outcome = self.acquire(request.clone()).await;
+            let last = attempt >= policy.max_attempts();
+            match outcome {
+                Ok(Some(lease)) => return Ok(Some(lease)),
+                Ok(None) if last => return Ok(None),
+                Err(e) if last || !e.is_retryable() => return Err(e),
+                Ok(None) | Err(_) => {}
+            }
+            let delay = policy.delay_after(attempt);
+            tracing::debug!(pool = %request.pool, attempt, ?delay, "acquire retry");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Releases a lease. Idempotent: a second release reports
+    /// [`ReleaseOutcome::AlreadyReleased`].
+    pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome, PharoxError> {
+        self.release_id(lease.id).await
+    }
+
+    /// Releases a lease by id (see [`release`](Self::release)).
+    pub async fn release_id(&self, lease_id: LeaseId) -> Result<ReleaseOutcome, PharoxError> {
+        let span = tracing::debug_span!("pharox.release", lease = %lease_id);
+        let outcome = self.storage.release(lease_id).instrument(span).await?;
+        if let ReleaseOutcome::Released(released) = &outcome {
+            tracing::debug!(lease = %lease_id, proxy = %released.proxy_id, "lease released");
+            if !self.observers.is_empty() {
+                let stats = match self.config.pool_stats_in_events {
+                    true => self.stats_for_pool_id(released).await,
+                    false => None,
+                };
+                let event = ReleaseEvent {
+                    lease_id,
+                    proxy_id: released.proxy_id,
+                    pool_id: released.pool_id,
+                    consumer_id: released.consumer_id,
+                    released_at: released.released_at,
+                    lease_duration: (released.released_at - released.acquired_at)
+                        .try_into()
+                        .unwrap_or_default(),
+                    pool_stats: stats.as_ref(),
+                };
+                self.observers.iter().for_each(|o| o.on_release(&event));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Extends a lease to now + `ttl`.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, PharoxError> {
+        validate_ttl(ttl)?;
+        Ok(self.storage.renew(lease.id, ttl).await?)
+    }
+
+    /// Leases a proxy, runs `task` with the lease, and releases it afterwards
+    /// whether the task succeeds, fails, panics or is cancelled.
+    ///
+    /// No free proxy gives [`PharoxError::NoProxyAvailable`]. When the task
+    /// succeeded but the release failed, the release error is returned; when
+    /// the task failed, its error wins (the release failure is logged).
+    pub async fn with_lease<T, E, F, Fut>(
+        &self,
+        request: impl Into<LeaseRequest>,
+        task: F,
+    ) -> Result<T, WithLeaseError<E>>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let request = request.into();
+        let pool = request.pool.clone();
+        let lease = self
+            .acquire(request)
+            .await?
+            .ok_or(PharoxError::NoProxyAvailable { pool })?;
+        let lease_id = lease.id;
+        let mut guard = ReleaseOnDrop {
+            storage: Arc::clone(&self.storage),
+            lease_id,
+            armed: true,
+        };
+        let outcome = task(lease).await;
+        guard.armed = false;
+        let released = self.release_id(lease_id).await;
+        match (outcome, released) {
+            (Ok(value), Ok(_)) => Ok(value),
+            (Ok(_), Err(e)) => Err(WithLeaseError::Pharox(e)),
+            (Err(task_error), released) => {
+                if let Err(e) = released {
+                    tracing::warn!(lease = %lease_id, error = %e, "release after failed task failed");
+                }
+                Err(WithLeaseError::Task(task_error))
+            }
+        }
+    }
+
+    /// The pool's current stats.
+    pub async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats, PharoxError> {
+        Ok(self.storage.pool_stats(pool_name).await?)
+    }
+
+    async fn stats_for_event(&self, pool_name: &str) -> Option<PoolStats> {
+        if !self.config.pool_stats_in_events {
+            return None;
+        }
+        match self.storage.pool_stats(pool_name).await {
+            Ok(stats) => Some(stats),
+            Err(e) => {
+                tracing::debug!(pool = %pool_name, error = %e, "pool stats for event unavailable");
+                None
+            }
+        }
+    }
+
+    async fn stats_for_pool_id(&self, released: &pharox_ports::ReleasedLease) -> Option<PoolStats> {
+        let pool = self.storage.get_pool(released.pool_id).await.ok()?;
+        self.stats_for_event(&pool.name).await
+    }
+}
+
+/// Releases the lease in a background task if the scope that holds it ends
+/// early (panic or cancellation), so capacity comes back before expiry.
+struct ReleaseOnDrop {
+    storage: Arc<dyn ProxyStorage>,
+    lease_id: LeaseId,
+    armed: bool,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let lease_id = self.lease_id;
+        let storage = Arc::clone(&self.storage);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = storage.release(lease_id).await {
+                        tracing::warn!(lease = %lease_id, error = %e, "release after abandoned task failed");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(lease = %lease_id, "no runtime to release an abandoned lease; it will expire")
+            }
+        }
+    }
+}
