@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -171,6 +171,8 @@ pub struct ProxyManager {
     config: ManagerConfig,
     observers: Vec<Arc<dyn LeaseObserver>>,
     consumers: RwLock<HashMap<String, ConsumerId>>,
+    /// The default consumer's id, read without a lock on the hot path.
+    default_consumer_id: OnceLock<ConsumerId>,
 }
 
 impl std::fmt::Debug for ProxyManager {
@@ -196,6 +198,7 @@ impl ProxyManager {
             config: ManagerConfig::default(),
             observers: Vec::new(),
             consumers: RwLock::new(HashMap::new()),
+            default_consumer_id: OnceLock::new(),
         }
     }
 
@@ -203,6 +206,7 @@ impl ProxyManager {
     pub fn with_config(mut self, config: ManagerConfig) -> Result<Self, PharoxError> {
         config.validate()?;
         self.config = config;
+        self.default_consumer_id = OnceLock::new();
         Ok(self)
     }
 
@@ -228,11 +232,18 @@ impl ProxyManager {
 
     /// The id of the consumer `name`, created on first use and then cached.
     pub async fn consumer_id(&self, name: &str) -> Result<ConsumerId, PharoxError> {
+        let is_default = name == self.config.default_consumer;
+        if is_default && let Some(id) = self.default_consumer_id.get() {
+            return Ok(*id);
+        }
         if let Some(id) = self.consumers.read().get(name) {
             return Ok(*id);
         }
         validate_name("consumer", name)?;
         let id = self.storage.ensure_consumer(name).await?;
+        if is_default {
+            let _ = self.default_consumer_id.set(id);
+        }
         self.consumers.write().insert(name.to_owned(), id);
         Ok(id)
     }

@@ -1,0 +1,335 @@
+//! Finding a PostgreSQL server for the tests, in this order:
+//!
+//! 1. `PHAROX_DATABASE_URL`, when set (a failure to connect is an error);
+//! 2. the server at 127.0.0.1:5432 as user `postgres`, when one answers;
+//! 3. a throwaway cluster made with the machine's own `initdb`/`pg_ctl` in a
+//!    temporary folder on a free port, stopped and removed afterwards;
+//! 4. otherwise the run fails and says how to get PostgreSQL.
+//!
+//! Each run then creates a database with a unique name and drops it at the
+//! end, so runs never see each other's data.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pharox_migration::sea_orm_migration::sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+};
+
+const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+const HOW_TO_GET_POSTGRES: &str = "no PostgreSQL server for the tests.
+  The PostgreSQL adapter's tests need a real server; they are never skipped. Either
+  - set PHAROX_DATABASE_URL=postgres://user:pass@host:5432/db (a role that may CREATE DATABASE), or
+  - run a server on 127.0.0.1:5432 that accepts user postgres (e.g. apt-get install postgresql), or
+  - install the server binaries (initdb, pg_ctl on PATH or in /usr/lib/postgresql/*/bin) so a
+    throwaway cluster can be started.";
+
+/// Connects with a short timeout and SQL logging off.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, String> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(2)
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|e| {
+        format!(
+            "cannot connect to PostgreSQL: {}",
+            redact(&e.to_string(), url)
+        )
+    })
+}
+
+/// Removes the URL's password from a message.
+fn redact(message: &str, url: &str) -> String {
+    match password_of(url) {
+        Some(password) if !password.is_empty() => message.replace(password, "***"),
+        _ => message.to_owned(),
+    }
+}
+
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    Some(userinfo.split_once(':')?.1)
+}
+
+/// A server the tests may use, and the cluster to stop if we started one.
+pub struct Server {
+    admin_url: String,
+    cluster: Option<Cluster>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    /// Finds or starts a server (see the module docs).
+    pub fn find_or_start() -> Result<Self, String> {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        if let Ok(url) = std::env::var("PHAROX_DATABASE_URL") {
+            runtime
+                .block_on(connect(&url))
+                .map_err(|e| format!("PHAROX_DATABASE_URL: {e}"))?;
+            return Ok(Self {
+                admin_url: url,
+                cluster: None,
+                runtime,
+            });
+        }
+        if runtime.block_on(connect(LOCAL_URL)).is_ok() {
+            return Ok(Self {
+                admin_url: LOCAL_URL.to_owned(),
+                cluster: None,
+                runtime,
+            });
+        }
+        let cluster = Cluster::start().map_err(|e| format!("{e}\n{HOW_TO_GET_POSTGRES}"))?;
+        let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+        runtime
+            .block_on(connect(&admin_url))
+            .map_err(|e| format!("the throwaway cluster does not answer: {e}"))?;
+        Ok(Self {
+            admin_url,
+            cluster: Some(cluster),
+            runtime,
+        })
+    }
+
+    /// Where the server is, without secrets.
+    pub fn describe(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => format!(
+                "throwaway cluster on port {} in {}",
+                cluster.port,
+                cluster.dir.display()
+            ),
+            None => redact(&self.admin_url, &self.admin_url),
+        }
+    }
+
+    /// Creates a uniquely named database, dropped when the guard is.
+    pub fn create_test_database(&self) -> Result<TestDatabase<'_>, String> {
+        let name = format!("pharox_test_{}", uuid::Uuid::new_v4().simple());
+        self.runtime.block_on(async {
+            let db = connect(&self.admin_url).await?;
+            db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .map_err(|e| format!("cannot create the test database: {e}"))
+        })?;
+        let url = with_database(&self.admin_url, &name);
+        Ok(TestDatabase {
+            server: self,
+            name,
+            url,
+        })
+    }
+}
+
+/// Replaces the database part of a URL, keeping the query.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A database created for one run.
+pub struct TestDatabase<'a> {
+    server: &'a Server,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase<'_> {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase<'_> {
+    fn drop(&mut self) {
+        let outcome = self.server.runtime.block_on(async {
+            let db = connect(&self.server.admin_url).await?;
+            db.execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .map_err(|e| e.to_string())
+        });
+        if let Err(e) = outcome {
+            eprintln!("xtask: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// A cluster started by us, stopped and deleted on drop.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    pg_ctl: PathBuf,
+    run_as_postgres: bool,
+}
+
+impl Cluster {
+    fn start() -> Result<Self, String> {
+        let initdb = find_binary("initdb").ok_or("initdb not found")?;
+        let pg_ctl = find_binary("pg_ctl").ok_or("pg_ctl not found")?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("pharox-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // PostgreSQL refuses to run as root: hand the folder to `postgres`.
+        let run_as_postgres = is_root();
+        if run_as_postgres {
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                false,
+            )?;
+        }
+        let data = dir.join("data");
+        let cluster = Self {
+            dir,
+            port,
+            pg_ctl,
+            run_as_postgres,
+        };
+        run(
+            Command::new(&initdb)
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+            run_as_postgres,
+        )?;
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            cluster.dir.display()
+        );
+        run(
+            Command::new(&cluster.pg_ctl)
+                .args(["-w", "-t", "30", "-D"])
+                .arg(&data)
+                .args(["-l"])
+                .arg(cluster.dir.join("server.log"))
+                .args(["-o", &options, "start"]),
+            run_as_postgres,
+        )?;
+        println!("xtask: started a throwaway PostgreSQL cluster on port {port}");
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let stopped = run(
+            Command::new(&self.pg_ctl)
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("stop"),
+            self.run_as_postgres,
+        );
+        if let Err(e) = stopped {
+            eprintln!("xtask: could not stop the throwaway cluster: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs a command (as `postgres` when asked), failing with its output.
+fn run(command: &mut Command, as_postgres: bool) -> Result<(), String> {
+    let mut command = if as_postgres {
+        let mut wrapped = Command::new("runuser");
+        wrapped
+            .args(["-u", "postgres", "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    } else {
+        std::mem::replace(command, Command::new("true"))
+    };
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} failed: {}{}",
+            command.get_program(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    on_path.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+            .filter(|p| Path::new(p).is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_rewritten_and_redacted() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
+        assert_eq!(
+            redact(
+                "failed for postgres://u:s3cret@h/db",
+                "postgres://u:s3cret@h/db"
+            ),
+            "failed for postgres://u:***@h/db"
+        );
+    }
+}
