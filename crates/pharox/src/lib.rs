@@ -72,3 +72,8 @@ pub use pharox_adapter_postgres as postgres;
 /// The HTTP/HTTPS/SOCKS health probe.
 #[cfg(feature = "http-probe")]
 pub use pharox_adapter_http_probe as http_probe;
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
