@@ -1,0 +1,595 @@
+//! Connection settings: from a DSN, from environment variables, or by hand.
+
+use std::fmt;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+/// How the connection uses TLS (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// Plain first, TLS if the server insists.
+    Allow,
+    /// TLS if the server offers it, else plain (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, without checking the certificate.
+    Require,
+    /// TLS, with the certificate checked against the trusted CAs.
+    VerifyCa,
+    /// TLS, with the certificate and the host name checked.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling (`"verify-full"`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "disable" => Ok(Self::Disable),
+            "allow" => Ok(Self::Allow),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" | "verify_ca" => Ok(Self::VerifyCa),
+            "verify-full" | "verify_full" => Ok(Self::VerifyFull),
+            _ => Err(ConfigError::invalid(
+                "sslmode",
+                "must be one of disable, allow, prefer, require, verify-ca, verify-full",
+            )),
+        }
+    }
+}
+
+impl From<SslMode> for sea_orm::sqlx::postgres::PgSslMode {
+    fn from(mode: SslMode) -> Self {
+        match mode {
+            SslMode::Disable => Self::Disable,
+            SslMode::Allow => Self::Allow,
+            SslMode::Prefer => Self::Prefer,
+            SslMode::Require => Self::Require,
+            SslMode::VerifyCa => Self::VerifyCa,
+            SslMode::VerifyFull => Self::VerifyFull,
+        }
+    }
+}
+
+/// A configuration value was missing or wrong. Never contains a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither a DSN nor a host was given.
+    #[error(
+        "no database configured: set PHAROX_DATABASE_URL (postgres://user:pass@host:5432/db) \
+         or PHAROX_PG_HOST and friends"
+    )]
+    Missing,
+    /// A value could not be used.
+    #[error("invalid database setting {field}: {reason}")]
+    Invalid {
+        /// The setting (a DSN part, a query parameter or an env var name).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where the database is and how to pool connections to it.
+///
+/// Build it with [`from_dsn`](Self::from_dsn), [`from_env`](Self::from_env)
+/// or [`new`](Self::new) and adjust the public fields. `Debug` and `Display`
+/// never show the password (`Display` gives the DSN with `***` for it).
+#[derive(Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port (default 5432).
+    pub port: u16,
+    /// Database name (default: the user name).
+    pub database: String,
+    /// User name (default `postgres`).
+    pub user: String,
+    /// Password, if the server asks for one. Never printed.
+    pub password: Option<String>,
+    /// TLS mode (default prefer).
+    pub ssl_mode: SslMode,
+    /// Schema to use: becomes the session's `search_path` (sent at
+    /// connection start-up, no extra round trip). `None`: the server's default.
+    pub schema: Option<String>,
+    /// `application_name` reported to the server (default `pharox`).
+    pub application_name: Option<String>,
+    /// Most pooled connections (default 10).
+    pub max_connections: u32,
+    /// Connections kept open even when idle (default 0).
+    pub min_connections: u32,
+    /// Limit for opening the first connection in [`PostgresStorage::connect`](crate::PostgresStorage::connect)
+    /// (default 10 s).
+    pub connect_timeout: Duration,
+    /// Limit for getting a connection from the pool, including opening a new
+    /// one (default 10 s).
+    pub acquire_timeout: Duration,
+    /// Close connections idle this long (default 10 min; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old (default 30 min; `None`: never).
+    pub max_lifetime: Option<Duration>,
+    /// Ping every connection before handing it out (default false: that is
+    /// one more round trip per call; a dead connection instead fails the
+    /// call with a retryable [`StorageError::Unavailable`](pharox_ports::StorageError::Unavailable)).
+    pub test_before_acquire: bool,
+    /// Log every SQL statement (default false). Bind values are not logged.
+    pub sql_logging: bool,
+    /// Level of the statement log when `sql_logging` is on (default debug).
+    pub sql_log_level: tracing::Level,
+}
+
+/// The environment variable with a full DSN.
+pub const ENV_DATABASE_URL: &str = "PHAROX_DATABASE_URL";
+
+impl PostgresConfig {
+    /// Settings for `user@host/database` with the default pool tuning.
+    pub fn new(
+        host: impl Into<String>,
+        database: impl Into<String>,
+        user: impl Into<String>,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port: 5432,
+            database: database.into(),
+            user: user.into(),
+            password: None,
+            ssl_mode: SslMode::Prefer,
+            schema: None,
+            application_name: Some("pharox".to_owned()),
+            max_connections: 10,
+            min_connections: 0,
+            connect_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            test_before_acquire: false,
+            sql_logging: false,
+            sql_log_level: tracing::Level::DEBUG,
+        }
+    }
+
+    /// Sets the password.
+    #[must_use]
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the schema (the session's `search_path`).
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Sets the pool size.
+    #[must_use]
+    pub fn with_max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Parses `postgres://user:pass@host:5432/db?sslmode=require` (also
+    /// `postgresql://` and the Python `postgresql+psycopg://` spelling).
+    /// User and password are percent-decoded.
+    ///
+    /// Query parameters: `sslmode`, `application_name`, `schema` (or
+    /// `search_path`, or `options=-csearch_path=...`), and the pool tuning
+    /// `max_connections`, `min_connections`, `connect_timeout`,
+    /// `acquire_timeout`, `idle_timeout`, `max_lifetime` (seconds; `0` for
+    /// none on the last two), `test_before_acquire`, `sql_log` (off, error,
+    /// warn, info, debug, trace). Unknown parameters are rejected.
+    pub fn from_dsn(dsn: &str) -> Result<Self, ConfigError> {
+        let dsn = dsn.trim();
+        let (scheme, _) = dsn.split_once("://").ok_or_else(|| {
+            ConfigError::invalid("dsn", "must look like postgres://user:pass@host:5432/db")
+        })?;
+        let base_scheme = scheme.split('+').next().unwrap_or(scheme);
+        if !matches!(base_scheme, "postgres" | "postgresql") {
+            return Err(ConfigError::invalid(
+                "dsn",
+                "scheme must be postgres:// or postgresql://",
+            ));
+        }
+        // Normalise the scheme so the URL parser treats it the same way.
+        let normalised = format!("postgres{}", &dsn[scheme.len()..]);
+        let url = url::Url::parse(&normalised).map_err(|e| {
+            // url's messages never echo the input.
+            ConfigError::invalid("dsn", format!("is not a valid URL ({e})"))
+        })?;
+        let host = match url.host() {
+            Some(url::Host::Ipv6(addr)) => addr.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(ConfigError::invalid("dsn.host", "is missing")),
+        };
+        let decode = |part: &str, field: &str| {
+            percent_decode_str(part)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| ConfigError::invalid(field, "is not valid percent-encoded UTF-8"))
+        };
+        let user = if url.username().is_empty() {
+            "postgres".to_owned()
+        } else {
+            decode(url.username(), "dsn.user")?
+        };
+        let password = url
+            .password()
+            .map(|p| decode(p, "dsn.password"))
+            .transpose()?;
+        let path = url.path().trim_start_matches('/');
+        let database = if path.is_empty() {
+            user.clone()
+        } else {
+            decode(path, "dsn.database")?
+        };
+        let mut config = Self::new(host, database, user);
+        config.password = password;
+        if let Some(port) = url.port() {
+            config.port = port;
+        }
+        for (key, value) in url.query_pairs() {
+            config.apply_param(&key, &value)?;
+        }
+        Ok(config)
+    }
+
+    /// Reads the process environment (see [`from_lookup`](Self::from_lookup)).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (an environment, or a map in tests):
+    ///
+    /// - `PHAROX_DATABASE_URL`: a full DSN (see [`from_dsn`](Self::from_dsn)); or
+    /// - `PHAROX_PG_HOST` (required without a DSN), `PHAROX_PG_PORT`,
+    ///   `PHAROX_PG_DATABASE`, `PHAROX_PG_USER`, `PHAROX_PG_PASSWORD`,
+    ///   `PHAROX_PG_SSLMODE`, `PHAROX_PG_SCHEMA`;
+    /// - on top of either: `PHAROX_PG_MAX_CONNECTIONS`,
+    ///   `PHAROX_PG_MIN_CONNECTIONS`, `PHAROX_PG_CONNECT_TIMEOUT`,
+    ///   `PHAROX_PG_ACQUIRE_TIMEOUT`, `PHAROX_PG_IDLE_TIMEOUT`,
+    ///   `PHAROX_PG_MAX_LIFETIME` (seconds), `PHAROX_PG_TEST_BEFORE_ACQUIRE`,
+    ///   `PHAROX_PG_SQL_LOG`, `PHAROX_PG_APPLICATION_NAME`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut config = if let Some(dsn) = get(ENV_DATABASE_URL) {
+            Self::from_dsn(&dsn).map_err(|e| match e {
+                ConfigError::Invalid { field, reason } => ConfigError::Invalid {
+                    field: format!("{ENV_DATABASE_URL} ({field})"),
+                    reason,
+                },
+                other => other,
+            })?
+        } else {
+            let host = get("PHAROX_PG_HOST").ok_or(ConfigError::Missing)?;
+            let user = get("PHAROX_PG_USER").unwrap_or_else(|| "postgres".to_owned());
+            let database = get("PHAROX_PG_DATABASE").unwrap_or_else(|| user.clone());
+            let mut config = Self::new(host, database, user);
+            config.password = lookup("PHAROX_PG_PASSWORD").filter(|p| !p.is_empty());
+            if let Some(port) = get("PHAROX_PG_PORT") {
+                config.port = parse_num("PHAROX_PG_PORT", &port)?;
+            }
+            if let Some(mode) = get("PHAROX_PG_SSLMODE") {
+                config.ssl_mode = mode
+                    .parse()
+                    .map_err(|_| ConfigError::invalid("PHAROX_PG_SSLMODE", "unknown sslmode"))?;
+            }
+            config.schema = get("PHAROX_PG_SCHEMA");
+            config
+        };
+        for (var, param) in [
+            ("PHAROX_PG_MAX_CONNECTIONS", "max_connections"),
+            ("PHAROX_PG_MIN_CONNECTIONS", "min_connections"),
+            ("PHAROX_PG_CONNECT_TIMEOUT", "connect_timeout"),
+            ("PHAROX_PG_ACQUIRE_TIMEOUT", "acquire_timeout"),
+            ("PHAROX_PG_IDLE_TIMEOUT", "idle_timeout"),
+            ("PHAROX_PG_MAX_LIFETIME", "max_lifetime"),
+            ("PHAROX_PG_TEST_BEFORE_ACQUIRE", "test_before_acquire"),
+            ("PHAROX_PG_SQL_LOG", "sql_log"),
+            ("PHAROX_PG_APPLICATION_NAME", "application_name"),
+        ] {
+            if let Some(value) = get(var) {
+                config.apply_param(param, &value).map_err(|e| match e {
+                    ConfigError::Invalid { reason, .. } => ConfigError::Invalid {
+                        field: var.to_owned(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+            }
+        }
+        Ok(config)
+    }
+
+    fn apply_param(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let value = value.trim();
+        match key {
+            "sslmode" => self.ssl_mode = value.parse()?,
+            "application_name" => self.application_name = Some(value.to_owned()),
+            "schema" | "search_path" | "currentSchema" => self.schema = Some(value.to_owned()),
+            "options" => {
+                let rest = value
+                    .trim_start_matches("-c")
+                    .trim_start_matches(" ")
+                    .strip_prefix("search_path=")
+                    .ok_or_else(|| {
+                        ConfigError::invalid("options", "only -csearch_path=<schema> is supported")
+                    })?;
+                self.schema = Some(rest.to_owned());
+            }
+            "max_connections" => self.max_connections = parse_num(key, value)?,
+            "min_connections" => self.min_connections = parse_num(key, value)?,
+            "connect_timeout" => self.connect_timeout = parse_secs(key, value)?,
+            "acquire_timeout" => self.acquire_timeout = parse_secs(key, value)?,
+            "idle_timeout" => {
+                self.idle_timeout = Some(parse_secs(key, value)?).filter(|d| !d.is_zero());
+            }
+            "max_lifetime" => {
+                self.max_lifetime = Some(parse_secs(key, value)?).filter(|d| !d.is_zero());
+            }
+            "test_before_acquire" => self.test_before_acquire = parse_bool(key, value)?,
+            "sql_log" => match value.to_ascii_lowercase().as_str() {
+                "off" | "false" | "0" | "none" => self.sql_logging = false,
+                level => {
+                    self.sql_log_level = level.parse().map_err(|_| {
+                        ConfigError::invalid(key, "must be off, error, warn, info, debug or trace")
+                    })?;
+                    self.sql_logging = true;
+                }
+            },
+            other => {
+                return Err(ConfigError::invalid(
+                    format!("dsn parameter {other:?}"),
+                    "is not supported",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the pool tuning.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::invalid("host", "must not be blank"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid("max_connections", "must be at least 1"));
+        }
+        if self.min_connections > self.max_connections {
+            return Err(ConfigError::invalid(
+                "min_connections",
+                "must not exceed max_connections",
+            ));
+        }
+        if self.connect_timeout.is_zero() || self.acquire_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "timeout",
+                "connect and acquire timeouts must be greater than zero",
+            ));
+        }
+        if let Some(schema) = &self.schema
+            && (schema.trim().is_empty() || schema.contains(['\0', ' ', '\\']))
+        {
+            return Err(ConfigError::invalid(
+                "schema",
+                "must be a schema name without spaces or backslashes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The DSN with the password replaced by `***`: safe to log.
+    #[must_use]
+    pub fn redacted_dsn(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let auth = match self.password {
+            Some(_) => format!("{}:***", self.user),
+            None => self.user.clone(),
+        };
+        let mut dsn = format!(
+            "postgres://{auth}@{host}:{}/{}?sslmode={}",
+            self.port, self.database, self.ssl_mode
+        );
+        if let Some(schema) = &self.schema {
+            dsn.push_str("&schema=");
+            dsn.push_str(schema);
+        }
+        dsn
+    }
+}
+
+impl fmt::Display for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_dsn())
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ssl_mode", &self.ssl_mode)
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("test_before_acquire", &self.test_before_acquire)
+            .field("sql_logging", &self.sql_logging)
+            .field("sql_log_level", &self.sql_log_level)
+            .finish()
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(field, "must be a whole number"))
+}
+
+fn parse_secs(field: &str, value: &str) -> Result<Duration, ConfigError> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(field, "must be a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| ConfigError::invalid(field, "must be a non-negative number of seconds"))
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::invalid(field, "must be true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_round_trip_and_redaction() {
+        let c = PostgresConfig::from_dsn(
+            "postgresql+psycopg://alice:s%40cr3t-pw@[::1]:6543/pharox?sslmode=require&max_connections=32&idle_timeout=0&schema=app&sql_log=info",
+        )
+        .unwrap();
+        assert_eq!(c.host, "::1");
+        assert_eq!(c.port, 6543);
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.password.as_deref(), Some("s@cr3t-pw"));
+        assert_eq!(c.database, "pharox");
+        assert_eq!(c.ssl_mode, SslMode::Require);
+        assert_eq!(c.max_connections, 32);
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.schema.as_deref(), Some("app"));
+        assert!(c.sql_logging);
+        assert_eq!(c.sql_log_level, tracing::Level::INFO);
+        for shown in [format!("{c:?}"), c.to_string(), c.redacted_dsn()] {
+            assert!(!shown.contains("s@cr3t"), "{shown}");
+            assert!(!shown.contains("s%40cr3t"), "{shown}");
+        }
+        assert_eq!(
+            c.to_string(),
+            "postgres://alice:***@[::1]:6543/pharox?sslmode=require&schema=app"
+        );
+    }
+
+    #[test]
+    fn dsn_defaults_and_errors() {
+        let c = PostgresConfig::from_dsn("postgres://db.internal").unwrap();
+        assert_eq!((c.user.as_str(), c.database.as_str(), c.port), ("postgres", "postgres", 5432));
+        assert_eq!(c.password, None);
+        assert!(!c.test_before_acquire);
+        for bad in [
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h/db?sslmode=sometimes",
+            "postgres://u:hunter2@h/db?bogus=1",
+            "postgres://u:hunter2@h:99999/db",
+            "no scheme hunter2",
+        ] {
+            let e = PostgresConfig::from_dsn(bad).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn env_lookup() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let c = PostgresConfig::from_lookup(env(&[
+            ("PHAROX_PG_HOST", "10.1.2.3"),
+            ("PHAROX_PG_PORT", "5433"),
+            ("PHAROX_PG_DATABASE", "proxies"),
+            ("PHAROX_PG_USER", "svc"),
+            ("PHAROX_PG_PASSWORD", "topsecret"),
+            ("PHAROX_PG_SSLMODE", "verify-full"),
+            ("PHAROX_PG_MAX_CONNECTIONS", "4"),
+            ("PHAROX_PG_ACQUIRE_TIMEOUT", "2.5"),
+            ("PHAROX_PG_TEST_BEFORE_ACQUIRE", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.host, "10.1.2.3");
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.database, "proxies");
+        assert_eq!(c.password.as_deref(), Some("topsecret"));
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.max_connections, 4);
+        assert_eq!(c.acquire_timeout, Duration::from_millis(2500));
+        assert!(c.test_before_acquire);
+        assert!(!format!("{c:?}").contains("topsecret"));
+
+        let c = PostgresConfig::from_lookup(env(&[
+            ("PHAROX_DATABASE_URL", "postgres://u:pw-from-url@h/db"),
+            ("PHAROX_PG_HOST", "ignored"),
+            ("PHAROX_PG_MAX_CONNECTIONS", "3"),
+        ]))
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.max_connections), ("h", 3));
+
+        assert_eq!(
+            PostgresConfig::from_lookup(env(&[])).unwrap_err(),
+            ConfigError::Missing
+        );
+        let e = PostgresConfig::from_lookup(env(&[
+            ("PHAROX_DATABASE_URL", "postgres://u:pw-from-url@h/db"),
+            ("PHAROX_PG_MAX_CONNECTIONS", "many"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("PHAROX_PG_MAX_CONNECTIONS"), "{e}");
+        assert!(!e.to_string().contains("pw-from-url"), "{e}");
+    }
+}

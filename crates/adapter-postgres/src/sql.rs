@@ -1,0 +1,433 @@
+//! Compiling filters and selectors to SQL, and the statements built from
+//! them. Every value goes in as a bind parameter; only fixed SQL text and
+//! parameter numbers are ever formatted into a statement.
+
+use std::fmt::Write as _;
+
+use pharox_domain::{EARTH_RADIUS_KM, GEO_EXACT_TOLERANCE_DEG, ProxyFilter, Selector};
+use sea_orm::sqlx::postgres::{PgArguments, Postgres};
+use sea_orm::sqlx::query::Query;
+
+/// A bind value of a compiled filter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// What a predicate node compiles to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Predicates {
+    /// Every predicate counts as true (the semantics of
+    /// `ProxyFilter::matches_without_predicates`).
+    AsTrue,
+    /// Predicates become TRUE where the node counts positively and FALSE
+    /// under an odd number of `none_of`, so the SQL selects a superset of
+    /// what `ProxyFilter::matches` accepts.
+    Superset,
+}
+
+/// Bind values collected while compiling, numbered after the statement's
+/// fixed parameters.
+#[derive(Debug)]
+pub(crate) struct Binds {
+    offset: usize,
+    pub(crate) args: Vec<Arg>,
+}
+
+impl Binds {
+    /// Binds numbered from `$fixed + 1`.
+    pub(crate) fn after(fixed: usize) -> Self {
+        Self {
+            offset: fixed,
+            args: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.offset + self.args.len())
+    }
+
+    /// Binds the collected values onto `query`, in order.
+    pub(crate) fn bind_to<'q>(
+        &self,
+        mut query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        for arg in &self.args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s.clone()),
+                Arg::Int(i) => query.bind(*i),
+                Arg::Float(f) => query.bind(*f),
+            };
+        }
+        query
+    }
+}
+
+/// Compiles `filter` to a boolean SQL expression over the proxy alias `p`.
+/// NULL-safe: every leaf yields TRUE or FALSE, never NULL, so `NOT` in
+/// `none_of` means what it means in Rust.
+pub(crate) fn compile_filter(filter: &ProxyFilter, mode: Predicates, binds: &mut Binds) -> String {
+    compile_node(filter, mode, true, binds)
+}
+
+fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut Binds) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (column, value) in [
+        ("source", &f.source),
+        ("country", &f.country),
+        ("city", &f.city),
+        ("isp", &f.isp),
+    ] {
+        if let Some(v) = value {
+            let p = binds.push(Arg::Text(v.clone()));
+            parts.push(format!("COALESCE(p.{column} = {p}, FALSE)"));
+        }
+    }
+    if let Some(asn) = f.asn {
+        let p = binds.push(Arg::Int(i64::from(asn)));
+        parts.push(format!("COALESCE(p.asn = {p}, FALSE)"));
+    }
+    if let (Some(lat), Some(lon)) = (f.latitude, f.longitude) {
+        let lat = binds.push(Arg::Float(lat));
+        let lon = binds.push(Arg::Float(lon));
+        match f.radius_km {
+            Some(radius) => {
+                let radius = binds.push(Arg::Float(radius));
+                let r2 = binds.push(Arg::Float(2.0 * EARTH_RADIUS_KM));
+                // The same haversine, in the same order of operations, as
+                // pharox_domain::haversine_km (filter point first).
+                parts.push(format!(
+                    "COALESCE({r2} * asin(least(sqrt(\
+                     sin(radians(p.latitude - {lat}) / 2) * sin(radians(p.latitude - {lat}) / 2) \
+                     + cos(radians({lat})) * cos(radians(p.latitude)) \
+                     * (sin(radians(p.longitude - {lon}) / 2) * sin(radians(p.longitude - {lon}) / 2))\
+                     ), 1)) <= {radius}, FALSE)"
+                ));
+            }
+            None => {
+                let tol = binds.push(Arg::Float(GEO_EXACT_TOLERANCE_DEG));
+                parts.push(format!(
+                    "COALESCE(abs(p.latitude - {lat}) <= {tol} \
+                     AND abs(p.longitude - {lon}) <= {tol}, FALSE)"
+                ));
+            }
+        }
+    }
+    for child in &f.all_of {
+        parts.push(compile_node(child, mode, positive, binds));
+    }
+    if !f.any_of.is_empty() {
+        let alternatives: Vec<String> = f
+            .any_of
+            .iter()
+            .map(|c| compile_node(c, mode, positive, binds))
+            .collect();
+        parts.push(format!("({})", alternatives.join(" OR ")));
+    }
+    if !f.none_of.is_empty() {
+        let excluded: Vec<String> = f
+            .none_of
+            .iter()
+            .map(|c| compile_node(c, mode, !positive, binds))
+            .collect();
+        parts.push(format!("NOT ({})", excluded.join(" OR ")));
+    }
+    if f.predicate.is_some() && mode == Predicates::Superset && !positive {
+        parts.push("FALSE".to_owned());
+    }
+    if parts.is_empty() {
+        "TRUE".to_owned()
+    } else {
+        format!("({})", parts.join(" AND "))
+    }
+}
+
+/// The ORDER BY of a selector. `n` is the SQL for the number of the
+/// proxy's leases that are being reclaimed (0 when none are); the round-robin
+/// order needs the cursor joined as `st`.
+pub(crate) fn order_by(selector: Selector, n: &str) -> String {
+    match selector {
+        Selector::FirstAvailable => "p.id".to_owned(),
+        Selector::LeastUsed => {
+            format!("p.current_leases - {n}, p.checked_at ASC NULLS FIRST, p.id")
+        }
+        Selector::LowestLatency => "p.last_latency_ms ASC NULLS LAST, p.id".to_owned(),
+        Selector::Random => "random()".to_owned(),
+        Selector::RoundRobin => "COALESCE(p.id <= st.last_proxy_id, FALSE), p.id".to_owned(),
+    }
+}
+
+/// The proxy columns, for `RETURNING` and `SELECT` lists over alias `p`.
+pub(crate) const PROXY_COLUMNS: &str = "p.id, p.pool_id, p.host, p.port, p.protocol, p.status, \
+     p.credentials::text AS credentials, p.source, p.country, p.city, p.latitude, p.longitude, \
+     p.isp, p.asn, p.max_concurrency, p.current_leases, p.checked_at, p.created_at, \
+     p.consecutive_failures, p.last_latency_ms, p.last_error, p.last_http_status";
+
+/// The lease columns over alias `alias`, prefixed `lease_`.
+pub(crate) fn lease_columns(alias: &str) -> String {
+    let mut s = String::new();
+    for col in [
+        "id",
+        "pool_id",
+        "pool_name",
+        "consumer_id",
+        "status",
+        "acquired_at",
+        "expires_at",
+        "released_at",
+    ] {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{alias}.{col} AS lease_{col}");
+    }
+    s
+}
+
+/// The round-robin cursor of the pool whose id is the SQL `pool_id`.
+fn cursor_cte(pool_id: &str) -> String {
+    format!(
+        "st AS (SELECT last_proxy_id FROM pool_selector_state \
+         WHERE pool_id = {pool_id} AND strategy = 'round_robin')"
+    )
+}
+
+/// Pool id from the pool name in `$1`.
+const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
+
+/// Upsert of the round-robin cursor to the proxy just leased (`b`).
+const ADVANCE_CURSOR: &str = ", cur AS (\
+    INSERT INTO pool_selector_state (pool_id, strategy, last_proxy_id, created_at, updated_at) \
+    SELECT b.pool_id, 'round_robin', b.id, now(), now() FROM bumped b \
+    ON CONFLICT (pool_id, strategy) DO UPDATE \
+    SET last_proxy_id = EXCLUDED.last_proxy_id, updated_at = EXCLUDED.updated_at)";
+
+/// Insert of the lease for the proxy just bumped (`b`), then the result row.
+fn insert_lease_and_return() -> String {
+    format!(
+        ", ins AS (\
+         INSERT INTO lease (id, proxy_id, pool_id, consumer_id, pool_name, status, acquired_at, expires_at) \
+         SELECT $4, b.id, b.pool_id, $2, $1, 'active', now(), now() + $3::float8 * interval '1 microsecond' \
+         FROM bumped b \
+         RETURNING *)"
+    )
+}
+
+fn final_select() -> String {
+    format!(
+        " SELECT {}, {} FROM ins JOIN bumped p ON p.id = ins.proxy_id",
+        lease_columns("ins"),
+        PROXY_COLUMNS
+    )
+}
+
+/// The one-statement acquire. Fixed parameters: `$1` pool name, `$2`
+/// consumer id, `$3` TTL in microseconds, `$4` new lease id; the filter's
+/// binds follow (`Binds::after(4)`).
+///
+/// 1. `reclaimed`: this pool's expired active leases become released.
+/// 2. `rc`: how many were reclaimed per proxy. Every CTE sees the snapshot
+///    taken before the statement, in which those leases still count in
+///    `current_leases`, so capacity is `current_leases - rc.n`.
+/// 3. `pick`: the first candidate in selector order, locked with
+///    `FOR UPDATE SKIP LOCKED` (rows another acquirer is claiming are
+///    skipped, not waited for). The lock re-reads the newest row version
+///    and re-checks the WHERE clause against it.
+/// 4. `bumped`: the picked proxy gets `+1 - rc.n`; `unreclaimed` gives the
+///    other proxies with reclaimed leases their `-rc.n` (a statement may
+///    change a row only once, so the picked proxy's two changes are one).
+/// 5. `ins`: the lease, timestamps from the database clock.
+/// 6. `cur` (round robin): the cursor moves to the picked proxy.
+pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str) -> String {
+    let rr = selector == Selector::RoundRobin;
+    let mut sql = format!(
+        "WITH reclaimed AS (\
+           UPDATE lease l SET status = 'released', released_at = now() \
+           WHERE l.pool_id = {POOL_ID} AND l.status = 'active' AND l.expires_at <= now() \
+           RETURNING l.proxy_id), \
+         rc AS (SELECT proxy_id, count(*)::int AS n FROM reclaimed GROUP BY proxy_id)"
+    );
+    if rr {
+        let _ = write!(sql, ", {}", cursor_cte(POOL_ID));
+    }
+    let _ = write!(
+        sql,
+        ", pick AS (\
+           SELECT p.id, COALESCE(rc.n, 0) AS n FROM proxy p \
+           LEFT JOIN rc ON rc.proxy_id = p.id {st} \
+           WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+             AND (p.max_concurrency IS NULL OR p.current_leases - COALESCE(rc.n, 0) < p.max_concurrency) \
+             AND {filter_sql} \
+           ORDER BY {order} LIMIT 1 \
+           FOR UPDATE OF p SKIP LOCKED), \
+         bumped AS (\
+           UPDATE proxy p SET current_leases = p.current_leases - pick.n + 1 \
+           FROM pick WHERE p.id = pick.id RETURNING p.*), \
+         unreclaimed AS (\
+           UPDATE proxy p SET current_leases = p.current_leases - rc.n \
+           FROM rc WHERE p.id = rc.proxy_id \
+             AND p.id IS DISTINCT FROM (SELECT id FROM pick))",
+        st = if rr { "LEFT JOIN st ON TRUE" } else { "" },
+        order = order_by(selector, "COALESCE(rc.n, 0)"),
+    );
+    sql.push_str(&insert_lease_and_return());
+    if rr {
+        sql.push_str(ADVANCE_CURSOR);
+    }
+    sql.push_str(&final_select());
+    sql
+}
+
+/// Reclaims the expired active leases of the pool named `$1` (the first
+/// statement of the predicate path's transaction).
+pub(crate) const RECLAIM_POOL: &str = "WITH reclaimed AS (\
+       UPDATE lease l SET status = 'released', released_at = now() \
+       WHERE l.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
+         AND l.status = 'active' AND l.expires_at <= now() \
+       RETURNING l.proxy_id), \
+     rc AS (SELECT proxy_id, count(*)::int AS n FROM reclaimed GROUP BY proxy_id) \
+     UPDATE proxy p SET current_leases = p.current_leases - rc.n FROM rc WHERE p.id = rc.proxy_id";
+
+/// Releases every expired active lease (`cleanup_expired`), set-based over
+/// the partial index on `expires_at`; returns the count.
+pub(crate) const CLEANUP_EXPIRED: &str = "WITH reclaimed AS (\
+       UPDATE lease l SET status = 'released', released_at = now() \
+       WHERE l.status = 'active' AND l.expires_at <= now() \
+       RETURNING l.proxy_id), \
+     rc AS (SELECT proxy_id, count(*)::int AS n FROM reclaimed GROUP BY proxy_id), \
+     fix AS (UPDATE proxy p SET current_leases = p.current_leases - rc.n \
+             FROM rc WHERE p.id = rc.proxy_id) \
+     SELECT count(*)::bigint FROM reclaimed";
+
+/// A batch of candidates, in selector order. Fixed parameters: `$1` pool
+/// name, `$2` ids already looked at (uuid[]), `$3` batch size; the filter's
+/// binds follow (`Binds::after(3)`). `lock` adds `FOR UPDATE SKIP LOCKED`
+/// (acquire's predicate path, after [`RECLAIM_POOL`] in the same
+/// transaction); without it (find_available) leases past their expiry are
+/// subtracted the way acquire would reclaim them, and the result has an
+/// `expired` column.
+pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: bool) -> String {
+    let rr = selector == Selector::RoundRobin;
+    let mut ctes: Vec<String> = Vec::new();
+    if !lock {
+        ctes.push(format!(
+            "rc AS (SELECT proxy_id, count(*)::int AS n FROM lease \
+             WHERE pool_id = {POOL_ID} AND status = 'active' AND expires_at <= now() \
+             GROUP BY proxy_id)"
+        ));
+    }
+    if rr {
+        ctes.push(cursor_cte(POOL_ID));
+    }
+    let n = if lock { "0" } else { "COALESCE(rc.n, 0)" };
+    let mut sql = String::new();
+    if !ctes.is_empty() {
+        let _ = write!(sql, "WITH {} ", ctes.join(", "));
+    }
+    let _ = write!(
+        sql,
+        "SELECT {PROXY_COLUMNS}, {n} AS expired FROM proxy p {rc_join} {st_join} \
+         WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+           AND (p.max_concurrency IS NULL OR p.current_leases - {n} < p.max_concurrency) \
+           AND p.id <> ALL($2::uuid[]) \
+           AND {filter_sql} \
+         ORDER BY {order} LIMIT $3{lock_clause}",
+        rc_join = if lock {
+            ""
+        } else {
+            "LEFT JOIN rc ON rc.proxy_id = p.id"
+        },
+        st_join = if rr { "LEFT JOIN st ON TRUE" } else { "" },
+        order = order_by(selector, n),
+        lock_clause = if lock { " FOR UPDATE OF p SKIP LOCKED" } else { "" },
+    );
+    sql
+}
+
+/// Leases one proxy already locked by this transaction. Fixed parameters as
+/// in [`acquire_statement`], plus `$5` the proxy id.
+pub(crate) fn claim_statement(selector: Selector) -> String {
+    let mut sql = "WITH bumped AS (\
+         UPDATE proxy p SET current_leases = p.current_leases + 1 \
+         WHERE p.id = $5 AND p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
+         RETURNING p.*)"
+        .to_owned();
+    sql.push_str(&insert_lease_and_return());
+    if selector == Selector::RoundRobin {
+        sql.push_str(ADVANCE_CURSOR);
+    }
+    sql.push_str(&final_select());
+    sql
+}
+
+/// Every proxy of the pool with id `$1` that the filter selects, whatever its
+/// status or load, by id. Filter binds follow `$1` (`Binds::after(1)`).
+pub(crate) fn matching_statement(filter_sql: &str) -> String {
+    format!("SELECT {PROXY_COLUMNS} FROM proxy p WHERE p.pool_id = $1 AND {filter_sql} ORDER BY p.id")
+}
+
+/// Releases lease `$1` if it is active and gives its proxy the capacity
+/// back, in one statement. The row tells what happened: `released` true when
+/// this statement released it; otherwise `found` says whether it exists.
+pub(crate) const RELEASE: &str = "WITH target AS (\
+       SELECT id, released_at FROM lease WHERE id = $1), \
+     rel AS (\
+       UPDATE lease SET status = 'released', released_at = now() \
+       WHERE id = $1 AND status = 'active' \
+       RETURNING id, proxy_id, pool_id, consumer_id, acquired_at, released_at), \
+     dec AS (\
+       UPDATE proxy p SET current_leases = GREATEST(p.current_leases - 1, 0) \
+       FROM rel WHERE p.id = rel.proxy_id) \
+     SELECT (rel.id IS NOT NULL) AS released, t.released_at AS prev_released_at, \
+            rel.proxy_id, rel.pool_id, rel.consumer_id, rel.acquired_at, rel.released_at \
+     FROM target t LEFT JOIN rel ON TRUE";
+
+/// Pool occupancy; leases past their expiry do not count (acquire would
+/// reclaim them).
+pub(crate) const POOL_STATS: &str = "WITH pool AS (SELECT id, name FROM proxy_pool WHERE name = $1), \
+     ex AS (SELECT proxy_id, count(*)::int AS n FROM lease \
+            WHERE pool_id = (SELECT id FROM pool) AND status = 'active' AND expires_at <= now() \
+            GROUP BY proxy_id) \
+     SELECT pool.id, pool.name, \
+       count(p.id)::bigint AS total, \
+       (count(p.id) FILTER (WHERE p.status = 'active'))::bigint AS active, \
+       (count(p.id) FILTER (WHERE p.status = 'active' AND (p.max_concurrency IS NULL \
+            OR p.current_leases - COALESCE(ex.n, 0) < p.max_concurrency)))::bigint AS available, \
+       (count(p.id) FILTER (WHERE p.current_leases - COALESCE(ex.n, 0) > 0))::bigint AS leased, \
+       COALESCE(sum(GREATEST(p.current_leases - COALESCE(ex.n, 0), 0)), 0)::bigint AS leases \
+     FROM pool LEFT JOIN proxy p ON p.pool_id = pool.id LEFT JOIN ex ON ex.proxy_id = p.id \
+     GROUP BY pool.id, pool.name";
+
+/// Columns of `proxy_health_record` in the order `health_record_from_row`
+/// reads them.
+pub(crate) const HEALTH_COLUMNS: &str = "id, proxy_id, checked_at, reachable, latency_ms, protocol, \
+     status_before, status_after, error, http_status";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_bound_never_inlined() {
+        let filter = ProxyFilter::new()
+            .country("AR'; DROP TABLE proxy; --")
+            .any_of([ProxyFilter::new().asn(7303), ProxyFilter::new().near(1.5, 2.5, 10.0)])
+            .none_of([ProxyFilter::new().isp("x").predicate(|_| true)]);
+        let mut binds = Binds::after(4);
+        let sql = compile_filter(&filter, Predicates::Superset, &mut binds);
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(!sql.contains("7303"), "{sql}");
+        assert!(sql.contains("p.country = $5,"), "{sql}");
+        assert_eq!(binds.args[0], Arg::Text("AR'; DROP TABLE proxy; --".into()));
+        // The predicate under none_of compiles to FALSE (superset).
+        assert!(sql.contains("FALSE)"), "{sql}");
+        let mut binds = Binds::after(0);
+        assert_eq!(
+            compile_filter(&ProxyFilter::new(), Predicates::AsTrue, &mut binds),
+            "TRUE"
+        );
+    }
+}

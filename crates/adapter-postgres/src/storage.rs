@@ -1,0 +1,905 @@
+//! [`PostgresStorage`]: the [`ProxyStorage`] port on PostgreSQL.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pharox_domain::{
+    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease, LeaseId,
+    PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, ValidationError,
+    truncate_to_micros, validate_name, validate_ttl,
+};
+use pharox_ports::{
+    AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError, StorageResult,
+};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sea_orm::sqlx::{self, AssertSqlSafe, ConnectOptions as _, Row};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseConnectionType, EntityTrait,
+    QueryFilter, QueryOrder, SqlxPostgresConnector,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::PostgresConfig;
+use crate::entities::proxy_pool;
+use crate::error::{map_db, map_sqlx, with_retry};
+use crate::rows;
+use crate::sql::{self, Binds, Predicates};
+
+/// How many candidates the predicate path locks and tests per round trip.
+const PREDICATE_BATCH: usize = 32;
+
+/// Proxy storage on PostgreSQL (see the crate docs for the design).
+///
+/// Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct PostgresStorage {
+    db: DatabaseConnection,
+    pool: PgPool,
+}
+
+impl fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("pool_size", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_micros(ttl: Duration) -> f64 {
+    // validate_ttl caps TTLs at 30 days: exact in an f64.
+    ttl.as_micros() as f64
+}
+
+fn invalid_config(e: &crate::ConfigError) -> StorageError {
+    StorageError::Invalid(ValidationError::new("database", e.to_string()))
+}
+
+impl PostgresStorage {
+    /// Opens a connection pool as `config` says and checks that one
+    /// connection works.
+    ///
+    /// An unreachable server gives [`StorageError::Unavailable`] (retryable)
+    /// within `config.connect_timeout`; a bad configuration gives
+    /// [`StorageError::Invalid`]. No message contains the password. This does
+    /// not migrate; run `pharox migrate` (or [`pharox_migration::run`]) first.
+    pub async fn connect(config: &PostgresConfig) -> Result<Self, StorageError> {
+        config.validate().map_err(|e| invalid_config(&e))?;
+        let mut options = PgConnectOptions::new_without_pgpass()
+            .host(&config.host)
+            .port(config.port)
+            .username(&config.user)
+            .database(&config.database)
+            .ssl_mode(config.ssl_mode.into());
+        if let Some(password) = &config.password {
+            options = options.password(password);
+        }
+        if let Some(name) = &config.application_name {
+            options = options.application_name(name);
+        }
+        if let Some(schema) = &config.schema {
+            // A start-up parameter: no extra round trip per connection.
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        options = if config.sql_logging {
+            match config.sql_log_level.as_str().parse() {
+                Ok(level) => options.log_statements(level),
+                Err(_) => options,
+            }
+        } else {
+            options.disable_statement_logging()
+        };
+        let pool_options = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime)
+            .test_before_acquire(config.test_before_acquire);
+        let target = format!("{}:{}", config.host, config.port);
+        let pool = match tokio::time::timeout(
+            config.connect_timeout,
+            pool_options.connect_with(options),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StorageError::Unavailable {
+                    message: format!(
+                        "timed out after {:?} connecting to {target}",
+                        config.connect_timeout
+                    ),
+                    source: None,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(match map_sqlx("connecting", e) {
+                    StorageError::Unavailable { message, source } => StorageError::Unavailable {
+                        message: format!("cannot connect to {target}: {message}"),
+                        source,
+                    },
+                    other => other,
+                });
+            }
+            Ok(Ok(pool)) => pool,
+        };
+        tracing::debug!(database = %config, "connected to PostgreSQL");
+        Ok(Self {
+            db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
+            pool,
+        })
+    }
+
+    /// Wraps an existing SeaORM connection; it must be a PostgreSQL (sqlx)
+    /// pool, else [`StorageError::Backend`].
+    pub fn from_connection(db: DatabaseConnection) -> Result<Self, StorageError> {
+        if !matches!(db.inner, DatabaseConnectionType::SqlxPostgresPoolConnection(_)) {
+            return Err(StorageError::Backend {
+                message: "PostgresStorage needs a PostgreSQL (sqlx) connection".to_owned(),
+                source: None,
+            });
+        }
+        let pool = db.get_postgres_connection_pool().clone();
+        Ok(Self { db, pool })
+    }
+
+    /// The SeaORM connection, for the entities in [`crate::entities`] and
+    /// for migrations.
+    #[must_use]
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The sqlx pool under the SeaORM connection.
+    #[must_use]
+    pub fn pg_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every pooled connection (waits for checked-out ones).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Every proxy of `pool_id` that `filter` selects in SQL, by id, with
+    /// predicates counting as true and whatever the proxy's status or load:
+    /// the set `ProxyFilter::matches_without_predicates` defines. For
+    /// checking the filter compiler (and for admin listings).
+    pub async fn list_matching(
+        &self,
+        pool_id: PoolId,
+        filter: &ProxyFilter,
+    ) -> StorageResult<Vec<Proxy>> {
+        filter.validate()?;
+        let mut binds = Binds::after(1);
+        let filter_sql = sql::compile_filter(filter, Predicates::AsTrue, &mut binds);
+        let statement = sql::matching_statement(&filter_sql);
+        let query = binds.bind_to(sqlx::query(AssertSqlSafe(statement)).bind(pool_id.0));
+        let found = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("list_matching", e))?;
+        found.iter().map(rows::proxy).collect()
+    }
+
+    async fn check_consumer(&self, consumer_id: ConsumerId) -> StorageResult<()> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM consumer WHERE id = $1)")
+            .bind(consumer_id.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("acquire", e))?;
+        if exists {
+            Ok(())
+        } else {
+            Err(StorageError::not_found("consumer", consumer_id))
+        }
+    }
+
+    /// The acquire of a filter with predicates: in one transaction, reclaim
+    /// the pool's expired leases, lock candidates in batches (SQL selects a
+    /// superset), test `ProxyFilter::matches` in Rust, lease the first that
+    /// passes.
+    async fn acquire_with_predicates(
+        &self,
+        request: &AcquireRequest,
+    ) -> StorageResult<Option<Lease>> {
+        let mut binds = Binds::after(3);
+        let filter_sql = sql::compile_filter(&request.filter, Predicates::Superset, &mut binds);
+        let candidates = sql::candidates_statement(request.selector, &filter_sql, true);
+        let claim = sql::claim_statement(request.selector);
+        let ttl = ttl_micros(request.ttl);
+        let pool_name = request.pool_name.as_str();
+        let batch = i64::try_from(PREDICATE_BATCH).unwrap_or(32);
+        let lease = with_retry!(async {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| map_sqlx("acquire", e))?;
+            sqlx::query(sql::RECLAIM_POOL)
+                .bind(pool_name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx("acquire", e))?;
+            let mut seen: Vec<Uuid> = Vec::new();
+            let chosen = 'search: loop {
+                let query = sqlx::query(AssertSqlSafe(candidates.clone()))
+                    .bind(pool_name)
+                    .bind(seen.clone())
+                    .bind(batch);
+                let found = binds
+                    .bind_to(query)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                for row in &found {
+                    let proxy = rows::proxy(row)?;
+                    seen.push(proxy.id.0);
+                    if request.filter.matches(&proxy) {
+                        break 'search Some(proxy.id);
+                    }
+                }
+                if found.len() < PREDICATE_BATCH {
+                    break None;
+                }
+            };
+            let lease = match chosen {
+                Some(proxy_id) => {
+                    let row = sqlx::query(AssertSqlSafe(claim.clone()))
+                        .bind(pool_name)
+                        .bind(request.consumer_id.0)
+                        .bind(ttl)
+                        .bind(LeaseId::new().0)
+                        .bind(proxy_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))?;
+                    row.as_ref().map(rows::lease).transpose()?
+                }
+                None => None,
+            };
+            tx.commit().await.map_err(|e| map_sqlx("acquire", e))?;
+            Ok(lease)
+        })?;
+        if lease.is_none() {
+            self.check_consumer(request.consumer_id).await?;
+        }
+        Ok(lease)
+    }
+
+    async fn fetch_lease(&self, lease_id: LeaseId) -> StorageResult<Option<Lease>> {
+        let statement = format!(
+            "SELECT {}, {} FROM lease l JOIN proxy p ON p.id = l.proxy_id WHERE l.id = $1",
+            sql::lease_columns("l"),
+            sql::PROXY_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(statement))
+            .bind(lease_id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("get_lease", e))?;
+        row.as_ref().map(rows::lease).transpose()
+    }
+
+    async fn upsert_proxies(
+        &self,
+        proxies: &[Proxy],
+        context: &'static str,
+    ) -> StorageResult<Vec<Proxy>> {
+        let mut ids = Vec::with_capacity(proxies.len());
+        let mut pool_ids = Vec::with_capacity(proxies.len());
+        let mut hosts = Vec::with_capacity(proxies.len());
+        let mut ports = Vec::with_capacity(proxies.len());
+        let mut protocols = Vec::with_capacity(proxies.len());
+        let mut statuses = Vec::with_capacity(proxies.len());
+        let mut credentials = Vec::with_capacity(proxies.len());
+        let mut sources = Vec::with_capacity(proxies.len());
+        let mut countries = Vec::with_capacity(proxies.len());
+        let mut cities = Vec::with_capacity(proxies.len());
+        let mut latitudes = Vec::with_capacity(proxies.len());
+        let mut longitudes = Vec::with_capacity(proxies.len());
+        let mut isps = Vec::with_capacity(proxies.len());
+        let mut asns = Vec::with_capacity(proxies.len());
+        let mut limits = Vec::with_capacity(proxies.len());
+        let mut created = Vec::with_capacity(proxies.len());
+        for p in proxies {
+            ids.push(p.id.0);
+            pool_ids.push(p.pool_id.0);
+            hosts.push(p.host.clone());
+            ports.push(i32::from(p.port));
+            protocols.push(p.protocol.as_str().to_owned());
+            statuses.push(p.status.as_str().to_owned());
+            credentials.push(
+                p.credentials
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|_| {
+                        StorageError::Invalid(ValidationError::new(
+                            "credentials",
+                            "cannot be encoded",
+                        ))
+                    })?,
+            );
+            sources.push(p.source.clone());
+            countries.push(p.country.clone());
+            cities.push(p.city.clone());
+            latitudes.push(p.latitude);
+            longitudes.push(p.longitude);
+            isps.push(p.isp.clone());
+            asns.push(p.asn.map(i64::from));
+            limits.push(
+                p.max_concurrency
+                    .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            );
+            created.push(truncate_to_micros(p.created_at));
+        }
+        let statement = format!(
+            "INSERT INTO proxy AS p (id, pool_id, host, port, protocol, status, credentials, source, \
+               country, city, latitude, longitude, isp, asn, max_concurrency, current_leases, created_at) \
+             SELECT t.id, t.pool_id, t.host, t.port, t.protocol, t.status, t.credentials::json, \
+               t.source, t.country, t.city, t.latitude, t.longitude, t.isp, t.asn, t.max_concurrency, \
+               0, t.created_at \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[], \
+               $7::text[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], \
+               $13::text[], $14::int8[], $15::int4[], $16::timestamptz[]) \
+               AS t(id, pool_id, host, port, protocol, status, credentials, source, country, city, \
+                    latitude, longitude, isp, asn, max_concurrency, created_at) \
+             ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
+               protocol = EXCLUDED.protocol, status = EXCLUDED.status, \
+               credentials = EXCLUDED.credentials, source = EXCLUDED.source, \
+               country = EXCLUDED.country, city = EXCLUDED.city, latitude = EXCLUDED.latitude, \
+               longitude = EXCLUDED.longitude, isp = EXCLUDED.isp, asn = EXCLUDED.asn, \
+               max_concurrency = EXCLUDED.max_concurrency \
+             WHERE p.pool_id = EXCLUDED.pool_id \
+             RETURNING {}",
+            sql::PROXY_COLUMNS
+        );
+        let expected = proxies.len();
+        let saved = with_retry!(async {
+            let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(context, e))?;
+            let result = sqlx::query(AssertSqlSafe(statement.clone()))
+                .bind(&ids)
+                .bind(&pool_ids)
+                .bind(&hosts)
+                .bind(&ports)
+                .bind(&protocols)
+                .bind(&statuses)
+                .bind(&credentials)
+                .bind(&sources)
+                .bind(&countries)
+                .bind(&cities)
+                .bind(&latitudes)
+                .bind(&longitudes)
+                .bind(&isps)
+                .bind(&asns)
+                .bind(&limits)
+                .bind(&created)
+                .fetch_all(&mut *tx)
+                .await;
+            let found = match result {
+                Ok(found) => found,
+                Err(e) => {
+                    return Err(match map_sqlx(context, e) {
+                        StorageError::NotFound { entity: "pool", .. } => {
+                            let known = self.missing_pool(&pool_ids).await;
+                            StorageError::not_found("pool", known)
+                        }
+                        other => other,
+                    });
+                }
+            };
+            if found.len() != expected {
+                // Some id exists in another pool; the transaction is rolled
+                // back when `tx` drops, so nothing is written.
+                return Err(StorageError::Conflict(
+                    "a proxy cannot move to another pool".to_owned(),
+                ));
+            }
+            let saved = found
+                .iter()
+                .map(rows::proxy)
+                .collect::<StorageResult<Vec<_>>>()?;
+            tx.commit().await.map_err(|e| map_sqlx(context, e))?;
+            Ok(saved)
+        })?;
+        // RETURNING order is not guaranteed: give them back in input order.
+        let mut by_id: std::collections::HashMap<ProxyId, Proxy> =
+            saved.into_iter().map(|p| (p.id, p)).collect();
+        Ok(proxies.iter().filter_map(|p| by_id.remove(&p.id)).collect())
+    }
+
+    /// The first of `pool_ids` that does not exist (for a not-found message).
+    async fn missing_pool(&self, pool_ids: &[Uuid]) -> String {
+        let found: Result<Option<Uuid>, _> = sqlx::query_scalar(
+            "SELECT x FROM UNNEST($1::uuid[]) AS x \
+             WHERE NOT EXISTS (SELECT 1 FROM proxy_pool WHERE id = x) LIMIT 1",
+        )
+        .bind(pool_ids)
+        .fetch_optional(&self.pool)
+        .await;
+        match found {
+            Ok(Some(id)) => id.to_string(),
+            _ => "of the proxy".to_owned(),
+        }
+    }
+}
+
+fn pool_from_model(m: proxy_pool::Model) -> ProxyPool {
+    ProxyPool {
+        id: m.id.into(),
+        name: m.name,
+        description: m.description,
+        created_at: m.created_at,
+    }
+}
+
+fn released_from_row(row: &PgRow, lease_id: LeaseId) -> StorageResult<ReleasedLease> {
+    let get = |e| map_sqlx("release", e);
+    Ok(ReleasedLease {
+        lease_id,
+        proxy_id: row.try_get::<Uuid, _>("proxy_id").map_err(get)?.into(),
+        pool_id: row.try_get::<Uuid, _>("pool_id").map_err(get)?.into(),
+        consumer_id: row.try_get::<Uuid, _>("consumer_id").map_err(get)?.into(),
+        acquired_at: row.try_get("acquired_at").map_err(get)?,
+        released_at: row.try_get("released_at").map_err(get)?,
+    })
+}
+
+#[async_trait]
+impl ProxyStorage for PostgresStorage {
+    async fn save_pool(&self, pool: &ProxyPool) -> StorageResult<ProxyPool> {
+        pool.validate()?;
+        let model = proxy_pool::ActiveModel {
+            id: Set(pool.id.0),
+            name: Set(pool.name.clone()),
+            description: Set(pool.description.clone()),
+            created_at: Set(truncate_to_micros(pool.created_at)),
+        };
+        let saved = proxy_pool::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(proxy_pool::Column::Id)
+                    .update_columns([proxy_pool::Column::Name, proxy_pool::Column::Description])
+                    .to_owned(),
+            )
+            .exec_with_returning(&self.db)
+            .await
+            .map_err(|e| match map_db("save_pool", e) {
+                StorageError::Conflict(_) => {
+                    StorageError::Conflict(format!("pool name {:?} is taken", pool.name))
+                }
+                other => other,
+            })?;
+        Ok(pool_from_model(saved))
+    }
+
+    async fn get_pool(&self, id: PoolId) -> StorageResult<ProxyPool> {
+        proxy_pool::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await
+            .map_err(|e| map_db("get_pool", e))?
+            .map(pool_from_model)
+            .ok_or_else(|| StorageError::not_found("pool", id))
+    }
+
+    async fn get_pool_by_name(&self, name: &str) -> StorageResult<ProxyPool> {
+        proxy_pool::Entity::find()
+            .filter(proxy_pool::Column::Name.eq(name))
+            .one(&self.db)
+            .await
+            .map_err(|e| map_db("get_pool_by_name", e))?
+            .map(pool_from_model)
+            .ok_or_else(|| StorageError::not_found("pool", name))
+    }
+
+    async fn list_pools(&self) -> StorageResult<Vec<ProxyPool>> {
+        Ok(proxy_pool::Entity::find()
+            .order_by_asc(proxy_pool::Column::Name)
+            .all(&self.db)
+            .await
+            .map_err(|e| map_db("list_pools", e))?
+            .into_iter()
+            .map(pool_from_model)
+            .collect())
+    }
+
+    async fn delete_pool(&self, id: PoolId) -> StorageResult<()> {
+        // Proxies, their leases and health records, and the selector state
+        // go by ON DELETE CASCADE.
+        let result = with_retry!(async {
+            proxy_pool::Entity::delete_by_id(id.0)
+                .exec(&self.db)
+                .await
+                .map_err(|e| map_db("delete_pool", e))
+        })?;
+        if result.rows_affected == 0 {
+            return Err(StorageError::not_found("pool", id));
+        }
+        Ok(())
+    }
+
+    async fn save_proxy(&self, proxy: &Proxy) -> StorageResult<Proxy> {
+        proxy.validate()?;
+        let mut saved = self
+            .upsert_proxies(std::slice::from_ref(proxy), "save_proxy")
+            .await?;
+        saved.pop().ok_or_else(|| StorageError::Backend {
+            message: "save_proxy: the database returned no row".to_owned(),
+            source: None,
+        })
+    }
+
+    async fn add_proxies(&self, proxies: &[Proxy]) -> StorageResult<Vec<Proxy>> {
+        let mut ids = HashSet::with_capacity(proxies.len());
+        for (i, proxy) in proxies.iter().enumerate() {
+            proxy
+                .validate()
+                .map_err(|e| e.within(&format!("proxies[{i}]")))?;
+            if !ids.insert(proxy.id) {
+                return Err(ValidationError::new(
+                    format!("proxies[{i}].id"),
+                    "appears twice in one batch",
+                )
+                .into());
+            }
+        }
+        if proxies.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.upsert_proxies(proxies, "add_proxies").await
+    }
+
+    async fn get_proxy(&self, id: ProxyId) -> StorageResult<Proxy> {
+        let statement = format!("SELECT {} FROM proxy p WHERE p.id = $1", sql::PROXY_COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(statement))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("get_proxy", e))?;
+        match row {
+            Some(row) => rows::proxy(&row),
+            None => Err(StorageError::not_found("proxy", id)),
+        }
+    }
+
+    async fn list_proxies(&self, pool_id: PoolId) -> StorageResult<Vec<Proxy>> {
+        let statement = format!(
+            "SELECT {} FROM proxy p WHERE p.pool_id = $1 ORDER BY p.id",
+            sql::PROXY_COLUMNS
+        );
+        let found = sqlx::query(AssertSqlSafe(statement))
+            .bind(pool_id.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("list_proxies", e))?;
+        if found.is_empty() {
+            self.get_pool(pool_id).await?;
+        }
+        found.iter().map(rows::proxy).collect()
+    }
+
+    async fn delete_proxy(&self, id: ProxyId) -> StorageResult<()> {
+        let result = with_retry!(async {
+            sqlx::query("DELETE FROM proxy WHERE id = $1")
+                .bind(id.0)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("delete_proxy", e))
+        })?;
+        if result.rows_affected() == 0 {
+            return Err(StorageError::not_found("proxy", id));
+        }
+        Ok(())
+    }
+
+    async fn ensure_consumer(&self, name: &str) -> StorageResult<ConsumerId> {
+        validate_name("consumer.name", name)?;
+        // The statement's snapshot may miss a row a racing insert committed
+        // while ON CONFLICT waited for it; the next attempt sees it.
+        for _ in 0..3 {
+            let id: Option<Uuid> = sqlx::query_scalar(
+                "WITH ins AS (INSERT INTO consumer (id, name, created_at) VALUES ($1, $2, now()) \
+                   ON CONFLICT (name) DO NOTHING RETURNING id) \
+                 SELECT id FROM ins UNION ALL SELECT id FROM consumer WHERE name = $2 LIMIT 1",
+            )
+            .bind(ConsumerId::new().0)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("ensure_consumer", e))?;
+            if let Some(id) = id {
+                return Ok(id.into());
+            }
+        }
+        Err(StorageError::Transient {
+            message: format!("ensure_consumer: consumer {name:?} kept racing"),
+            source: None,
+        })
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
+        request.validate()?;
+        if request.filter.has_predicate() {
+            return self.acquire_with_predicates(request).await;
+        }
+        let mut binds = Binds::after(4);
+        let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
+        let statement = sql::acquire_statement(request.selector, &filter_sql);
+        let ttl = ttl_micros(request.ttl);
+        let pool_name = request.pool_name.as_str();
+        let row = with_retry!(async {
+            let query = sqlx::query(AssertSqlSafe(statement.as_str()))
+                .bind(pool_name)
+                .bind(request.consumer_id.0)
+                .bind(ttl)
+                .bind(LeaseId::new().0);
+            binds
+                .bind_to(query)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("acquire", e))
+        })?;
+        match row {
+            Some(row) => rows::lease(&row).map(Some),
+            None => {
+                self.check_consumer(request.consumer_id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
+        let row = with_retry!(async {
+            sqlx::query(sql::RELEASE)
+                .bind(lease_id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("release", e))
+        })?;
+        let Some(row) = row else {
+            return Err(StorageError::not_found("lease", lease_id));
+        };
+        let released: bool = row.try_get("released").map_err(|e| map_sqlx("release", e))?;
+        if released {
+            return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
+        }
+        let mut released_at: Option<OffsetDateTime> = row
+            .try_get("prev_released_at")
+            .map_err(|e| map_sqlx("release", e))?;
+        if released_at.is_none() {
+            // Lost a race with another release: read what it wrote.
+            released_at = sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
+                .bind(lease_id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("release", e))?
+                .flatten();
+        }
+        Ok(ReleaseOutcome::AlreadyReleased {
+            lease_id,
+            released_at,
+        })
+    }
+
+    async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
+        validate_ttl(ttl)?;
+        let statement = format!(
+            "WITH u AS (UPDATE lease SET expires_at = now() + $2::float8 * interval '1 microsecond' \
+               WHERE id = $1 AND status = 'active' AND expires_at > now() RETURNING *) \
+             SELECT {}, {} FROM u JOIN proxy p ON p.id = u.proxy_id",
+            sql::lease_columns("u"),
+            sql::PROXY_COLUMNS
+        );
+        let row = with_retry!(async {
+            sqlx::query(AssertSqlSafe(statement.as_str()))
+                .bind(lease_id.0)
+                .bind(ttl_micros(ttl))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("renew", e))
+        })?;
+        if let Some(row) = row {
+            return rows::lease(&row);
+        }
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lease WHERE id = $1)")
+            .bind(lease_id.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("renew", e))?;
+        if exists {
+            Err(StorageError::LeaseNotActive(lease_id))
+        } else {
+            Err(StorageError::not_found("lease", lease_id))
+        }
+    }
+
+    async fn get_lease(&self, lease_id: LeaseId) -> StorageResult<Lease> {
+        self.fetch_lease(lease_id)
+            .await?
+            .ok_or_else(|| StorageError::not_found("lease", lease_id))
+    }
+
+    async fn find_available(
+        &self,
+        pool_name: &str,
+        filter: &ProxyFilter,
+        selector: Selector,
+    ) -> StorageResult<Option<Proxy>> {
+        validate_name("pool_name", pool_name)?;
+        filter.validate()?;
+        let with_predicates = filter.has_predicate();
+        let mode = if with_predicates {
+            Predicates::Superset
+        } else {
+            Predicates::AsTrue
+        };
+        let mut binds = Binds::after(3);
+        let filter_sql = sql::compile_filter(filter, mode, &mut binds);
+        let statement = sql::candidates_statement(selector, &filter_sql, false);
+        let batch = if with_predicates { PREDICATE_BATCH } else { 1 };
+        let mut seen: Vec<Uuid> = Vec::new();
+        loop {
+            let query = sqlx::query(AssertSqlSafe(statement.as_str()))
+                .bind(pool_name)
+                .bind(seen.clone())
+                .bind(i64::try_from(batch).unwrap_or(1));
+            let found = binds
+                .bind_to(query)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("find_available", e))?;
+            for row in &found {
+                let mut proxy = rows::proxy(row)?;
+                let expired: i32 = row
+                    .try_get("expired")
+                    .map_err(|e| map_sqlx("find_available", e))?;
+                proxy.current_leases = proxy
+                    .current_leases
+                    .saturating_sub(u32::try_from(expired).unwrap_or(0));
+                seen.push(proxy.id.0);
+                if !with_predicates || filter.matches(&proxy) {
+                    return Ok(Some(proxy));
+                }
+            }
+            if found.len() < batch {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn cleanup_expired(&self) -> StorageResult<u64> {
+        let n: i64 = with_retry!(async {
+            sqlx::query_scalar(sql::CLEANUP_EXPIRED)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("cleanup_expired", e))
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn apply_health_result(
+        &self,
+        result: &HealthCheckResult,
+        policy: &HealthPolicy,
+    ) -> StorageResult<Option<Proxy>> {
+        result.validate()?;
+        let select = format!(
+            "SELECT {} FROM proxy p WHERE p.id = $1 FOR UPDATE",
+            sql::PROXY_COLUMNS
+        );
+        let update = format!(
+            "UPDATE proxy p SET status = $2, checked_at = $3, consecutive_failures = $4, \
+               last_latency_ms = $5, last_error = $6, last_http_status = $7 \
+             WHERE p.id = $1 RETURNING {}",
+            sql::PROXY_COLUMNS
+        );
+        let checked_at = truncate_to_micros(result.checked_at);
+        with_retry!(async {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| map_sqlx("apply_health_result", e))?;
+            let row = sqlx::query(AssertSqlSafe(select.as_str()))
+                .bind(result.proxy_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx("apply_health_result", e))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let before = rows::proxy(&row)?;
+            let outcome = policy.apply(before.status, &before.health, result);
+            let row = sqlx::query(AssertSqlSafe(update.as_str()))
+                .bind(result.proxy_id.0)
+                .bind(outcome.status.as_str())
+                .bind(checked_at)
+                .bind(i32::try_from(outcome.health.consecutive_failures).unwrap_or(i32::MAX))
+                .bind(outcome.health.last_latency_ms)
+                .bind(outcome.health.last_error.as_deref())
+                .bind(outcome.health.last_http_status.map(i32::from))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx("apply_health_result", e))?;
+            let after = rows::proxy(&row)?;
+            sqlx::query(
+                "INSERT INTO proxy_health_record (id, proxy_id, checked_at, reachable, latency_ms, \
+                   protocol, status_before, status_after, error, http_status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(HealthRecordId::new().0)
+            .bind(result.proxy_id.0)
+            .bind(checked_at)
+            .bind(result.reachable)
+            .bind(result.latency_ms)
+            .bind(result.protocol.as_str())
+            .bind(before.status.as_str())
+            .bind(after.status.as_str())
+            .bind(result.error.as_deref())
+            .bind(result.http_status.map(i32::from))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx("apply_health_result", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| map_sqlx("apply_health_result", e))?;
+            Ok(Some(after))
+        })
+    }
+
+    async fn last_health_result(&self, proxy_id: ProxyId) -> StorageResult<Option<HealthRecord>> {
+        Ok(self.list_health_records(proxy_id, 1).await?.into_iter().next())
+    }
+
+    async fn list_health_records(
+        &self,
+        proxy_id: ProxyId,
+        limit: usize,
+    ) -> StorageResult<Vec<HealthRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let statement = format!(
+            "SELECT {} FROM proxy_health_record WHERE proxy_id = $1 \
+             ORDER BY checked_at DESC, id DESC LIMIT $2",
+            sql::HEALTH_COLUMNS
+        );
+        let found = sqlx::query(AssertSqlSafe(statement))
+            .bind(proxy_id.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("list_health_records", e))?;
+        found.iter().map(rows::health_record).collect()
+    }
+
+    async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats> {
+        validate_name("pool_name", pool_name)?;
+        let row = sqlx::query(sql::POOL_STATS)
+            .bind(pool_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("pool_stats", e))?
+            .ok_or_else(|| StorageError::not_found("pool", pool_name))?;
+        let get = |name: &str| -> StorageResult<u64> {
+            let v: i64 = row.try_get(name).map_err(|e| map_sqlx("pool_stats", e))?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        Ok(PoolStats {
+            pool_id: row
+                .try_get::<Uuid, _>("id")
+                .map_err(|e| map_sqlx("pool_stats", e))?
+                .into(),
+            pool_name: row.try_get("name").map_err(|e| map_sqlx("pool_stats", e))?,
+            total_proxies: get("total")?,
+            active_proxies: get("active")?,
+            available_proxies: get("available")?,
+            leased_proxies: get("leased")?,
+            total_leases: get("leases")?,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Test support: a throw-away schema per test on a real PostgreSQL.
+//!
+//! The contract suite's expiry and `cleanup_expired` scenarios act on the
+//! whole storage, so every test gets its own schema
+//! (`pharox_t_<unix seconds>_<uuid>`), migrated on creation, with the
+//! storage's connections pinned to it through `search_path`. Schemas left
+//! behind by earlier runs (older than an hour) are dropped when a new one is
+//! created; [`TestSchema::drop_schema`] drops one at once.
+//!
+//! The server comes from `PHAROX_TEST_DATABASE_URL` (the xtask test runner
+//! creates a fresh database per run and sets it), else `PHAROX_DATABASE_URL`,
+//! else `postgres://postgres@127.0.0.1:5432/postgres`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pharox_ports::{StorageError, StorageResult};
+use sea_orm::sqlx::{self, AssertSqlSafe, postgres::PgPool};
+
+use crate::{PostgresConfig, PostgresStorage};
+
+/// The variable naming the test server.
+pub const ENV_TEST_DATABASE_URL: &str = "PHAROX_TEST_DATABASE_URL";
+
+/// The server used when no variable is set.
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Prefix of the schemas tests create.
+pub const TEST_SCHEMA_PREFIX: &str = "pharox_t_";
+
+/// The DSN tests use (see the module docs).
+#[must_use]
+pub fn test_database_url() -> String {
+    [ENV_TEST_DATABASE_URL, crate::ENV_DATABASE_URL]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// A migrated schema of its own and a storage connected to it.
+#[derive(Debug, Clone)]
+pub struct TestSchema {
+    name: String,
+    storage: PostgresStorage,
+    config: PostgresConfig,
+}
+
+impl TestSchema {
+    /// Creates and migrates a fresh schema on the test server, with a pool of
+    /// up to 16 connections.
+    pub async fn create() -> StorageResult<Self> {
+        Self::create_with(16).await
+    }
+
+    /// As [`create`](Self::create), with a pool of `max_connections`.
+    ///
+    /// When the server cannot be reached the error says how to get one.
+    pub async fn create_with(max_connections: u32) -> StorageResult<Self> {
+        let url = test_database_url();
+        let base = PostgresConfig::from_dsn(&url)
+            .map_err(|e| StorageError::Invalid(pharox_domain::ValidationError::new(
+                ENV_TEST_DATABASE_URL,
+                e.to_string(),
+            )))?;
+        let mut admin_config = base.clone().with_max_connections(1);
+        admin_config.connect_timeout = Duration::from_secs(5);
+        let admin = PostgresStorage::connect(&admin_config).await.map_err(|e| {
+            StorageError::Unavailable {
+                message: format!(
+                    "the pharox PostgreSQL tests need a server and could not reach {base}: {e}. \
+                     Start one (for example `docker run -d -p 5432:5432 \
+                     -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15`, or your distribution's \
+                     postgresql package) or point {ENV_TEST_DATABASE_URL} at one \
+                     (postgres://user:pass@host:5432/db)"
+                ),
+                source: Some(Box::new(e)),
+            }
+        })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        drop_stale_schemas(admin.pg_pool(), now).await;
+        let name = format!(
+            "{TEST_SCHEMA_PREFIX}{now}_{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        // The name is ours (digits, hex): safe to put in the statement.
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+            .execute(admin.pg_pool())
+            .await
+            .map_err(|e| crate::error::map_sqlx("creating the test schema", e))?;
+        admin.close().await;
+
+        let mut config = base.with_schema(name.clone()).with_max_connections(max_connections);
+        config.acquire_timeout = Duration::from_secs(30);
+        let storage = PostgresStorage::connect(&config).await?;
+        pharox_migration::run(storage.connection(), pharox_migration::MigrationCommand::Up)
+            .await
+            .map_err(|e| StorageError::backend("migrating the test schema", e))?;
+        Ok(Self {
+            name,
+            storage,
+            config,
+        })
+    }
+
+    /// The storage, connected to this schema only.
+    #[must_use]
+    pub fn storage(&self) -> &PostgresStorage {
+        &self.storage
+    }
+
+    /// The schema's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A configuration that connects to this schema (for more pools).
+    #[must_use]
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// A handle that moves this schema's time (see [`TimeShift`]).
+    #[must_use]
+    pub fn time_shift(&self) -> TimeShift {
+        TimeShift {
+            pool: self.storage.pg_pool().clone(),
+        }
+    }
+
+    /// Drops the schema and everything in it, and closes the pool.
+    pub async fn drop_schema(self) -> StorageResult<()> {
+        self.storage.close().await;
+        let base = PostgresConfig::from_dsn(&test_database_url())
+            .map_err(|e| StorageError::backend("test database url", e))?
+            .with_max_connections(1);
+        let admin = PostgresStorage::connect(&base).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.name
+        )))
+        .execute(admin.pg_pool())
+        .await
+        .map_err(|e| crate::error::map_sqlx("dropping the test schema", e))?;
+        admin.close().await;
+        Ok(())
+    }
+}
+
+/// Makes time pass for a schema whose storage uses the database clock: it
+/// moves every lease timestamp back instead.
+#[derive(Debug, Clone)]
+pub struct TimeShift {
+    pool: PgPool,
+}
+
+impl TimeShift {
+    /// Makes `by` pass for every lease of the schema.
+    pub async fn advance(&self, by: Duration) -> StorageResult<()> {
+        let micros = by.as_micros() as f64;
+        sqlx::query(
+            "UPDATE lease SET acquired_at = acquired_at - $1::float8 * interval '1 microsecond', \
+               expires_at = expires_at - $1::float8 * interval '1 microsecond', \
+               released_at = released_at - $1::float8 * interval '1 microsecond'",
+        )
+        .bind(micros)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| crate::error::map_sqlx("time travel", e))?;
+        Ok(())
+    }
+}
+
+/// Drops test schemas created more than an hour before `now` (left behind
+/// by runs that ended without cleaning up). Best effort.
+async fn drop_stale_schemas(pool: &PgPool, now: u64) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'pharox\\_t\\_%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let created = name
+            .strip_prefix(TEST_SCHEMA_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|t| t + 3600 < now) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")))
+                .execute(pool)
+                .await;
+        }
+    }
+}
