@@ -388,7 +388,10 @@ impl PostgresConfig {
             return Err(ConfigError::invalid("host", "must not be blank"));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::invalid("max_connections", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "max_connections",
+                "must be at least 1",
+            ));
         }
         if self.min_connections > self.max_connections {
             return Err(ConfigError::invalid(
@@ -525,7 +528,10 @@ mod tests {
     #[test]
     fn dsn_defaults_and_errors() {
         let c = PostgresConfig::from_dsn("postgres://db.internal").unwrap();
-        assert_eq!((c.user.as_str(), c.database.as_str(), c.port), ("postgres", "postgres", 5432));
+        assert_eq!(
+            (c.user.as_str(), c.database.as_str(), c.port),
+            ("postgres", "postgres", 5432)
+        );
         assert_eq!(c.password, None);
         assert!(!c.test_before_acquire);
         for bad in [

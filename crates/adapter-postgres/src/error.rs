@@ -43,9 +43,9 @@ pub(crate) fn map_sqlx(context: &'static str, err: sqlx::Error) -> StorageError 
                         "{context}: references a missing row ({constraint})"
                     )),
                 },
-                CHECK_VIOLATION => StorageError::Conflict(format!(
-                    "{context}: violates the check {constraint}"
-                )),
+                CHECK_VIOLATION => {
+                    StorageError::Conflict(format!("{context}: violates the check {constraint}"))
+                }
                 // Connection-level classes: 08 (connection exception),
                 // 57P01..03 (admin shutdown, crash shutdown, cannot connect
                 // now), 53300 (too many connections).
@@ -129,8 +129,10 @@ pub(crate) async fn backoff(attempt: u32) {
             .map(|d| d.subsec_micros() % 1000)
             .unwrap_or(0),
     );
-    tokio::time::sleep(Duration::from_micros((1000 << attempt.saturating_sub(1).min(10)) + jitter))
-        .await;
+    tokio::time::sleep(Duration::from_micros(
+        (1000 << attempt.saturating_sub(1).min(10)) + jitter,
+    ))
+    .await;
 }
 
 /// Evaluates the async block `$op` until it succeeds, fails for a reason

@@ -15,7 +15,8 @@ use crate::error::bad_row;
 
 fn get<'r, T>(row: &'r PgRow, column: &'static str) -> Result<T, StorageError>
 where
-    T: sea_orm::sqlx::Decode<'r, sea_orm::sqlx::Postgres> + sea_orm::sqlx::Type<sea_orm::sqlx::Postgres>,
+    T: sea_orm::sqlx::Decode<'r, sea_orm::sqlx::Postgres>
+        + sea_orm::sqlx::Type<sea_orm::sqlx::Postgres>,
 {
     row.try_get(column)
         .map_err(|e| crate::error::map_sqlx("reading a row", e))

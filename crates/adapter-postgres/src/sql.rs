@@ -100,18 +100,20 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
                 // The same haversine, in the same order of operations, as
                 // pharox_domain::haversine_km (filter point first).
                 parts.push(format!(
-                    "COALESCE({r2} * asin(least(sqrt(\
+                    "(p.latitude IS NOT NULL AND p.longitude IS NOT NULL AND \
+                     COALESCE({r2} * asin(least(sqrt(\
                      sin(radians(p.latitude - {lat}) / 2) * sin(radians(p.latitude - {lat}) / 2) \
                      + cos(radians({lat})) * cos(radians(p.latitude)) \
                      * (sin(radians(p.longitude - {lon}) / 2) * sin(radians(p.longitude - {lon}) / 2))\
-                     ), 1)) <= {radius}, FALSE)"
+                     ), 1)) <= {radius}, FALSE))"
                 ));
             }
             None => {
                 let tol = binds.push(Arg::Float(GEO_EXACT_TOLERANCE_DEG));
                 parts.push(format!(
-                    "COALESCE(abs(p.latitude - {lat}) <= {tol} \
-                     AND abs(p.longitude - {lon}) <= {tol}, FALSE)"
+                    "(p.latitude IS NOT NULL AND p.longitude IS NOT NULL AND \
+                     COALESCE(abs(p.latitude - {lat}) <= {tol} \
+                     AND abs(p.longitude - {lon}) <= {tol}, FALSE))"
                 ));
             }
         }
@@ -142,6 +144,31 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
         "TRUE".to_owned()
     } else {
         format!("({})", parts.join(" AND "))
+    }
+}
+
+/// How a candidate query locks the rows it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// No lock (find_available).
+    None,
+    /// `FOR UPDATE SKIP LOCKED`: rows other acquirers are claiming are passed
+    /// over instead of waited for. The fast path.
+    SkipLocked,
+    /// `FOR UPDATE`: wait for rows other acquirers hold, then re-check them.
+    /// The fallback when SKIP LOCKED found nothing: a proxy with spare
+    /// capacity may have been skipped only because someone else was leasing
+    /// it at that instant.
+    Wait,
+}
+
+impl Lock {
+    fn clause(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::SkipLocked => " FOR UPDATE OF p SKIP LOCKED",
+            Self::Wait => " FOR UPDATE OF p",
+        }
     }
 }
 
@@ -241,7 +268,7 @@ fn final_select() -> String {
 ///    change a row only once, so the picked proxy's two changes are one).
 /// 5. `ins`: the lease, timestamps from the database clock.
 /// 6. `cur` (round robin): the cursor moves to the picked proxy.
-pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str) -> String {
+pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock) -> String {
     let rr = selector == Selector::RoundRobin;
     let mut sql = format!(
         "WITH reclaimed AS (\
@@ -261,8 +288,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str) -> String 
            WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
              AND (p.max_concurrency IS NULL OR p.current_leases - COALESCE(rc.n, 0) < p.max_concurrency) \
              AND {filter_sql} \
-           ORDER BY {order} LIMIT 1 \
-           FOR UPDATE OF p SKIP LOCKED), \
+           ORDER BY {order} LIMIT 1{lock}), \
          bumped AS (\
            UPDATE proxy p SET current_leases = p.current_leases - pick.n + 1 \
            FROM pick WHERE p.id = pick.id RETURNING p.*), \
@@ -272,6 +298,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str) -> String 
              AND p.id IS DISTINCT FROM (SELECT id FROM pick))",
         st = if rr { "LEFT JOIN st ON TRUE" } else { "" },
         order = order_by(selector, "COALESCE(rc.n, 0)"),
+        lock = lock.clause(),
     );
     sql.push_str(&insert_lease_and_return());
     if rr {
@@ -309,8 +336,10 @@ pub(crate) const CLEANUP_EXPIRED: &str = "WITH reclaimed AS (\
 /// transaction); without it (find_available) leases past their expiry are
 /// subtracted the way acquire would reclaim them, and the result has an
 /// `expired` column.
-pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: bool) -> String {
+pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: Lock) -> String {
     let rr = selector == Selector::RoundRobin;
+    let lock_clause = lock.clause();
+    let lock = lock != Lock::None;
     let mut ctes: Vec<String> = Vec::new();
     if !lock {
         ctes.push(format!(
@@ -342,7 +371,6 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: b
         },
         st_join = if rr { "LEFT JOIN st ON TRUE" } else { "" },
         order = order_by(selector, n),
-        lock_clause = if lock { " FOR UPDATE OF p SKIP LOCKED" } else { "" },
     );
     sql
 }
@@ -366,7 +394,9 @@ pub(crate) fn claim_statement(selector: Selector) -> String {
 /// Every proxy of the pool with id `$1` that the filter selects, whatever its
 /// status or load, by id. Filter binds follow `$1` (`Binds::after(1)`).
 pub(crate) fn matching_statement(filter_sql: &str) -> String {
-    format!("SELECT {PROXY_COLUMNS} FROM proxy p WHERE p.pool_id = $1 AND {filter_sql} ORDER BY p.id")
+    format!(
+        "SELECT {PROXY_COLUMNS} FROM proxy p WHERE p.pool_id = $1 AND {filter_sql} ORDER BY p.id"
+    )
 }
 
 /// Releases lease `$1` if it is active and gives its proxy the capacity
@@ -414,7 +444,10 @@ mod tests {
     fn values_are_bound_never_inlined() {
         let filter = ProxyFilter::new()
             .country("AR'; DROP TABLE proxy; --")
-            .any_of([ProxyFilter::new().asn(7303), ProxyFilter::new().near(1.5, 2.5, 10.0)])
+            .any_of([
+                ProxyFilter::new().asn(7303),
+                ProxyFilter::new().near(1.5, 2.5, 10.0),
+            ])
             .none_of([ProxyFilter::new().isp("x").predicate(|_| true)]);
         let mut binds = Binds::after(4);
         let sql = compile_filter(&filter, Predicates::Superset, &mut binds);
@@ -430,4 +463,38 @@ mod tests {
             "TRUE"
         );
     }
+}
+
+/// Whether `proxy` satisfies the whole tree, predicates included, as
+/// `ProxyFilter`'s docs define it. (The domain's `ProxyFilter::matches`
+/// also requires `matches_without_predicates`, which counts a predicate
+/// under `none_of` as true and so rejects proxies the tree accepts; the
+/// predicate path tests candidates with this instead.)
+pub(crate) fn matches(filter: &ProxyFilter, proxy: &pharox_domain::Proxy) -> bool {
+    fn eq(want: Option<&str>, have: Option<&str>) -> bool {
+        want.is_none_or(|w| have == Some(w))
+    }
+    let geo = match (filter.latitude, filter.longitude) {
+        (Some(lat), Some(lon)) => match (proxy.latitude, proxy.longitude) {
+            (Some(plat), Some(plon)) => match filter.radius_km {
+                Some(radius) => pharox_domain::haversine_km(lat, lon, plat, plon) <= radius,
+                None => {
+                    (plat - lat).abs() <= GEO_EXACT_TOLERANCE_DEG
+                        && (plon - lon).abs() <= GEO_EXACT_TOLERANCE_DEG
+                }
+            },
+            _ => false,
+        },
+        _ => true,
+    };
+    eq(filter.source.as_deref(), proxy.source.as_deref())
+        && eq(filter.country.as_deref(), proxy.country.as_deref())
+        && eq(filter.city.as_deref(), proxy.city.as_deref())
+        && eq(filter.isp.as_deref(), proxy.isp.as_deref())
+        && filter.asn.is_none_or(|asn| proxy.asn == Some(asn))
+        && geo
+        && filter.all_of.iter().all(|f| matches(f, proxy))
+        && (filter.any_of.is_empty() || filter.any_of.iter().any(|f| matches(f, proxy)))
+        && !filter.none_of.iter().any(|f| matches(f, proxy))
+        && filter.predicate.as_ref().is_none_or(|p| p.test(proxy))
 }

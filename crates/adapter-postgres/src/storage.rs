@@ -27,7 +27,7 @@ use crate::config::PostgresConfig;
 use crate::entities::proxy_pool;
 use crate::error::{map_db, map_sqlx, with_retry};
 use crate::rows;
-use crate::sql::{self, Binds, Predicates};
+use crate::sql::{self, Binds, Lock, Predicates};
 
 /// How many candidates the predicate path locks and tests per round trip.
 const PREDICATE_BATCH: usize = 32;
@@ -101,32 +101,32 @@ impl PostgresStorage {
             .max_lifetime(config.max_lifetime)
             .test_before_acquire(config.test_before_acquire);
         let target = format!("{}:{}", config.host, config.port);
-        let pool = match tokio::time::timeout(
-            config.connect_timeout,
-            pool_options.connect_with(options),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(StorageError::Unavailable {
-                    message: format!(
-                        "timed out after {:?} connecting to {target}",
-                        config.connect_timeout
-                    ),
-                    source: None,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(match map_sqlx("connecting", e) {
-                    StorageError::Unavailable { message, source } => StorageError::Unavailable {
-                        message: format!("cannot connect to {target}: {message}"),
-                        source,
-                    },
-                    other => other,
-                });
-            }
-            Ok(Ok(pool)) => pool,
-        };
+        let pool =
+            match tokio::time::timeout(config.connect_timeout, pool_options.connect_with(options))
+                .await
+            {
+                Err(_) => {
+                    return Err(StorageError::Unavailable {
+                        message: format!(
+                            "timed out after {:?} connecting to {target}",
+                            config.connect_timeout
+                        ),
+                        source: None,
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(match map_sqlx("connecting", e) {
+                        StorageError::Unavailable { message, source } => {
+                            StorageError::Unavailable {
+                                message: format!("cannot connect to {target}: {message}"),
+                                source,
+                            }
+                        }
+                        other => other,
+                    });
+                }
+                Ok(Ok(pool)) => pool,
+            };
         tracing::debug!(database = %config, "connected to PostgreSQL");
         Ok(Self {
             db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
@@ -137,7 +137,10 @@ impl PostgresStorage {
     /// Wraps an existing SeaORM connection; it must be a PostgreSQL (sqlx)
     /// pool, else [`StorageError::Backend`].
     pub fn from_connection(db: DatabaseConnection) -> Result<Self, StorageError> {
-        if !matches!(db.inner, DatabaseConnectionType::SqlxPostgresPoolConnection(_)) {
+        if !matches!(
+            db.inner,
+            DatabaseConnectionType::SqlxPostgresPoolConnection(_)
+        ) {
             return Err(StorageError::Backend {
                 message: "PostgresStorage needs a PostgreSQL (sqlx) connection".to_owned(),
                 source: None,
@@ -187,11 +190,12 @@ impl PostgresStorage {
     }
 
     async fn check_consumer(&self, consumer_id: ConsumerId) -> StorageResult<()> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM consumer WHERE id = $1)")
-            .bind(consumer_id.0)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_sqlx("acquire", e))?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM consumer WHERE id = $1)")
+                .bind(consumer_id.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("acquire", e))?;
         if exists {
             Ok(())
         } else {
@@ -207,14 +211,33 @@ impl PostgresStorage {
         &self,
         request: &AcquireRequest,
     ) -> StorageResult<Option<Lease>> {
+        let mut lease = self
+            .acquire_with_predicates_locking(request, Lock::SkipLocked)
+            .await?;
+        if lease.is_none() {
+            lease = self
+                .acquire_with_predicates_locking(request, Lock::Wait)
+                .await?;
+        }
+        if lease.is_none() {
+            self.check_consumer(request.consumer_id).await?;
+        }
+        Ok(lease)
+    }
+
+    async fn acquire_with_predicates_locking(
+        &self,
+        request: &AcquireRequest,
+        lock: Lock,
+    ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(3);
         let filter_sql = sql::compile_filter(&request.filter, Predicates::Superset, &mut binds);
-        let candidates = sql::candidates_statement(request.selector, &filter_sql, true);
+        let candidates = sql::candidates_statement(request.selector, &filter_sql, lock);
         let claim = sql::claim_statement(request.selector);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
         let batch = i64::try_from(PREDICATE_BATCH).unwrap_or(32);
-        let lease = with_retry!(async {
+        with_retry!(async {
             let mut tx = self
                 .pool
                 .begin()
@@ -239,7 +262,7 @@ impl PostgresStorage {
                 for row in &found {
                     let proxy = rows::proxy(row)?;
                     seen.push(proxy.id.0);
-                    if request.filter.matches(&proxy) {
+                    if sql::matches(&request.filter, &proxy) {
                         break 'search Some(proxy.id);
                     }
                 }
@@ -264,11 +287,7 @@ impl PostgresStorage {
             };
             tx.commit().await.map_err(|e| map_sqlx("acquire", e))?;
             Ok(lease)
-        })?;
-        if lease.is_none() {
-            self.check_consumer(request.consumer_id).await?;
-        }
-        Ok(lease)
+        })
     }
 
     async fn fetch_lease(&self, lease_id: LeaseId) -> StorageResult<Option<Lease>> {
@@ -628,28 +647,28 @@ impl ProxyStorage for PostgresStorage {
         }
         let mut binds = Binds::after(4);
         let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
-        let statement = sql::acquire_statement(request.selector, &filter_sql);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
-        let row = with_retry!(async {
-            let query = sqlx::query(AssertSqlSafe(statement.as_str()))
-                .bind(pool_name)
-                .bind(request.consumer_id.0)
-                .bind(ttl)
-                .bind(LeaseId::new().0);
-            binds
-                .bind_to(query)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_sqlx("acquire", e))
-        })?;
-        match row {
-            Some(row) => rows::lease(&row).map(Some),
-            None => {
-                self.check_consumer(request.consumer_id).await?;
-                Ok(None)
+        for lock in [Lock::SkipLocked, Lock::Wait] {
+            let statement = sql::acquire_statement(request.selector, &filter_sql, lock);
+            let row = with_retry!(async {
+                let query = sqlx::query(AssertSqlSafe(statement.as_str()))
+                    .bind(pool_name)
+                    .bind(request.consumer_id.0)
+                    .bind(ttl)
+                    .bind(LeaseId::new().0);
+                binds
+                    .bind_to(query)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))
+            })?;
+            if let Some(row) = row {
+                return rows::lease(&row).map(Some);
             }
         }
+        self.check_consumer(request.consumer_id).await?;
+        Ok(None)
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
@@ -663,7 +682,9 @@ impl ProxyStorage for PostgresStorage {
         let Some(row) = row else {
             return Err(StorageError::not_found("lease", lease_id));
         };
-        let released: bool = row.try_get("released").map_err(|e| map_sqlx("release", e))?;
+        let released: bool = row
+            .try_get("released")
+            .map_err(|e| map_sqlx("release", e))?;
         if released {
             return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
         }
@@ -739,7 +760,7 @@ impl ProxyStorage for PostgresStorage {
         };
         let mut binds = Binds::after(3);
         let filter_sql = sql::compile_filter(filter, mode, &mut binds);
-        let statement = sql::candidates_statement(selector, &filter_sql, false);
+        let statement = sql::candidates_statement(selector, &filter_sql, Lock::None);
         let batch = if with_predicates { PREDICATE_BATCH } else { 1 };
         let mut seen: Vec<Uuid> = Vec::new();
         loop {
@@ -761,7 +782,7 @@ impl ProxyStorage for PostgresStorage {
                     .current_leases
                     .saturating_sub(u32::try_from(expired).unwrap_or(0));
                 seen.push(proxy.id.0);
-                if !with_predicates || filter.matches(&proxy) {
+                if !with_predicates || sql::matches(filter, &proxy) {
                     return Ok(Some(proxy));
                 }
             }
@@ -852,7 +873,11 @@ impl ProxyStorage for PostgresStorage {
     }
 
     async fn last_health_result(&self, proxy_id: ProxyId) -> StorageResult<Option<HealthRecord>> {
-        Ok(self.list_health_records(proxy_id, 1).await?.into_iter().next())
+        Ok(self
+            .list_health_records(proxy_id, 1)
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn list_health_records(

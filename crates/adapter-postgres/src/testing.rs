@@ -56,11 +56,12 @@ impl TestSchema {
     /// When the server cannot be reached the error says how to get one.
     pub async fn create_with(max_connections: u32) -> StorageResult<Self> {
         let url = test_database_url();
-        let base = PostgresConfig::from_dsn(&url)
-            .map_err(|e| StorageError::Invalid(pharox_domain::ValidationError::new(
+        let base = PostgresConfig::from_dsn(&url).map_err(|e| {
+            StorageError::Invalid(pharox_domain::ValidationError::new(
                 ENV_TEST_DATABASE_URL,
                 e.to_string(),
-            )))?;
+            ))
+        })?;
         let mut admin_config = base.clone().with_max_connections(1);
         admin_config.connect_timeout = Duration::from_secs(5);
         let admin = PostgresStorage::connect(&admin_config).await.map_err(|e| {
@@ -91,7 +92,9 @@ impl TestSchema {
             .map_err(|e| crate::error::map_sqlx("creating the test schema", e))?;
         admin.close().await;
 
-        let mut config = base.with_schema(name.clone()).with_max_connections(max_connections);
+        let mut config = base
+            .with_schema(name.clone())
+            .with_max_connections(max_connections);
         config.acquire_timeout = Duration::from_secs(30);
         let storage = PostgresStorage::connect(&config).await?;
         pharox_migration::run(storage.connection(), pharox_migration::MigrationCommand::Up)
@@ -187,10 +190,14 @@ async fn drop_stale_schemas(pool: &PgPool, now: u64) {
             .strip_prefix(TEST_SCHEMA_PREFIX)
             .and_then(|rest| rest.split('_').next())
             .and_then(|secs| secs.parse::<u64>().ok());
-        if created.is_some_and(|t| t + 3600 < now) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")))
-                .execute(pool)
-                .await;
+        if created.is_some_and(|t| t + 3600 < now)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+            )))
+            .execute(pool)
+            .await;
         }
     }
 }
