@@ -1,1 +1,780 @@
-//! placeholder
+//! In-memory storage adapter for pharox: [`MemoryStorage`] implements
+//! [`ProxyStorage`] with everything held in process memory.
+//!
+//! It is for tests, single-process deployments and benchmarks: nothing
+//! survives a restart. It passes the whole `pharox-contract-tests` suite.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use pharox_adapter_memory::MemoryStorage;
+//! use pharox_ports::{AcquireRequest, ManualClock, ProxyStorage};
+//! use pharox_ports::domain::{Proxy, ProxyPool, ProxyProtocol};
+//!
+//! # tokio_test_block_on(async {
+//! let clock = Arc::new(ManualClock::starting_now());
+//! let storage = MemoryStorage::builder().clock(clock.clone()).lease_history(1_000).build();
+//! let pool = storage.save_pool(&ProxyPool::new("eu")?).await?;
+//! storage
+//!     .save_proxy(&Proxy::builder(pool.id, "10.0.0.1", 8080, ProxyProtocol::Http).build()?)
+//!     .await?;
+//! let worker = storage.ensure_consumer("worker-1").await?;
+//! let request = AcquireRequest::new("eu", worker, Duration::from_secs(30));
+//! let lease = storage.acquire(&request).await?.expect("a free proxy");
+//! assert_eq!(lease.proxy.connect_url(), "http://10.0.0.1:8080");
+//! assert!(storage.release(lease.id).await?.was_released());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+//!
+//! # Guarantees and costs
+//!
+//! - Every call is atomic: it runs under the lock of the one pool it touches
+//!   (plus short-lived locks on a catalog and on one of 64 lease-index
+//!   shards). No lock is ever held across an `.await`; there is none inside.
+//! - Acquire without a filter does not scan the pool: each pool keeps
+//!   ordered indexes of its *available* proxies (active and below
+//!   `max_concurrency`), one per selector, so picking costs `O(log n)`
+//!   (`O(1)` for random). With a filter the selector's order is walked until
+//!   the first match (random: one pass, uniform among the matches).
+//! - Expired leases are reclaimed during acquire from a per-pool min-heap of
+//!   expiry times, so the cost does not depend on how many leases exist.
+//! - Finished leases go to a bounded history (default
+//!   [`DEFAULT_LEASE_HISTORY`]); a release or `get_lease` of a lease older
+//!   than that gives not-found. Throughput does not degrade with history.
+//! - Returned values are copies; lease snapshots are shared `Arc<Proxy>`
+//!   that are only deep-cloned (copy-on-write) when the stored proxy changes
+//!   while an old snapshot is still held.
+
+mod filter;
+mod hash;
+mod leases;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use pharox_domain::{
+    Consumer, ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease,
+    LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
+    Selector, ValidationError, truncate_to_micros, validate_name, validate_ttl,
+};
+use pharox_ports::{
+    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
+    StorageResult, SystemClock,
+};
+use time::OffsetDateTime;
+
+use crate::hash::IdBuildHasher;
+use crate::leases::{FinishedLease, Found, LeaseIndex};
+use crate::pool::{ActiveLease, PoolCell, PoolState, Slot};
+
+/// How many finished leases are remembered by default.
+pub const DEFAULT_LEASE_HISTORY: usize = 10_000;
+
+/// How many health records are kept per proxy by default.
+pub const DEFAULT_HEALTH_HISTORY: usize = 1_000;
+
+/// Pools, proxies and consumers, found by id or name.
+#[derive(Default)]
+struct Catalog {
+    pools: HashMap<PoolId, Arc<PoolCell>>,
+    by_name: HashMap<String, Arc<PoolCell>>,
+    proxies: HashMap<ProxyId, Arc<PoolCell>>,
+    consumers: HashMap<String, Consumer>,
+    consumer_ids: HashSet<ConsumerId, IdBuildHasher>,
+}
+
+/// A [`ProxyStorage`] that keeps everything in memory.
+///
+/// Cheap to share: wrap it in an `Arc`. See the [crate docs](crate) for
+/// its guarantees.
+pub struct MemoryStorage {
+    clock: Arc<dyn Clock>,
+    catalog: RwLock<Catalog>,
+    leases: LeaseIndex,
+    health_history: usize,
+}
+
+impl fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let catalog = self.catalog.read();
+        f.debug_struct("MemoryStorage")
+            .field("clock", &self.clock)
+            .field("pools", &catalog.pools.len())
+            .field("proxies", &catalog.proxies.len())
+            .field("consumers", &catalog.consumers.len())
+            .field("lease_history", &self.leases.capacity())
+            .field("health_history", &self.health_history)
+            .finish()
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// An empty storage on the system clock, with the default bounds.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// An empty storage on `clock` (a `ManualClock` in tests), with the
+    /// default bounds.
+    #[must_use]
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::builder().clock(clock).build()
+    }
+
+    /// A builder for the clock and the history bounds.
+    pub fn builder() -> MemoryStorageBuilder {
+        MemoryStorageBuilder::default()
+    }
+
+    fn reclaim(
+        &self,
+        state: &mut PoolState,
+        cell: &Arc<PoolCell>,
+        now: OffsetDateTime,
+        now_us: i64,
+    ) -> u64 {
+        let mut reclaimed = 0;
+        while let Some((id, lease)) = state.pop_expired(now_us) {
+            let finished = FinishedLease::new(
+                Arc::clone(cell),
+                cell.id,
+                Arc::clone(&state.name),
+                &lease,
+                now,
+            );
+            self.leases.finish(id, finished);
+            reclaimed += 1;
+        }
+        reclaimed
+    }
+
+    /// Whether the proxy of a remembered finished lease still exists (a
+    /// deleted proxy takes its leases with it).
+    fn finished_is_visible(pool: &PoolCell, proxy_id: ProxyId) -> bool {
+        pool.state.lock().slot_of(proxy_id).is_some()
+    }
+
+    fn already_released(&self, id: LeaseId) -> StorageResult<ReleaseOutcome> {
+        match self.leases.find(id) {
+            Found::Finished {
+                pool,
+                proxy_id,
+                released_at,
+            } if Self::finished_is_visible(&pool, proxy_id) => {
+                Ok(ReleaseOutcome::AlreadyReleased {
+                    lease_id: id,
+                    released_at: Some(released_at),
+                })
+            }
+            _ => Err(StorageError::not_found("lease", id)),
+        }
+    }
+
+    fn finished_lease(&self, id: LeaseId) -> StorageResult<Lease> {
+        let (pool, proxy_id) = self
+            .leases
+            .with_finished(id, |f| (Arc::clone(&f.pool), f.proxy_id))
+            .ok_or_else(|| StorageError::not_found("lease", id))?;
+        let snapshot = {
+            let mut state = pool.state.lock();
+            let idx = state
+                .slot_of(proxy_id)
+                .ok_or_else(|| StorageError::not_found("lease", id))?;
+            state
+                .snapshot(idx)
+                .ok_or_else(|| StorageError::not_found("lease", id))?
+        };
+        self.leases
+            .with_finished(id, |f| f.to_lease(id, snapshot))
+            .ok_or_else(|| StorageError::not_found("lease", id))
+    }
+
+    fn pool_cell(&self, id: PoolId) -> StorageResult<Arc<PoolCell>> {
+        self.catalog
+            .read()
+            .pools
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StorageError::not_found("pool", id))
+    }
+}
+
+/// Builds a [`MemoryStorage`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStorageBuilder {
+    clock: Option<Arc<dyn Clock>>,
+    lease_history: usize,
+    health_history: usize,
+}
+
+impl Default for MemoryStorageBuilder {
+    fn default() -> Self {
+        Self {
+            clock: None,
+            lease_history: DEFAULT_LEASE_HISTORY,
+            health_history: DEFAULT_HEALTH_HISTORY,
+        }
+    }
+}
+
+impl MemoryStorageBuilder {
+    /// Uses this clock instead of the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Remembers about `n` finished leases (default
+    /// [`DEFAULT_LEASE_HISTORY`]; rounded up to a multiple of 64, the number
+    /// of lease-index shards, each of which keeps its share in FIFO order).
+    /// Releasing a forgotten lease gives not-found instead of
+    /// already-released. `0` remembers none.
+    pub fn lease_history(mut self, n: usize) -> Self {
+        self.lease_history = n;
+        self
+    }
+
+    /// Keeps at most `n` health records per proxy, dropping the oldest
+    /// (default [`DEFAULT_HEALTH_HISTORY`]).
+    pub fn health_history(mut self, n: usize) -> Self {
+        self.health_history = n;
+        self
+    }
+
+    /// The storage, empty.
+    #[must_use]
+    pub fn build(self) -> MemoryStorage {
+        MemoryStorage {
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            catalog: RwLock::new(Catalog::default()),
+            leases: LeaseIndex::new(self.lease_history),
+            health_history: self.health_history,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch.
+fn micros(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.microsecond()))
+}
+
+fn internal(message: &str) -> StorageError {
+    StorageError::Backend {
+        message: format!("memory storage invariant broken: {message}"),
+        source: None,
+    }
+}
+
+fn expiry(now: OffsetDateTime, ttl: Duration) -> StorageResult<OffsetDateTime> {
+    now.checked_add(
+        time::Duration::try_from(ttl).map_err(|_| ValidationError::new("ttl", "too large"))?,
+    )
+    .map(truncate_to_micros)
+    .ok_or_else(|| ValidationError::new("ttl", "too large").into())
+}
+
+fn active_lease(id: LeaseId, lease: &ActiveLease, state: &PoolState, proxy: Arc<Proxy>) -> Lease {
+    Lease {
+        id,
+        proxy_id: lease.proxy_id,
+        pool_id: state.id(),
+        pool_name: Arc::clone(&state.name),
+        consumer_id: lease.consumer_id,
+        status: LeaseStatus::Active,
+        acquired_at: lease.acquired_at,
+        expires_at: lease.expires_at,
+        released_at: None,
+        proxy,
+    }
+}
+
+#[async_trait]
+impl ProxyStorage for MemoryStorage {
+    async fn save_pool(&self, pool: &ProxyPool) -> StorageResult<ProxyPool> {
+        pool.validate()?;
+        let mut pool = pool.clone();
+        pool.created_at = truncate_to_micros(pool.created_at);
+        let mut catalog = self.catalog.write();
+        if let Some(other) = catalog.by_name.get(&pool.name)
+            && other.id != pool.id
+        {
+            return Err(StorageError::Conflict(format!(
+                "pool name {:?} is taken by pool {}",
+                pool.name, other.id
+            )));
+        }
+        if let Some(cell) = catalog.pools.get(&pool.id).cloned() {
+            let mut state = cell.state.lock();
+            pool.created_at = state.pool.created_at;
+            if state.pool.name != pool.name {
+                catalog.by_name.remove(&state.pool.name);
+                catalog.by_name.insert(pool.name.clone(), Arc::clone(&cell));
+            }
+            state.rename(pool.clone());
+        } else {
+            let cell = Arc::new(PoolCell::new(pool.clone()));
+            catalog.pools.insert(pool.id, Arc::clone(&cell));
+            catalog.by_name.insert(pool.name.clone(), cell);
+        }
+        Ok(pool)
+    }
+
+    async fn get_pool(&self, id: PoolId) -> StorageResult<ProxyPool> {
+        Ok(self.pool_cell(id)?.state.lock().pool.clone())
+    }
+
+    async fn get_pool_by_name(&self, name: &str) -> StorageResult<ProxyPool> {
+        let catalog = self.catalog.read();
+        let cell = catalog
+            .by_name
+            .get(name)
+            .ok_or_else(|| StorageError::not_found("pool", name))?;
+        Ok(cell.state.lock().pool.clone())
+    }
+
+    async fn list_pools(&self) -> StorageResult<Vec<ProxyPool>> {
+        let catalog = self.catalog.read();
+        let mut pools: Vec<ProxyPool> = catalog
+            .pools
+            .values()
+            .map(|cell| cell.state.lock().pool.clone())
+            .collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    async fn delete_pool(&self, id: PoolId) -> StorageResult<()> {
+        let mut catalog = self.catalog.write();
+        let cell = catalog
+            .pools
+            .remove(&id)
+            .ok_or_else(|| StorageError::not_found("pool", id))?;
+        let mut state = cell.state.lock();
+        catalog.by_name.remove(&state.pool.name);
+        for slot in state.slots() {
+            catalog.proxies.remove(&slot.proxy.id);
+        }
+        for lease in state.clear() {
+            self.leases.forget(lease);
+        }
+        Ok(())
+    }
+
+    async fn save_proxy(&self, proxy: &Proxy) -> StorageResult<Proxy> {
+        proxy.validate()?;
+        let mut catalog = self.catalog.write();
+        let cell = catalog
+            .pools
+            .get(&proxy.pool_id)
+            .cloned()
+            .ok_or_else(|| StorageError::not_found("pool", proxy.pool_id))?;
+        if let Some(home) = catalog.proxies.get(&proxy.id)
+            && home.id != proxy.pool_id
+        {
+            return Err(StorageError::Conflict(format!(
+                "proxy {} belongs to pool {}; it cannot move to pool {}",
+                proxy.id, home.id, proxy.pool_id
+            )));
+        }
+        let stored = cell
+            .state
+            .lock()
+            .upsert(proxy.clone())
+            .ok_or_else(|| internal("proxy slot missing after upsert"))?;
+        catalog.proxies.insert(proxy.id, cell);
+        Ok(stored)
+    }
+
+    async fn add_proxies(&self, proxies: &[Proxy]) -> StorageResult<Vec<Proxy>> {
+        for (i, proxy) in proxies.iter().enumerate() {
+            proxy
+                .validate()
+                .map_err(|e| e.within(&format!("proxies[{i}]")))?;
+        }
+        let mut catalog = self.catalog.write();
+        // Check everything before writing anything: all or nothing.
+        let mut homes: HashMap<ProxyId, PoolId> = HashMap::with_capacity(proxies.len());
+        for proxy in proxies {
+            if !catalog.pools.contains_key(&proxy.pool_id) {
+                return Err(StorageError::not_found("pool", proxy.pool_id));
+            }
+            let home = catalog
+                .proxies
+                .get(&proxy.id)
+                .map(|cell| cell.id)
+                .or_else(|| homes.get(&proxy.id).copied())
+                .unwrap_or(proxy.pool_id);
+            if home != proxy.pool_id {
+                return Err(StorageError::Conflict(format!(
+                    "proxy {} belongs to pool {home}; it cannot move to pool {}",
+                    proxy.id, proxy.pool_id
+                )));
+            }
+            homes.insert(proxy.id, proxy.pool_id);
+        }
+        let mut stored = Vec::with_capacity(proxies.len());
+        for proxy in proxies {
+            let cell = catalog
+                .pools
+                .get(&proxy.pool_id)
+                .cloned()
+                .ok_or_else(|| internal("pool vanished under the catalog lock"))?;
+            let saved = cell
+                .state
+                .lock()
+                .upsert(proxy.clone())
+                .ok_or_else(|| internal("proxy slot missing after upsert"))?;
+            catalog.proxies.insert(proxy.id, cell);
+            stored.push(saved);
+        }
+        Ok(stored)
+    }
+
+    async fn get_proxy(&self, id: ProxyId) -> StorageResult<Proxy> {
+        let catalog = self.catalog.read();
+        let cell = catalog
+            .proxies
+            .get(&id)
+            .ok_or_else(|| StorageError::not_found("proxy", id))?;
+        cell.state
+            .lock()
+            .proxy(id)
+            .map(Slot::copy)
+            .ok_or_else(|| StorageError::not_found("proxy", id))
+    }
+
+    async fn list_proxies(&self, pool_id: PoolId) -> StorageResult<Vec<Proxy>> {
+        let cell = self.pool_cell(pool_id)?;
+        let mut proxies: Vec<Proxy> = cell.state.lock().slots().map(Slot::copy).collect();
+        proxies.sort_by_key(|p| p.id);
+        Ok(proxies)
+    }
+
+    async fn delete_proxy(&self, id: ProxyId) -> StorageResult<()> {
+        let mut catalog = self.catalog.write();
+        let cell = catalog
+            .proxies
+            .remove(&id)
+            .ok_or_else(|| StorageError::not_found("proxy", id))?;
+        let gone = cell
+            .state
+            .lock()
+            .remove_proxy(id)
+            .ok_or_else(|| StorageError::not_found("proxy", id))?;
+        for lease in gone {
+            self.leases.forget(lease);
+        }
+        Ok(())
+    }
+
+    async fn ensure_consumer(&self, name: &str) -> StorageResult<ConsumerId> {
+        validate_name("consumer.name", name)?;
+        if let Some(consumer) = self.catalog.read().consumers.get(name) {
+            return Ok(consumer.id);
+        }
+        let mut catalog = self.catalog.write();
+        if let Some(consumer) = catalog.consumers.get(name) {
+            return Ok(consumer.id);
+        }
+        let consumer = Consumer {
+            id: ConsumerId::new(),
+            name: name.to_owned(),
+            created_at: self.clock.now(),
+        };
+        let id = consumer.id;
+        catalog.consumer_ids.insert(id);
+        catalog.consumers.insert(name.to_owned(), consumer);
+        Ok(id)
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
+        request.validate()?;
+        let now = self.clock.now();
+        let expires_at = expiry(now, request.ttl)?;
+        let (now_us, expires_us) = (micros(now), micros(expires_at));
+        let filter_empty = request.filter.is_empty();
+        let predicates = !filter_empty && request.filter.has_predicate();
+
+        let catalog = self.catalog.read();
+        if !catalog.consumer_ids.contains(&request.consumer_id) {
+            return Err(StorageError::not_found("consumer", request.consumer_id));
+        }
+        let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
+            return Ok(None);
+        };
+        let mut state = cell.state.lock();
+        self.reclaim(&mut state, cell, now, now_us);
+        let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
+        else {
+            return Ok(None);
+        };
+        let proxy_id = state
+            .slot(idx)
+            .map(|slot| slot.proxy.id)
+            .ok_or_else(|| internal("selected slot is empty"))?;
+        let lease_id = LeaseId::new();
+        let active = ActiveLease {
+            slot: idx,
+            proxy_id,
+            consumer_id: request.consumer_id,
+            acquired_at: now,
+            expires_at,
+            expires_us,
+        };
+        let proxy = state
+            .grant(idx, lease_id, active, request.selector)
+            .ok_or_else(|| internal("granted slot is empty"))?;
+        // Indexed under the pool lock, so a concurrent reclaim cannot finish
+        // the lease before the index knows it.
+        self.leases.insert_active(lease_id, Arc::clone(cell));
+        Ok(Some(active_lease(lease_id, &active, &state, proxy)))
+    }
+
+    async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
+        let cell = match self.leases.find(lease_id) {
+            Found::Active(cell) => cell,
+            Found::Finished { .. } => return self.already_released(lease_id),
+            Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
+        };
+        let now = self.clock.now();
+        let mut state = cell.state.lock();
+        if let Some(lease) = state.finish(lease_id) {
+            let finished = FinishedLease::new(
+                Arc::clone(&cell),
+                cell.id,
+                Arc::clone(&state.name),
+                &lease,
+                now,
+            );
+            self.leases.finish(lease_id, finished);
+            drop(state);
+            return Ok(ReleaseOutcome::Released(ReleasedLease {
+                lease_id,
+                proxy_id: lease.proxy_id,
+                pool_id: cell.id,
+                consumer_id: lease.consumer_id,
+                acquired_at: lease.acquired_at,
+                released_at: now,
+            }));
+        }
+        // Finished by someone else since the lookup (or deleted).
+        drop(state);
+        self.already_released(lease_id)
+    }
+
+    async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
+        validate_ttl(ttl)?;
+        let cell = match self.leases.find(lease_id) {
+            Found::Active(cell) => cell,
+            Found::Finished { .. } => {
+                return match self.already_released(lease_id)? {
+                    ReleaseOutcome::AlreadyReleased { .. } | ReleaseOutcome::Released(_) => {
+                        Err(StorageError::LeaseNotActive(lease_id))
+                    }
+                };
+            }
+            Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
+        };
+        let now = self.clock.now();
+        let expires_at = expiry(now, ttl)?;
+        let mut state = cell.state.lock();
+        let Some(lease) = state.leases.get(&lease_id).copied() else {
+            drop(state);
+            self.already_released(lease_id)?;
+            return Err(StorageError::LeaseNotActive(lease_id));
+        };
+        if lease.expires_at <= now {
+            return Err(StorageError::LeaseNotActive(lease_id));
+        }
+        state.extend(lease_id, expires_at, micros(expires_at));
+        let lease = state
+            .leases
+            .get(&lease_id)
+            .copied()
+            .ok_or_else(|| internal("renewed lease vanished"))?;
+        let proxy = state
+            .snapshot(lease.slot)
+            .ok_or_else(|| internal("leased slot is empty"))?;
+        Ok(active_lease(lease_id, &lease, &state, proxy))
+    }
+
+    async fn get_lease(&self, lease_id: LeaseId) -> StorageResult<Lease> {
+        let cell = match self.leases.find(lease_id) {
+            Found::Active(cell) => cell,
+            Found::Finished { .. } => return self.finished_lease(lease_id),
+            Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
+        };
+        let mut state = cell.state.lock();
+        let Some(lease) = state.leases.get(&lease_id).copied() else {
+            drop(state);
+            return self.finished_lease(lease_id);
+        };
+        let proxy = state
+            .snapshot(lease.slot)
+            .ok_or_else(|| internal("leased slot is empty"))?;
+        Ok(active_lease(lease_id, &lease, &state, proxy))
+    }
+
+    async fn find_available(
+        &self,
+        pool_name: &str,
+        filter: &ProxyFilter,
+        selector: Selector,
+    ) -> StorageResult<Option<Proxy>> {
+        validate_name("pool_name", pool_name)?;
+        filter.validate()?;
+        let now = self.clock.now();
+        let filter_empty = filter.is_empty();
+        let predicates = !filter_empty && filter.has_predicate();
+        let catalog = self.catalog.read();
+        let Some(cell) = catalog.by_name.get(pool_name) else {
+            return Ok(None);
+        };
+        let mut state = cell.state.lock();
+        self.reclaim(&mut state, cell, now, micros(now));
+        Ok(state
+            .select(filter, selector, filter_empty, predicates)
+            .and_then(|idx| state.slot(idx))
+            .map(Slot::copy))
+    }
+
+    async fn cleanup_expired(&self) -> StorageResult<u64> {
+        let now = self.clock.now();
+        let now_us = micros(now);
+        let cells: Vec<Arc<PoolCell>> = self.catalog.read().pools.values().cloned().collect();
+        let mut reclaimed = 0;
+        for cell in cells {
+            let mut state = cell.state.lock();
+            reclaimed += self.reclaim(&mut state, &cell, now, now_us);
+        }
+        Ok(reclaimed)
+    }
+
+    async fn apply_health_result(
+        &self,
+        result: &HealthCheckResult,
+        policy: &HealthPolicy,
+    ) -> StorageResult<Option<Proxy>> {
+        result.validate()?;
+        // A policy can only be built valid, but serde can bypass `new`.
+        HealthPolicy::new(policy.failures_before_inactive())?;
+        let catalog = self.catalog.read();
+        let Some(cell) = catalog.proxies.get(&result.proxy_id) else {
+            return Ok(None);
+        };
+        let mut state = cell.state.lock();
+        let Some(idx) = state.slot_of(result.proxy_id) else {
+            return Ok(None);
+        };
+        let Some(slot) = state.slot(idx) else {
+            return Ok(None);
+        };
+        let before = slot.proxy.status;
+        let outcome = policy.apply(before, &slot.proxy.health, result);
+        let after = outcome.status;
+        let checked_at = truncate_to_micros(result.checked_at);
+        state.update_slot(idx, |slot| {
+            let proxy = Arc::make_mut(&mut slot.proxy);
+            proxy.status = outcome.status;
+            proxy.health = outcome.health;
+            proxy.checked_at = Some(checked_at);
+        });
+        let record = HealthRecord {
+            id: HealthRecordId::new(),
+            proxy_id: result.proxy_id,
+            checked_at,
+            reachable: result.reachable,
+            latency_ms: result.latency_ms,
+            protocol: result.protocol,
+            status_before: before,
+            status_after: after,
+            http_status: result.http_status,
+            error: result.error.clone(),
+        };
+        state.push_health(idx, record, self.health_history);
+        Ok(state.slot(idx).map(Slot::copy))
+    }
+
+    async fn last_health_result(&self, proxy_id: ProxyId) -> StorageResult<Option<HealthRecord>> {
+        let catalog = self.catalog.read();
+        let Some(cell) = catalog.proxies.get(&proxy_id) else {
+            return Ok(None);
+        };
+        let state = cell.state.lock();
+        Ok(state
+            .proxy(proxy_id)
+            .and_then(|slot| slot.health.back().cloned()))
+    }
+
+    async fn list_health_records(
+        &self,
+        proxy_id: ProxyId,
+        limit: usize,
+    ) -> StorageResult<Vec<HealthRecord>> {
+        let catalog = self.catalog.read();
+        let Some(cell) = catalog.proxies.get(&proxy_id) else {
+            return Ok(Vec::new());
+        };
+        let state = cell.state.lock();
+        Ok(state.proxy(proxy_id).map_or_else(Vec::new, |slot| {
+            slot.health.iter().rev().take(limit).cloned().collect()
+        }))
+    }
+
+    async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats> {
+        let now = self.clock.now();
+        let catalog = self.catalog.read();
+        let cell = catalog
+            .by_name
+            .get(pool_name)
+            .ok_or_else(|| StorageError::not_found("pool", pool_name))?;
+        let mut state = cell.state.lock();
+        self.reclaim(&mut state, cell, now, micros(now));
+        let mut stats = PoolStats {
+            pool_id: cell.id,
+            pool_name: state.pool.name.clone(),
+            total_proxies: state.proxy_count() as u64,
+            active_proxies: 0,
+            available_proxies: 0,
+            leased_proxies: 0,
+            total_leases: state.leases.len() as u64,
+        };
+        for slot in state.slots() {
+            if slot.proxy.status == ProxyStatus::Active {
+                stats.active_proxies += 1;
+                if slot
+                    .proxy
+                    .max_concurrency
+                    .is_none_or(|max| slot.leases < max)
+                {
+                    stats.available_proxies += 1;
+                }
+            }
+            if slot.leases > 0 {
+                stats.leased_proxies += 1;
+            }
+        }
+        Ok(stats)
+    }
+}

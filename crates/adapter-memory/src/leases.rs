@@ -1,0 +1,198 @@
+//! Lease id -> pool, sharded so concurrent workers rarely meet on a lock,
+//! plus the bounded history of finished leases (each shard keeps its share
+//! in FIFO order and forgets the oldest).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pharox_domain::{ConsumerId, Lease, LeaseId, LeaseStatus, PoolId, ProxyId};
+use time::OffsetDateTime;
+
+use crate::hash::{IdBuildHasher, mix_uuid};
+use crate::pool::{ActiveLease, PoolCell};
+
+/// Number of shards (a power of two).
+pub(crate) const SHARDS: usize = 64;
+
+/// A lease that ended, as remembered for `get_lease` and idempotent release.
+pub(crate) struct FinishedLease {
+    pub(crate) pool: Arc<PoolCell>,
+    pub(crate) pool_id: PoolId,
+    pub(crate) pool_name: Arc<str>,
+    pub(crate) proxy_id: ProxyId,
+    pub(crate) consumer_id: ConsumerId,
+    pub(crate) acquired_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) released_at: OffsetDateTime,
+}
+
+impl FinishedLease {
+    pub(crate) fn new(
+        pool: Arc<PoolCell>,
+        pool_id: PoolId,
+        pool_name: Arc<str>,
+        lease: &ActiveLease,
+        released_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            pool,
+            pool_id,
+            pool_name,
+            proxy_id: lease.proxy_id,
+            consumer_id: lease.consumer_id,
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+            released_at,
+        }
+    }
+
+    /// The lease, with `proxy` as its snapshot.
+    pub(crate) fn to_lease(&self, id: LeaseId, proxy: Arc<pharox_domain::Proxy>) -> Lease {
+        Lease {
+            id,
+            proxy_id: self.proxy_id,
+            pool_id: self.pool_id,
+            pool_name: Arc::clone(&self.pool_name),
+            consumer_id: self.consumer_id,
+            status: LeaseStatus::Released,
+            acquired_at: self.acquired_at,
+            expires_at: self.expires_at,
+            released_at: Some(self.released_at),
+            proxy,
+        }
+    }
+}
+
+/// Where a lease id leads.
+pub(crate) enum Entry {
+    /// Active: its pool holds the details.
+    Active(Arc<PoolCell>),
+    /// Finished, kept until the history forgets it.
+    Finished(Box<FinishedLease>),
+}
+
+/// What a lookup found (cloned out so no shard lock is held afterwards).
+pub(crate) enum Found {
+    Active(Arc<PoolCell>),
+    Finished {
+        pool: Arc<PoolCell>,
+        proxy_id: ProxyId,
+        released_at: OffsetDateTime,
+    },
+    Unknown,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<LeaseId, Entry, IdBuildHasher>,
+    finished: VecDeque<LeaseId>,
+}
+
+/// Keeps a shard on its own cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(Mutex<Shard>);
+
+/// The sharded lease index.
+pub(crate) struct LeaseIndex {
+    shards: Box<[Padded]>,
+    per_shard: usize,
+}
+
+impl LeaseIndex {
+    /// An index that keeps about `history` finished leases (rounded up to a
+    /// multiple of [`SHARDS`]).
+    pub(crate) fn new(history: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+            per_shard: history.div_ceil(SHARDS),
+        }
+    }
+
+    fn shard(&self, id: LeaseId) -> &Mutex<Shard> {
+        #[allow(clippy::cast_possible_truncation)]
+        let i = (mix_uuid(id.0) >> 58) as usize % SHARDS;
+        &self.shards[i].0
+    }
+
+    /// Records a new active lease.
+    pub(crate) fn insert_active(&self, id: LeaseId, pool: Arc<PoolCell>) {
+        self.shard(id).lock().map.insert(id, Entry::Active(pool));
+    }
+
+    /// Moves a lease to the history (forgetting the oldest past the bound).
+    pub(crate) fn finish(&self, id: LeaseId, lease: FinishedLease) {
+        let mut shard = self.shard(id).lock();
+        if self.per_shard == 0 {
+            shard.map.remove(&id);
+            return;
+        }
+        shard.map.insert(id, Entry::Finished(Box::new(lease)));
+        shard.finished.push_back(id);
+        while shard.finished.len() > self.per_shard {
+            if let Some(old) = shard.finished.pop_front() {
+                shard.map.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets a lease entirely (its proxy or pool was deleted).
+    pub(crate) fn forget(&self, id: LeaseId) {
+        let mut shard = self.shard(id).lock();
+        shard.map.remove(&id);
+        // A stale id left in `finished` is harmless: evicting it removes
+        // nothing (ids are never reused).
+    }
+
+    /// What the index knows about a lease.
+    pub(crate) fn find(&self, id: LeaseId) -> Found {
+        match self.shard(id).lock().map.get(&id) {
+            Some(Entry::Active(pool)) => Found::Active(Arc::clone(pool)),
+            Some(Entry::Finished(f)) => Found::Finished {
+                pool: Arc::clone(&f.pool),
+                proxy_id: f.proxy_id,
+                released_at: f.released_at,
+            },
+            None => Found::Unknown,
+        }
+    }
+
+    /// Runs `f` on a finished lease, if it is remembered.
+    pub(crate) fn with_finished<T>(
+        &self,
+        id: LeaseId,
+        f: impl FnOnce(&FinishedLease) -> T,
+    ) -> Option<T> {
+        match self.shard(id).lock().map.get(&id) {
+            Some(Entry::Finished(fin)) => Some(f(fin)),
+            _ => None,
+        }
+    }
+
+    /// How many finished leases are remembered.
+    #[cfg(test)]
+    pub(crate) fn finished_len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.0.lock()
+                    .map
+                    .values()
+                    .filter(|e| matches!(e, Entry::Finished(_)))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// How many lease ids are indexed at all.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().map.len()).sum()
+    }
+
+    /// The most finished leases kept.
+    pub(crate) fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+}

@@ -1,0 +1,633 @@
+//! Per-pool state: the proxies, the indexes of available proxies per
+//! selector, the active leases and the expiry heap. Everything here runs
+//! under the pool's one mutex.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pharox_domain::{
+    ConsumerId, HealthRecord, LeaseId, PoolId, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
+    Selector,
+};
+use rand::Rng;
+use time::OffsetDateTime;
+
+use crate::hash::IdBuildHasher;
+
+/// A pool and its lock. Shared (by `Arc`) between the catalog, the lease
+/// index and finished-lease records.
+pub(crate) struct PoolCell {
+    /// The pool's id (never changes).
+    pub(crate) id: PoolId,
+    pub(crate) state: Mutex<PoolState>,
+}
+
+impl PoolCell {
+    pub(crate) fn new(pool: ProxyPool) -> Self {
+        Self {
+            id: pool.id,
+            state: Mutex::new(PoolState::new(pool)),
+        }
+    }
+}
+
+/// One proxy of a pool.
+pub(crate) struct Slot {
+    /// The proxy as stored. Its `current_leases` may lag behind `leases`; it
+    /// is brought up to date (copy-on-write) only when a snapshot is handed
+    /// out, so a release never deep-clones a proxy a lease still points to.
+    pub(crate) proxy: Arc<Proxy>,
+    /// Active leases on it (the truth for `current_leases`).
+    pub(crate) leases: u32,
+    /// Health records, oldest first, bounded.
+    pub(crate) health: VecDeque<HealthRecord>,
+}
+
+impl Slot {
+    fn available(&self) -> bool {
+        self.proxy.status == ProxyStatus::Active
+            && self
+                .proxy
+                .max_concurrency
+                .is_none_or(|max| self.leases < max)
+    }
+
+    fn least_key(&self, idx: u32) -> LeastKey {
+        (self.leases, self.proxy.checked_at, self.proxy.id, idx)
+    }
+
+    fn latency_key(&self, idx: u32) -> LatencyKey {
+        let latency = self.proxy.health.last_latency_ms;
+        // `+ 0.0` turns -0.0 into 0.0; non-negative floats order like their bits.
+        (
+            latency.is_none(),
+            latency.map_or(0, |l| (l + 0.0).to_bits()),
+            self.proxy.id,
+            idx,
+        )
+    }
+
+    /// The proxy with `current_leases` up to date, shared (cheap) unless a
+    /// stale snapshot is still held elsewhere.
+    pub(crate) fn snapshot(&mut self) -> Arc<Proxy> {
+        if self.proxy.current_leases != self.leases {
+            Arc::make_mut(&mut self.proxy).current_leases = self.leases;
+        }
+        Arc::clone(&self.proxy)
+    }
+
+    /// A private copy with `current_leases` up to date.
+    pub(crate) fn copy(&self) -> Proxy {
+        let mut proxy = Proxy::clone(&self.proxy);
+        proxy.current_leases = self.leases;
+        proxy
+    }
+}
+
+/// Least-used order: fewest leases, never-checked first, oldest check, id.
+type LeastKey = (u32, Option<OffsetDateTime>, ProxyId, u32);
+/// Lowest-latency order: measured first, lowest latency, id.
+type LatencyKey = (bool, u64, ProxyId, u32);
+
+/// Available slots with O(1) insert, remove and uniform pick.
+#[derive(Default)]
+struct RandomSet {
+    items: Vec<u32>,
+    /// Position of each slot in `items`, `u32::MAX` when absent.
+    pos: Vec<u32>,
+}
+
+impl RandomSet {
+    fn insert(&mut self, idx: u32) {
+        let i = idx as usize;
+        if self.pos.len() <= i {
+            self.pos.resize(i + 1, u32::MAX);
+        }
+        if self.pos[i] == u32::MAX {
+            self.pos[i] = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
+            self.items.push(idx);
+        }
+    }
+
+    fn remove(&mut self, idx: u32) {
+        let Some(&p) = self.pos.get(idx as usize) else {
+            return;
+        };
+        if p == u32::MAX {
+            return;
+        }
+        self.items.swap_remove(p as usize);
+        if let Some(&moved) = self.items.get(p as usize) {
+            self.pos[moved as usize] = p;
+        }
+        self.pos[idx as usize] = u32::MAX;
+    }
+}
+
+/// An active lease as kept in its pool (no `Arc<Proxy>`, so releasing never
+/// keeps a snapshot alive).
+#[derive(Clone, Copy)]
+pub(crate) struct ActiveLease {
+    pub(crate) slot: u32,
+    pub(crate) proxy_id: ProxyId,
+    pub(crate) consumer_id: ConsumerId,
+    pub(crate) acquired_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) expires_us: i64,
+}
+
+/// Everything about one pool, guarded by its mutex.
+pub(crate) struct PoolState {
+    pub(crate) pool: ProxyPool,
+    /// The pool name handed out with leases.
+    pub(crate) name: Arc<str>,
+    /// Set when the pool is deleted; stale references see an empty pool.
+    pub(crate) deleted: bool,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    by_proxy: HashMap<ProxyId, u32>,
+    /// Available proxies by id (always kept).
+    by_id: BTreeMap<ProxyId, u32>,
+    /// Built the first time the selector is used in this pool.
+    least: Option<BTreeSet<LeastKey>>,
+    latency: Option<BTreeSet<LatencyKey>>,
+    random: Option<RandomSet>,
+    /// The last proxy round-robin handed out.
+    rr_cursor: Option<ProxyId>,
+    pub(crate) leases: HashMap<LeaseId, ActiveLease, IdBuildHasher>,
+    /// (expires_us, lease) min-heap; entries of released or renewed leases
+    /// are skipped when popped and dropped by compaction.
+    expiry: BinaryHeap<Reverse<(i64, LeaseId)>>,
+}
+
+impl PoolState {
+    fn new(pool: ProxyPool) -> Self {
+        Self {
+            name: Arc::from(pool.name.as_str()),
+            pool,
+            deleted: false,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_proxy: HashMap::new(),
+            by_id: BTreeMap::new(),
+            least: None,
+            latency: None,
+            random: None,
+            rr_cursor: None,
+            leases: HashMap::default(),
+            expiry: BinaryHeap::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> PoolId {
+        self.pool.id
+    }
+
+    pub(crate) fn rename(&mut self, pool: ProxyPool) {
+        if pool.name != self.pool.name {
+            self.name = Arc::from(pool.name.as_str());
+        }
+        self.pool = pool;
+    }
+
+    pub(crate) fn slot_of(&self, id: ProxyId) -> Option<u32> {
+        self.by_proxy.get(&id).copied()
+    }
+
+    pub(crate) fn slot(&self, idx: u32) -> Option<&Slot> {
+        self.slots.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn slot_mut(&mut self, idx: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(idx as usize).and_then(Option::as_mut)
+    }
+
+    pub(crate) fn proxy(&self, id: ProxyId) -> Option<&Slot> {
+        self.slot_of(id).and_then(|idx| self.slot(idx))
+    }
+
+    pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().flatten()
+    }
+
+    pub(crate) fn proxy_count(&self) -> usize {
+        self.by_proxy.len()
+    }
+
+    /// Inserts a new proxy or replaces the stored one, keeping the fields the
+    /// storage owns (`current_leases`, `checked_at`, `health`, `created_at`).
+    /// Returns a copy of what is stored.
+    pub(crate) fn upsert(&mut self, mut proxy: Proxy) -> Option<Proxy> {
+        proxy.created_at = pharox_domain::truncate_to_micros(proxy.created_at);
+        let idx = match self.by_proxy.entry(proxy.id) {
+            Entry::Occupied(e) => {
+                let idx = *e.get();
+                self.update_slot(idx, |slot| {
+                    proxy.created_at = slot.proxy.created_at;
+                    proxy.checked_at = slot.proxy.checked_at;
+                    proxy.health = slot.proxy.health.clone();
+                    proxy.current_leases = slot.leases;
+                    slot.proxy = Arc::new(proxy);
+                });
+                idx
+            }
+            Entry::Vacant(e) => {
+                proxy.current_leases = 0;
+                proxy.checked_at = proxy.checked_at.map(pharox_domain::truncate_to_micros);
+                let idx = if let Some(idx) = self.free.pop() {
+                    idx
+                } else {
+                    self.slots.push(None);
+                    u32::try_from(self.slots.len() - 1).ok()?
+                };
+                e.insert(idx);
+                self.slots[idx as usize] = Some(Slot {
+                    proxy: Arc::new(proxy),
+                    leases: 0,
+                    health: VecDeque::new(),
+                });
+                self.index(idx);
+                idx
+            }
+        };
+        self.slot(idx).map(Slot::copy)
+    }
+
+    /// Removes a proxy with its active leases; returns the ids of those
+    /// leases (so the caller can drop them from the lease index), or `None`
+    /// if the proxy is not here.
+    pub(crate) fn remove_proxy(&mut self, id: ProxyId) -> Option<Vec<LeaseId>> {
+        let idx = self.by_proxy.remove(&id)?;
+        self.unindex(idx);
+        self.slots[idx as usize] = None;
+        self.free.push(idx);
+        let gone: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.slot == idx)
+            .map(|(id, _)| *id)
+            .collect();
+        for lease in &gone {
+            self.leases.remove(lease);
+        }
+        Some(gone)
+    }
+
+    /// Empties a deleted pool; returns the ids of its active leases.
+    pub(crate) fn clear(&mut self) -> Vec<LeaseId> {
+        self.deleted = true;
+        let gone = self.leases.drain().map(|(id, _)| id).collect();
+        let pool = self.pool.clone();
+        *self = Self::new(pool);
+        self.deleted = true;
+        gone
+    }
+
+    fn index(&mut self, idx: u32) {
+        let Some(slot) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if !slot.available() {
+            return;
+        }
+        self.by_id.insert(slot.proxy.id, idx);
+        if let Some(set) = &mut self.least {
+            set.insert(slot.least_key(idx));
+        }
+        if let Some(set) = &mut self.latency {
+            set.insert(slot.latency_key(idx));
+        }
+        if let Some(set) = &mut self.random {
+            set.insert(idx);
+        }
+    }
+
+    fn unindex(&mut self, idx: u32) {
+        let Some(slot) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if !slot.available() {
+            return;
+        }
+        self.by_id.remove(&slot.proxy.id);
+        if let Some(set) = &mut self.least {
+            set.remove(&slot.least_key(idx));
+        }
+        if let Some(set) = &mut self.latency {
+            set.remove(&slot.latency_key(idx));
+        }
+        if let Some(set) = &mut self.random {
+            set.remove(idx);
+        }
+    }
+
+    /// Changes a slot and moves it in every built index whose key or
+    /// membership changed (and only those).
+    pub(crate) fn update_slot(&mut self, idx: u32, f: impl FnOnce(&mut Slot)) {
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let was = slot.available();
+        let old_least = self.least.as_ref().map(|_| slot.least_key(idx));
+        let old_latency = self.latency.as_ref().map(|_| slot.latency_key(idx));
+        f(slot);
+        let now = slot.available();
+        if was != now {
+            if now {
+                self.by_id.insert(slot.proxy.id, idx);
+                if let Some(set) = &mut self.random {
+                    set.insert(idx);
+                }
+            } else {
+                self.by_id.remove(&slot.proxy.id);
+                if let Some(set) = &mut self.random {
+                    set.remove(idx);
+                }
+            }
+        }
+        if let (Some(set), Some(old)) = (&mut self.least, old_least) {
+            let new = slot.least_key(idx);
+            if was && (!now || new != old) {
+                set.remove(&old);
+            }
+            if now && (!was || new != old) {
+                set.insert(new);
+            }
+        }
+        if let (Some(set), Some(old)) = (&mut self.latency, old_latency) {
+            let new = slot.latency_key(idx);
+            if was && (!now || new != old) {
+                set.remove(&old);
+            }
+            if now && (!was || new != old) {
+                set.insert(new);
+            }
+        }
+    }
+
+    /// Builds the index a selector walks, the first time it is used.
+    fn ensure_index(&mut self, selector: Selector) {
+        match selector {
+            Selector::FirstAvailable | Selector::RoundRobin => {}
+            Selector::LeastUsed if self.least.is_none() => {
+                let set = self
+                    .available_slots()
+                    .map(|(i, s)| s.least_key(i))
+                    .collect();
+                self.least = Some(set);
+            }
+            Selector::LowestLatency if self.latency.is_none() => {
+                let set = self
+                    .available_slots()
+                    .map(|(i, s)| s.latency_key(i))
+                    .collect();
+                self.latency = Some(set);
+            }
+            Selector::Random if self.random.is_none() => {
+                let mut set = RandomSet::default();
+                let avail: Vec<u32> = self.available_slots().map(|(i, _)| i).collect();
+                for i in avail {
+                    set.insert(i);
+                }
+                self.random = Some(set);
+            }
+            Selector::LeastUsed | Selector::LowestLatency | Selector::Random => {}
+        }
+    }
+
+    fn available_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let s = s.as_ref().filter(|s| s.available())?;
+            Some((u32::try_from(i).ok()?, s))
+        })
+    }
+
+    /// The slot `selector` picks among available proxies matching `filter`.
+    /// `filter_empty` short-cuts matching; `predicates` says whether the
+    /// filter has a predicate (which must see an exact `current_leases`).
+    pub(crate) fn select(
+        &mut self,
+        filter: &ProxyFilter,
+        selector: Selector,
+        filter_empty: bool,
+        predicates: bool,
+    ) -> Option<u32> {
+        self.ensure_index(selector);
+        let slots = &mut self.slots;
+        let mut matches = |idx: u32| -> bool {
+            if filter_empty {
+                return true;
+            }
+            let Some(slot) = slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+                return false;
+            };
+            if predicates && slot.proxy.current_leases != slot.leases {
+                Arc::make_mut(&mut slot.proxy).current_leases = slot.leases;
+            }
+            crate::filter::matches(filter, &slot.proxy)
+        };
+        match selector {
+            Selector::FirstAvailable => self.by_id.values().copied().find(|&i| matches(i)),
+            Selector::RoundRobin => match self.rr_cursor {
+                Some(cursor) => self
+                    .by_id
+                    .range((Bound::Excluded(cursor), Bound::Unbounded))
+                    .chain(self.by_id.range(..=cursor))
+                    .map(|(_, &i)| i)
+                    .find(|&i| matches(i)),
+                None => self.by_id.values().copied().find(|&i| matches(i)),
+            },
+            Selector::LeastUsed => self
+                .least
+                .as_ref()?
+                .iter()
+                .map(|k| k.3)
+                .find(|&i| matches(i)),
+            Selector::LowestLatency => self
+                .latency
+                .as_ref()?
+                .iter()
+                .map(|k| k.3)
+                .find(|&i| matches(i)),
+            Selector::Random => {
+                let items = &self.random.as_ref()?.items;
+                let mut rng = rand::rng();
+                if filter_empty {
+                    if items.is_empty() {
+                        return None;
+                    }
+                    return items.get(rng.random_range(0..items.len())).copied();
+                }
+                // Reservoir sampling: uniform among the matches, one pass.
+                let mut chosen = None;
+                let mut seen = 0u32;
+                for &i in items {
+                    if matches(i) {
+                        seen += 1;
+                        if rng.random_range(0..seen) == 0 {
+                            chosen = Some(i);
+                        }
+                    }
+                }
+                chosen
+            }
+        }
+    }
+
+    /// Leases slot `idx`: counts the lease, records it, schedules its expiry
+    /// and returns the proxy snapshot.
+    pub(crate) fn grant(
+        &mut self,
+        idx: u32,
+        lease_id: LeaseId,
+        lease: ActiveLease,
+        selector: Selector,
+    ) -> Option<Arc<Proxy>> {
+        self.update_slot(idx, |slot| slot.leases += 1);
+        let slot = self.slot_mut(idx)?;
+        let snapshot = slot.snapshot();
+        if selector == Selector::RoundRobin {
+            self.rr_cursor = Some(snapshot.id);
+        }
+        self.leases.insert(lease_id, lease);
+        self.schedule(lease.expires_us, lease_id);
+        Some(snapshot)
+    }
+
+    fn schedule(&mut self, expires_us: i64, lease_id: LeaseId) {
+        // Compact when stale entries dominate, so the heap stays O(active
+        // leases) however many leases came and went (amortised O(1)).
+        if self.expiry.len() > 2 * self.leases.len() + 1024 {
+            self.expiry = self
+                .leases
+                .iter()
+                .map(|(id, l)| Reverse((l.expires_us, *id)))
+                .collect();
+        }
+        self.expiry.push(Reverse((expires_us, lease_id)));
+    }
+
+    /// Moves an active lease's expiry.
+    pub(crate) fn extend(&mut self, lease_id: LeaseId, expires_at: OffsetDateTime, us: i64) {
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.expires_at = expires_at;
+            lease.expires_us = us;
+            self.schedule(us, lease_id);
+        }
+    }
+
+    /// Ends an active lease and gives its capacity back.
+    pub(crate) fn finish(&mut self, lease_id: LeaseId) -> Option<ActiveLease> {
+        let lease = self.leases.remove(&lease_id)?;
+        self.update_slot(lease.slot, |slot| {
+            slot.leases = slot.leases.saturating_sub(1)
+        });
+        Some(lease)
+    }
+
+    /// Ends the next active lease that expired at or before `now_us`, if any.
+    pub(crate) fn pop_expired(&mut self, now_us: i64) -> Option<(LeaseId, ActiveLease)> {
+        while let Some(&Reverse((at, id))) = self.expiry.peek() {
+            if at > now_us {
+                return None;
+            }
+            self.expiry.pop();
+            if self.leases.get(&id).is_some_and(|l| l.expires_us == at) {
+                return self.finish(id).map(|l| (id, l));
+            }
+        }
+        None
+    }
+
+    /// The snapshot of a slot's proxy, current.
+    pub(crate) fn snapshot(&mut self, idx: u32) -> Option<Arc<Proxy>> {
+        self.slot_mut(idx).map(Slot::snapshot)
+    }
+
+    /// Appends a health record, keeping at most `cap`.
+    pub(crate) fn push_health(&mut self, idx: u32, record: HealthRecord, cap: usize) {
+        if let Some(slot) = self.slot_mut(idx) {
+            if cap == 0 {
+                return;
+            }
+            while slot.health.len() >= cap {
+                slot.health.pop_front();
+            }
+            slot.health.push_back(record);
+        }
+    }
+
+    /// Entries in the expiry heap (live and stale).
+    #[cfg(test)]
+    pub(crate) fn expiry_len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Checks that every built index holds exactly the available slots with
+    /// their current keys, and that lease counts match the active leases.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let avail: Vec<(u32, &Slot)> = self.available_slots().collect();
+        let by_id: BTreeMap<ProxyId, u32> = avail.iter().map(|(i, s)| (s.proxy.id, *i)).collect();
+        if by_id != self.by_id {
+            return Err("by_id index differs from the available slots".into());
+        }
+        if let Some(set) = &self.least {
+            let want: BTreeSet<LeastKey> = avail.iter().map(|(i, s)| s.least_key(*i)).collect();
+            if &want != set {
+                return Err("least_used index is stale".into());
+            }
+        }
+        if let Some(set) = &self.latency {
+            let want: BTreeSet<LatencyKey> = avail.iter().map(|(i, s)| s.latency_key(*i)).collect();
+            if &want != set {
+                return Err("lowest_latency index is stale".into());
+            }
+        }
+        if let Some(set) = &self.random {
+            let mut have = set.items.clone();
+            have.sort_unstable();
+            let mut want: Vec<u32> = avail.iter().map(|(i, _)| *i).collect();
+            want.sort_unstable();
+            if have != want {
+                return Err("random index differs from the available slots".into());
+            }
+            for (p, &i) in set.items.iter().enumerate() {
+                if set.pos.get(i as usize).copied() != u32::try_from(p).ok() {
+                    return Err("random positions are stale".into());
+                }
+            }
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let n = self
+                .leases
+                .values()
+                .filter(|l| l.slot as usize == i)
+                .count();
+            if n != slot.leases as usize {
+                return Err(format!(
+                    "proxy {} counts {} leases, {n} are active",
+                    slot.proxy.id, slot.leases
+                ));
+            }
+            if self.by_proxy.get(&slot.proxy.id) != u32::try_from(i).ok().as_ref() {
+                return Err("by_proxy is stale".into());
+            }
+        }
+        for (id, lease) in &self.leases {
+            if !self
+                .expiry
+                .iter()
+                .any(|Reverse((at, l))| l == id && *at == lease.expires_us)
+            {
+                return Err(format!("lease {id} has no expiry entry"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! Unit tests of the memory-specific parts: the bounded lease history, the
+//! bounded expiry heap, and index consistency under random operations
+//! (checked against a naive scan of the pool).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pharox_domain::{
+    ConsumerId, HealthCheckResult, HealthPolicy, LeaseId, Proxy, ProxyFilter, ProxyId, ProxyPool,
+    ProxyProtocol, ProxyStatus, Selector,
+};
+use pharox_ports::{
+    AcquireRequest, Clock, ManualClock, ProxyStorage, ReleaseOutcome, StorageError,
+};
+use proptest::prelude::*;
+
+use crate::MemoryStorage;
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+async fn setup(
+    storage: &MemoryStorage,
+    max: &[Option<u32>],
+) -> (ProxyPool, ConsumerId, Vec<Proxy>) {
+    let pool = storage
+        .save_pool(&ProxyPool::new("p").unwrap())
+        .await
+        .unwrap();
+    let consumer = storage.ensure_consumer("w").await.unwrap();
+    let mut proxies = Vec::new();
+    for (i, m) in max.iter().enumerate() {
+        let i = u16::try_from(i).unwrap();
+        let mut b = Proxy::builder(
+            pool.id,
+            format!("10.0.0.{}", i + 1),
+            8000 + i,
+            ProxyProtocol::Http,
+        )
+        .country(if i % 2 == 0 { "A" } else { "B" });
+        if let Some(m) = m {
+            b = b.max_concurrency(*m);
+        }
+        proxies.push(storage.save_proxy(&b.build().unwrap()).await.unwrap());
+    }
+    proxies.sort_by_key(|p| p.id);
+    (pool, consumer, proxies)
+}
+
+impl MemoryStorage {
+    fn with_pool<T>(&self, name: &str, f: impl FnOnce(&crate::pool::PoolState) -> T) -> T {
+        let catalog = self.catalog.read();
+        let cell = catalog.by_name.get(name).unwrap();
+        f(&cell.state.lock())
+    }
+}
+
+#[test]
+fn lease_history_is_bounded() {
+    block_on(async {
+        let storage = MemoryStorage::builder().lease_history(128).build();
+        let (pool, consumer, _) = setup(&storage, &[Some(1)]).await;
+        let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let mut ids = Vec::new();
+        for _ in 0..5_000 {
+            let lease = storage.acquire(&req).await.unwrap().unwrap();
+            assert!(storage.release(lease.id).await.unwrap().was_released());
+            ids.push(lease.id);
+        }
+        assert!(
+            storage.leases.finished_len() <= 128,
+            "history over its bound"
+        );
+        assert_eq!(storage.leases.len(), storage.leases.finished_len());
+        assert!(matches!(
+            storage.release(ids[0]).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert!(matches!(
+            storage.release(ids[4_999]).await.unwrap(),
+            ReleaseOutcome::AlreadyReleased { .. }
+        ));
+        let last = storage.get_lease(ids[4_999]).await.unwrap();
+        assert_eq!(last.status, pharox_domain::LeaseStatus::Released);
+        // The expiry heap is compacted: it does not keep every lease ever made.
+        let heap = storage.with_pool(&pool.name, crate::pool::PoolState::expiry_len);
+        assert!(heap <= 1025, "expiry heap holds {heap} entries");
+    });
+}
+
+#[test]
+fn zero_history_forgets_at_once() {
+    block_on(async {
+        let storage = MemoryStorage::builder().lease_history(0).build();
+        let (pool, consumer, _) = setup(&storage, &[None]).await;
+        let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let lease = storage.acquire(&req).await.unwrap().unwrap();
+        assert!(storage.release(lease.id).await.unwrap().was_released());
+        assert!(matches!(
+            storage.release(lease.id).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(storage.leases.len(), 0);
+    });
+}
+
+#[test]
+fn health_history_is_bounded() {
+    block_on(async {
+        let storage = MemoryStorage::builder().health_history(3).build();
+        let (_, _, proxies) = setup(&storage, &[None]).await;
+        let p = &proxies[0];
+        let t0 = pharox_domain::now_micros();
+        for i in 0..10 {
+            let result = HealthCheckResult {
+                proxy_id: p.id,
+                protocol: p.protocol,
+                status: ProxyStatus::Active,
+                reachable: true,
+                latency_ms: Some(f64::from(i)),
+                attempts: 1,
+                http_status: Some(200),
+                checked_at: t0 + time::Duration::seconds(i64::from(i)),
+                error: None,
+            };
+            storage
+                .apply_health_result(&result, &HealthPolicy::default())
+                .await
+                .unwrap();
+        }
+        let records = storage.list_health_records(p.id, 100).await.unwrap();
+        let latencies: Vec<_> = records.iter().map(|r| r.latency_ms).collect();
+        assert_eq!(latencies, vec![Some(9.0), Some(8.0), Some(7.0)]);
+    });
+}
+
+#[test]
+fn snapshots_are_shared_until_the_proxy_changes() {
+    block_on(async {
+        let storage = MemoryStorage::new();
+        let (pool, consumer, _) = setup(&storage, &[Some(1)]).await;
+        let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let first = storage.acquire(&req).await.unwrap().unwrap();
+        storage.release(first.id).await.unwrap();
+        let second = storage.acquire(&req).await.unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&first.proxy, &second.proxy),
+            "an unchanged proxy must not be deep-cloned per lease"
+        );
+    });
+}
+
+// ----------------------------------------------------- random operations
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire {
+        selector: usize,
+        filter: usize,
+        ttl: u64,
+    },
+    Release(usize),
+    Renew(usize, u64),
+    Advance(u64),
+    Health {
+        proxy: usize,
+        status: usize,
+        latency: Option<u32>,
+    },
+    SetStatus {
+        proxy: usize,
+        status: usize,
+    },
+    Delete(usize),
+    Add(Option<u32>),
+    Cleanup,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..5usize, 0..5usize, 1..40u64)
+            .prop_map(|(selector, filter, ttl)| Op::Acquire { selector, filter, ttl }),
+        4 => (0..64usize).prop_map(Op::Release),
+        1 => (0..64usize, 1..40u64).prop_map(|(i, ttl)| Op::Renew(i, ttl)),
+        2 => (1..20u64).prop_map(Op::Advance),
+        2 => (0..16usize, 0..3usize, proptest::option::of(0..500u32))
+            .prop_map(|(proxy, status, latency)| Op::Health { proxy, status, latency }),
+        1 => (0..16usize, 0..4usize).prop_map(|(proxy, status)| Op::SetStatus { proxy, status }),
+        1 => (0..16usize).prop_map(Op::Delete),
+        1 => proptest::option::of(1..3u32).prop_map(Op::Add),
+        1 => Just(Op::Cleanup),
+    ]
+}
+
+fn filter(i: usize) -> ProxyFilter {
+    match i {
+        0 => ProxyFilter::new(),
+        1 => ProxyFilter::new().country("A"),
+        2 => ProxyFilter::new().none_of([ProxyFilter::new().country("A")]),
+        3 => ProxyFilter::new().predicate(|p| p.port % 3 != 0),
+        _ => ProxyFilter::new().predicate(|p| p.current_leases == 0),
+    }
+}
+
+/// What a naive scan says `selector` must pick (`None` for random: any
+/// candidate will do, checked separately).
+fn reference(
+    proxies: &[Proxy],
+    f: &ProxyFilter,
+    selector: Selector,
+    cursor: Option<ProxyId>,
+) -> (Vec<ProxyId>, Option<ProxyId>) {
+    let mut c: Vec<&Proxy> = proxies
+        .iter()
+        .filter(|p| p.has_capacity() && crate::filter::matches(f, p))
+        .collect();
+    c.sort_by_key(|p| p.id);
+    let candidates = c.iter().map(|p| p.id).collect();
+    let pick = match selector {
+        Selector::FirstAvailable => c.first().map(|p| p.id),
+        Selector::RoundRobin => cursor
+            .and_then(|cur| c.iter().find(|p| p.id > cur))
+            .or(c.first())
+            .map(|p| p.id),
+        Selector::LeastUsed => c
+            .iter()
+            .min_by_key(|p| (p.current_leases, p.checked_at, p.id))
+            .map(|p| p.id),
+        Selector::LowestLatency => c
+            .iter()
+            .min_by(|a, b| {
+                let key =
+                    |p: &Proxy| (p.health.last_latency_ms.is_none(), p.health.last_latency_ms);
+                let (ka, kb) = (key(a), key(b));
+                ka.0.cmp(&kb.0)
+                    .then(ka.1.partial_cmp(&kb.1).unwrap_or(std::cmp::Ordering::Equal))
+                    .then(a.id.cmp(&b.id))
+            })
+            .map(|p| p.id),
+        Selector::Random => None,
+    };
+    (candidates, pick)
+}
+
+fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    block_on(async move {
+        let clock = Arc::new(ManualClock::starting_now());
+        let storage = MemoryStorage::builder()
+            .clock(clock.clone())
+            .lease_history(64)
+            .build();
+        let (pool, consumer, mut proxies) =
+            setup(&storage, &[Some(1), Some(2), None, Some(1), Some(3), None]).await;
+        let mut held: Vec<LeaseId> = Vec::new();
+        let mut cursor: Option<ProxyId> = None;
+        let mut port = 9000u16;
+        for op in ops {
+            match op {
+                Op::Acquire {
+                    selector,
+                    filter: fi,
+                    ttl,
+                } => {
+                    let selector = Selector::ALL[selector];
+                    let f = filter(fi);
+                    let peek = storage
+                        .find_available(&pool.name, &f, selector)
+                        .await
+                        .unwrap()
+                        .map(|p| p.id);
+                    let now = storage.list_proxies(pool.id).await.unwrap();
+                    let (candidates, want) = reference(&now, &f, selector, cursor);
+                    let req =
+                        AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(ttl))
+                            .with_filter(f)
+                            .with_selector(selector);
+                    let got = storage.acquire(&req).await.unwrap();
+                    let got_id = got.as_ref().map(|l| l.proxy_id);
+                    if selector == Selector::Random {
+                        prop_assert_eq!(got_id.is_some(), !candidates.is_empty());
+                        if let Some(id) = got_id {
+                            prop_assert!(candidates.contains(&id), "random picked a non-candidate");
+                        }
+                    } else {
+                        prop_assert_eq!(
+                            got_id,
+                            want,
+                            "{} picked differently from the scan",
+                            selector
+                        );
+                        prop_assert_eq!(peek, want, "find_available disagrees for {}", selector);
+                    }
+                    if let Some(lease) = got {
+                        if selector == Selector::RoundRobin {
+                            cursor = Some(lease.proxy_id);
+                        }
+                        held.push(lease.id);
+                    }
+                }
+                Op::Release(i) => {
+                    if !held.is_empty() {
+                        let id = held.swap_remove(i % held.len());
+                        // Not found when its proxy was deleted, or when it
+                        // expired and the (tiny) history forgot it.
+                        match storage.release(id).await {
+                            Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                            Err(e) => prop_assert!(false, "release failed: {}", e),
+                        }
+                    }
+                }
+                Op::Renew(i, ttl) => {
+                    if !held.is_empty() {
+                        let id = held[i % held.len()];
+                        match storage.renew(id, Duration::from_secs(ttl)).await {
+                            Ok(_)
+                            | Err(
+                                StorageError::LeaseNotActive(_) | StorageError::NotFound { .. },
+                            ) => {}
+                            Err(e) => prop_assert!(false, "renew failed: {}", e),
+                        }
+                    }
+                }
+                Op::Advance(s) => clock.advance(Duration::from_secs(s)),
+                Op::Health {
+                    proxy,
+                    status,
+                    latency,
+                } => {
+                    if !proxies.is_empty() {
+                        let p = &proxies[proxy % proxies.len()];
+                        let status = [
+                            ProxyStatus::Active,
+                            ProxyStatus::Slow,
+                            ProxyStatus::Inactive,
+                        ][status];
+                        let result = HealthCheckResult {
+                            proxy_id: p.id,
+                            protocol: p.protocol,
+                            status,
+                            reachable: status != ProxyStatus::Inactive,
+                            latency_ms: latency.map(f64::from),
+                            attempts: 1,
+                            http_status: None,
+                            checked_at: clock.now(),
+                            error: None,
+                        };
+                        storage
+                            .apply_health_result(&result, &HealthPolicy::immediate())
+                            .await
+                            .unwrap();
+                    }
+                }
+                Op::SetStatus { proxy, status } => {
+                    if !proxies.is_empty() {
+                        let mut p = storage
+                            .get_proxy(proxies[proxy % proxies.len()].id)
+                            .await
+                            .unwrap();
+                        p.status = ProxyStatus::ALL[status];
+                        storage.save_proxy(&p).await.unwrap();
+                    }
+                }
+                Op::Delete(i) => {
+                    if !proxies.is_empty() {
+                        let p = proxies.remove(i % proxies.len());
+                        storage.delete_proxy(p.id).await.unwrap();
+                    }
+                }
+                Op::Add(max) => {
+                    port += 1;
+                    let mut b =
+                        Proxy::builder(pool.id, "10.1.0.1", port, ProxyProtocol::Http).country("A");
+                    if let Some(m) = max {
+                        b = b.max_concurrency(m);
+                    }
+                    proxies.push(storage.save_proxy(&b.build().unwrap()).await.unwrap());
+                }
+                Op::Cleanup => {
+                    storage.cleanup_expired().await.unwrap();
+                }
+            }
+            let check = storage.with_pool(&pool.name, crate::pool::PoolState::check_invariants);
+            prop_assert!(check.is_ok(), "{:?}", check);
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn indexes_stay_consistent(ops in proptest::collection::vec(op(), 1..120)) {
+        run_ops(ops)?;
+    }
+}

@@ -1,0 +1,13 @@
+//! The whole storage contract suite against `MemoryStorage`, one fresh
+//! storage and `ManualClock` per test.
+
+use std::sync::Arc;
+
+use pharox_adapter_memory::MemoryStorage;
+use pharox_contract_tests::ContractFixture;
+use pharox_ports::ManualClock;
+
+pharox_contract_tests::storage_contract_tests!(|| async {
+    let clock = Arc::new(ManualClock::starting_now());
+    ContractFixture::new(MemoryStorage::with_clock(clock.clone()), clock)
+});
