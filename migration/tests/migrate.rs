@@ -1,0 +1,167 @@
+//! Migrations against a real PostgreSQL, each test in a schema of its own.
+//!
+//! Server: `PHAROX_TEST_DATABASE_URL`, else `PHAROX_DATABASE_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/postgres`. Never skipped: without a
+//! server the tests fail and say how to get one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pharox_migration::sea_orm_migration::sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement,
+};
+use pharox_migration::{MigrationCommand, run, schema_is_current};
+
+fn url() -> String {
+    ["PHAROX_TEST_DATABASE_URL", "PHAROX_DATABASE_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn connect(schema: Option<&str>, max: u32) -> DatabaseConnection {
+    let mut options = ConnectOptions::new(url());
+    options.max_connections(max).sqlx_logging(false);
+    if let Some(schema) = schema {
+        options.set_schema_search_path(schema.to_owned());
+    }
+    Database::connect(options).await.unwrap_or_else(|e| {
+        panic!(
+            "these tests need PostgreSQL and could not connect ({e}); start one, e.g. \
+             `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15`, \
+             or set PHAROX_TEST_DATABASE_URL"
+        )
+    })
+}
+
+/// A fresh schema and a connection pinned to it.
+async fn fresh_schema() -> (String, DatabaseConnection) {
+    let name = format!("pharox_m_{}", uuid::Uuid::new_v4().simple());
+    let admin = connect(None, 1).await;
+    admin
+        .execute_unprepared(&format!("CREATE SCHEMA \"{name}\""))
+        .await
+        .unwrap();
+    let db = connect(Some(&name), 4).await;
+    (name, db)
+}
+
+async fn drop_schema(name: &str) {
+    let admin = connect(None, 1).await;
+    admin
+        .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+async fn tables(db: &DatabaseConnection) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT table_name::text AS t FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name <> 'seaql_migrations' \
+         ORDER BY 1",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "t").unwrap())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_up_both_succeed() {
+    let (name, _) = fresh_schema().await;
+    // Two separate pools, as two processes would have.
+    let a = connect(Some(&name), 2).await;
+    let b = connect(Some(&name), 2).await;
+    assert!(!schema_is_current(&a).await.unwrap(), "fresh schema is not current");
+    let (ra, rb) = tokio::join!(run(&a, MigrationCommand::Up), run(&b, MigrationCommand::Up));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.is_current() && rb.is_current());
+    // Exactly one of them applied the migrations.
+    let applied = ra.changed.len() + rb.changed.len();
+    assert_eq!(applied, 2, "{ra:?} {rb:?}");
+    assert!(schema_is_current(&a).await.unwrap());
+    assert_eq!(
+        tables(&a).await,
+        [
+            "consumer",
+            "lease",
+            "pool_selector_state",
+            "proxy",
+            "proxy_health_record",
+            "proxy_pool"
+        ]
+    );
+    drop_schema(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_then_up_and_fresh() {
+    let (name, db) = fresh_schema().await;
+    run(&db, MigrationCommand::Up).await.unwrap();
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed.len(), 1, "{down:?}");
+    assert!(!tables(&db).await.contains(&"pool_selector_state".to_owned()));
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.applied, Vec::<String>::new(), "{down:?}");
+    assert!(tables(&db).await.is_empty(), "down removes every table");
+    assert!(!schema_is_current(&db).await.unwrap());
+    let up = run(&db, MigrationCommand::Up).await.unwrap();
+    assert_eq!(up.changed.len(), 2);
+    assert!(schema_is_current(&db).await.unwrap());
+    let status = run(&db, MigrationCommand::Status).await.unwrap();
+    assert!(status.changed.is_empty() && status.is_current());
+    // Data goes with fresh.
+    db.execute_unprepared(
+        "INSERT INTO proxy_pool (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'x')",
+    )
+    .await
+    .unwrap();
+    let fresh = run(&db, MigrationCommand::Fresh).await.unwrap();
+    assert!(fresh.is_current());
+    let n = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*)::bigint AS n FROM proxy_pool",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(n, 0);
+    drop_schema(&name).await;
+}
+
+#[tokio::test]
+async fn python_style_inserts_still_work() {
+    // The inserts of the Python reference adapter name only its own columns:
+    // everything the Rust side added must be nullable or defaulted.
+    let (name, db) = fresh_schema().await;
+    run(&db, MigrationCommand::Up).await.unwrap();
+    db.execute_unprepared(
+        "INSERT INTO proxy_pool (id, name, description) VALUES \
+           ('00000000-0000-0000-0000-000000000001', 'py', NULL); \
+         INSERT INTO proxy (id, pool_id, host, port, protocol, status, max_concurrency, \
+           current_leases, country, source, city) VALUES \
+           ('00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-000000000001', \
+            '10.0.0.1', 8080, 'http', 'active', 1, 0, 'AR', 'feed', 'Rosario'); \
+         INSERT INTO proxy_health_record (id, proxy_id, checked_at, reachable, latency_ms, \
+           protocol, status_before, status_after, error) VALUES \
+           ('00000000-0000-0000-0000-0000000000b1', '00000000-0000-0000-0000-0000000000a1', \
+            now(), true, 12.5, 'http', 'active', 'active', NULL);",
+    )
+    .await
+    .unwrap();
+    // The CHECKs hold the line on bad values.
+    for bad in [
+        "UPDATE proxy SET port = 0",
+        "UPDATE proxy SET current_leases = 2",
+        "UPDATE proxy SET current_leases = -1",
+        "UPDATE proxy SET max_concurrency = 0",
+        "UPDATE proxy SET latitude = 91",
+        "UPDATE proxy SET longitude = -181",
+    ] {
+        assert!(db.execute_unprepared(bad).await.is_err(), "{bad} must fail");
+    }
+    drop_schema(&name).await;
+}
