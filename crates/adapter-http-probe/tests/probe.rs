@@ -316,6 +316,7 @@ async fn black_hole_timeout_is_honoured() {
         let start = Instant::now();
         let result = probe.probe(&p, &opts).await;
         let elapsed = start.elapsed();
+        eprintln!("{protocol} black hole, timeout 400 ms: returned after {elapsed:?}");
         assert!(
             elapsed >= Duration::from_millis(400) && elapsed <= Duration::from_millis(480),
             "{protocol}: {elapsed:?}"
@@ -325,6 +326,9 @@ async fn black_hole_timeout_is_honoured() {
         assert!(!result.reachable);
     }
     assert_eq!(hole.connections(), 2);
+    // The abandoned attempts closed their connections (nothing lingers).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(hole.open_connections(), 0);
 }
 
 #[tokio::test]

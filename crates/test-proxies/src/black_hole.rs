@@ -15,24 +15,30 @@ use crate::server::{Running, serve};
 pub struct BlackHole {
     running: Running,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 impl BlackHole {
     /// Starts it on `127.0.0.1`.
     pub async fn start() -> io::Result<Self> {
         let connections = Arc::new(AtomicUsize::new(0));
-        let shared = Arc::clone(&connections);
+        let open = Arc::new(AtomicUsize::new(0));
+        let (total, live) = (Arc::clone(&connections), Arc::clone(&open));
         let running = serve(move |mut stream| {
-            shared.fetch_add(1, Ordering::Relaxed);
+            total.fetch_add(1, Ordering::Relaxed);
+            live.fetch_add(1, Ordering::Relaxed);
+            let live = Arc::clone(&live);
             async move {
                 let mut sink = [0u8; 1024];
                 while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                live.fetch_sub(1, Ordering::Relaxed);
             }
         })
         .await?;
         Ok(Self {
             running,
             connections,
+            open,
         })
     }
 
@@ -46,6 +52,13 @@ impl BlackHole {
     #[must_use]
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections the client has not closed yet (a client that gave up
+    /// should close its end).
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 }
 
