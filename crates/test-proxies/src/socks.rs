@@ -347,6 +347,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn socks5_ipv6_destination() {
+        let server = Socks5Server::start().await.unwrap();
+        let mut s = TcpStream::connect(server.addr()).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [5, 0]);
+        let mut req = vec![5, 1, 0, 4];
+        req.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        req.extend_from_slice(&9u16.to_be_bytes());
+        s.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.unwrap();
+        // Nothing listens on [::1]:9: refused (or unreachable without IPv6).
+        assert!(matches!(reply[1], 4 | 5), "{reply:?}");
+        assert_eq!(
+            server.targets(),
+            vec![SocksTarget::Ip(SocketAddr::from((Ipv6Addr::LOCALHOST, 9)))]
+        );
+    }
+
+    #[tokio::test]
     async fn socks4a_domain() {
         let target = TargetServer::start().await.unwrap();
         let server = Socks4Server::start().await.unwrap();
