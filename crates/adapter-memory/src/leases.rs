@@ -15,11 +15,11 @@ use crate::pool::{ActiveLease, PoolCell};
 /// Number of shards (a power of two).
 pub(crate) const SHARDS: usize = 64;
 
-/// A lease that ended, as remembered for `get_lease` and idempotent release.
+/// A lease that ended, as remembered for `get_lease` and idempotent
+/// release. Compact and free of `Arc`s: forgetting one is a plain free.
+#[derive(Clone, Copy)]
 pub(crate) struct FinishedLease {
-    pub(crate) pool: Arc<PoolCell>,
     pub(crate) pool_id: PoolId,
-    pub(crate) pool_name: Arc<str>,
     pub(crate) proxy_id: ProxyId,
     pub(crate) consumer_id: ConsumerId,
     pub(crate) acquired_at: OffsetDateTime,
@@ -28,17 +28,9 @@ pub(crate) struct FinishedLease {
 }
 
 impl FinishedLease {
-    pub(crate) fn new(
-        pool: Arc<PoolCell>,
-        pool_id: PoolId,
-        pool_name: Arc<str>,
-        lease: &ActiveLease,
-        released_at: OffsetDateTime,
-    ) -> Self {
+    pub(crate) fn new(pool_id: PoolId, lease: &ActiveLease, released_at: OffsetDateTime) -> Self {
         Self {
-            pool,
             pool_id,
-            pool_name,
             proxy_id: lease.proxy_id,
             consumer_id: lease.consumer_id,
             acquired_at: lease.acquired_at,
@@ -47,13 +39,18 @@ impl FinishedLease {
         }
     }
 
-    /// The lease, with `proxy` as its snapshot.
-    pub(crate) fn to_lease(&self, id: LeaseId, proxy: Arc<pharox_domain::Proxy>) -> Lease {
+    /// The lease, with `proxy` as its snapshot and `pool_name` as the name.
+    pub(crate) fn to_lease(
+        &self,
+        id: LeaseId,
+        pool_name: Arc<str>,
+        proxy: Arc<pharox_domain::Proxy>,
+    ) -> Lease {
         Lease {
             id,
             proxy_id: self.proxy_id,
             pool_id: self.pool_id,
-            pool_name: Arc::clone(&self.pool_name),
+            pool_name,
             consumer_id: self.consumer_id,
             status: LeaseStatus::Released,
             acquired_at: self.acquired_at,
@@ -69,17 +66,13 @@ pub(crate) enum Entry {
     /// Active: its pool holds the details.
     Active(Arc<PoolCell>),
     /// Finished, kept until the history forgets it.
-    Finished(Box<FinishedLease>),
+    Finished(FinishedLease),
 }
 
-/// What a lookup found (cloned out so no shard lock is held afterwards).
+/// What a lookup found (copied out so no shard lock is held afterwards).
 pub(crate) enum Found {
     Active(Arc<PoolCell>),
-    Finished {
-        pool: Arc<PoolCell>,
-        proxy_id: ProxyId,
-        released_at: OffsetDateTime,
-    },
+    Finished(FinishedLease),
     Unknown,
 }
 
@@ -128,7 +121,7 @@ impl LeaseIndex {
             shard.map.remove(&id);
             return;
         }
-        shard.map.insert(id, Entry::Finished(Box::new(lease)));
+        shard.map.insert(id, Entry::Finished(lease));
         shard.finished.push_back(id);
         while shard.finished.len() > self.per_shard {
             if let Some(old) = shard.finished.pop_front() {
@@ -149,24 +142,8 @@ impl LeaseIndex {
     pub(crate) fn find(&self, id: LeaseId) -> Found {
         match self.shard(id).lock().map.get(&id) {
             Some(Entry::Active(pool)) => Found::Active(Arc::clone(pool)),
-            Some(Entry::Finished(f)) => Found::Finished {
-                pool: Arc::clone(&f.pool),
-                proxy_id: f.proxy_id,
-                released_at: f.released_at,
-            },
+            Some(Entry::Finished(f)) => Found::Finished(*f),
             None => Found::Unknown,
-        }
-    }
-
-    /// Runs `f` on a finished lease, if it is remembered.
-    pub(crate) fn with_finished<T>(
-        &self,
-        id: LeaseId,
-        f: impl FnOnce(&FinishedLease) -> T,
-    ) -> Option<T> {
-        match self.shard(id).lock().map.get(&id) {
-            Some(Entry::Finished(fin)) => Some(f(fin)),
-            _ => None,
         }
     }
 

@@ -72,6 +72,7 @@ use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
     StorageResult, SystemClock,
 };
+use rand::Rng;
 use time::OffsetDateTime;
 
 use crate::hash::IdBuildHasher;
@@ -153,35 +154,30 @@ impl MemoryStorage {
     ) -> u64 {
         let mut reclaimed = 0;
         while let Some((id, lease)) = state.pop_expired(now_us) {
-            let finished = FinishedLease::new(
-                Arc::clone(cell),
-                cell.id,
-                Arc::clone(&state.name),
-                &lease,
-                now,
-            );
+            let finished = FinishedLease::new(cell.id, &lease, now);
             self.leases.finish(id, finished);
             reclaimed += 1;
         }
         reclaimed
     }
 
-    /// Whether the proxy of a remembered finished lease still exists (a
-    /// deleted proxy takes its leases with it).
-    fn finished_is_visible(pool: &PoolCell, proxy_id: ProxyId) -> bool {
-        pool.state.lock().slot_of(proxy_id).is_some()
+    /// The pool name and current snapshot of a finished lease's proxy, or
+    /// `None` when its pool or proxy is gone (deleting a proxy deletes its
+    /// leases).
+    fn finished_view(&self, lease: &FinishedLease) -> Option<(Arc<str>, Arc<Proxy>)> {
+        let cell = self.catalog.read().pools.get(&lease.pool_id).cloned()?;
+        let mut state = cell.state.lock();
+        let idx = state.slot_of(lease.proxy_id)?;
+        let proxy = state.snapshot(idx)?;
+        Some((Arc::clone(&state.name), proxy))
     }
 
     fn already_released(&self, id: LeaseId) -> StorageResult<ReleaseOutcome> {
         match self.leases.find(id) {
-            Found::Finished {
-                pool,
-                proxy_id,
-                released_at,
-            } if Self::finished_is_visible(&pool, proxy_id) => {
+            Found::Finished(lease) if self.finished_view(&lease).is_some() => {
                 Ok(ReleaseOutcome::AlreadyReleased {
                     lease_id: id,
-                    released_at: Some(released_at),
+                    released_at: Some(lease.released_at),
                 })
             }
             _ => Err(StorageError::not_found("lease", id)),
@@ -189,22 +185,12 @@ impl MemoryStorage {
     }
 
     fn finished_lease(&self, id: LeaseId) -> StorageResult<Lease> {
-        let (pool, proxy_id) = self
-            .leases
-            .with_finished(id, |f| (Arc::clone(&f.pool), f.proxy_id))
-            .ok_or_else(|| StorageError::not_found("lease", id))?;
-        let snapshot = {
-            let mut state = pool.state.lock();
-            let idx = state
-                .slot_of(proxy_id)
-                .ok_or_else(|| StorageError::not_found("lease", id))?;
-            state
-                .snapshot(idx)
-                .ok_or_else(|| StorageError::not_found("lease", id))?
-        };
-        self.leases
-            .with_finished(id, |f| f.to_lease(id, snapshot))
-            .ok_or_else(|| StorageError::not_found("lease", id))
+        if let Found::Finished(lease) = self.leases.find(id)
+            && let Some((name, proxy)) = self.finished_view(&lease)
+        {
+            return Ok(lease.to_lease(id, name, proxy));
+        }
+        Err(StorageError::not_found("lease", id))
     }
 
     fn pool_cell(&self, id: PoolId) -> StorageResult<Arc<PoolCell>> {
@@ -277,6 +263,15 @@ fn micros(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
         .saturating_mul(1_000_000)
         .saturating_add(i64::from(t.microsecond()))
+}
+
+/// A UUIDv7 lease id stamped with the storage's clock (milliseconds) and
+/// 74 random bits from the thread's generator: no global lock, no second
+/// clock read.
+fn new_lease_id(now_us: i64) -> LeaseId {
+    let millis = u64::try_from(now_us / 1000).unwrap_or(0);
+    let random: [u8; 10] = rand::rng().random();
+    LeaseId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
 }
 
 fn internal(message: &str) -> StorageError {
@@ -533,7 +528,7 @@ impl ProxyStorage for MemoryStorage {
             .slot(idx)
             .map(|slot| slot.proxy.id)
             .ok_or_else(|| internal("selected slot is empty"))?;
-        let lease_id = LeaseId::new();
+        let lease_id = new_lease_id(now_us);
         let active = ActiveLease {
             slot: idx,
             proxy_id,
@@ -560,13 +555,7 @@ impl ProxyStorage for MemoryStorage {
         let now = self.clock.now();
         let mut state = cell.state.lock();
         if let Some(lease) = state.finish(lease_id) {
-            let finished = FinishedLease::new(
-                Arc::clone(&cell),
-                cell.id,
-                Arc::clone(&state.name),
-                &lease,
-                now,
-            );
+            let finished = FinishedLease::new(cell.id, &lease, now);
             self.leases.finish(lease_id, finished);
             drop(state);
             return Ok(ReleaseOutcome::Released(ReleasedLease {
