@@ -1,2 +1,86 @@
-//! placeholder
-fn main() {}
+//! `pharox`: benchmark, migrate and health-check proxy pools.
+//!
+//! - `pharox bench`: concurrent acquire/release against the in-memory storage
+//!   (default) or PostgreSQL (`--database-url`); `pharox bench health` for
+//!   the health orchestrator with a simulated probe.
+//! - `pharox migrate [up|down|status|fresh]`: the PostgreSQL schema.
+//! - `pharox health check|history`: real health checks through the proxies
+//!   of a pool, and a proxy's health history.
+
+mod bench;
+mod bench_health;
+mod error;
+#[cfg(all(feature = "postgres", feature = "http-probe"))]
+mod health;
+#[cfg(feature = "postgres")]
+mod migrate;
+mod seed;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Lease proxies from pools, safely and fast.
+#[derive(Debug, Parser)]
+#[command(name = "pharox", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure acquire+release throughput and latency (the main job).
+    Bench(bench::BenchArgs),
+    /// Apply, revert or inspect the PostgreSQL schema.
+    #[cfg(feature = "postgres")]
+    Migrate(migrate::MigrateArgs),
+    /// Health-check the proxies of a pool, or show a proxy's history.
+    #[cfg(all(feature = "postgres", feature = "http-probe"))]
+    Health(health::HealthArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Bench(args) => bench::run(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Migrate(args) => migrate::run(args).await,
+            #[cfg(all(feature = "postgres", feature = "http-probe"))]
+            Command::Health(args) => health::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr, at warn unless `RUST_LOG` says otherwise, so stdout
+/// stays clean for `--json`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,275 @@
+//! `pharox health check` and `pharox health history`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use pharox::http_probe::HttpProbe;
+use pharox::{
+    HealthCheck, HealthCheckOptions, HealthOrchestrator, HealthPolicy, PharoxError, ProxyId,
+    ProxyStorage, SweepSummary,
+};
+use serde_json::json;
+
+use crate::error::CliError;
+use crate::migrate::{open_checked, required_url};
+
+/// Flags of `pharox health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(subcommand)]
+    command: HealthCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum HealthCommand {
+    /// Check every proxy of a pool through the proxy itself and persist the results.
+    Check(CheckArgs),
+    /// Show a proxy's health history, newest first.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The pool to sweep.
+    #[arg(long)]
+    pool: String,
+    /// The database, as postgres://user:pass@host:5432/db
+    #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The URL fetched through each proxy.
+    #[arg(long)]
+    target: Option<String>,
+    /// Probes in flight at once.
+    #[arg(long, default_value_t = pharox::health::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Seconds each attempt may take.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Attempts per proxy (1 to 5).
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// Latency in ms above which a working proxy is slow.
+    #[arg(long, default_value_t = 2000)]
+    slow_ms: u64,
+    /// Consecutive failures before a proxy becomes inactive.
+    #[arg(long, default_value_t = 3)]
+    failures_before_inactive: u32,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    /// The proxy's id.
+    proxy_id: String,
+    /// The database, as postgres://user:pass@host:5432/db
+    #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// How many records, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a health command.
+pub async fn run(args: HealthArgs) -> Result<(), CliError> {
+    match args.command {
+        HealthCommand::Check(args) => check(args).await,
+        HealthCommand::History(args) => history(args).await,
+    }
+}
+
+fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(CliError::Usage {
+            flag: "timeout",
+            reason: "must be a number of seconds > 0".into(),
+        });
+    }
+    let mut options = HealthCheckOptions {
+        timeout: Duration::from_secs_f64(args.timeout),
+        attempts: args.attempts,
+        slow_threshold: Some(Duration::from_millis(args.slow_ms)),
+        ..HealthCheckOptions::default()
+    };
+    if let Some(target) = &args.target {
+        options.target_url.clone_from(target);
+    }
+    options.validate()?;
+    Ok(options)
+}
+
+async fn check(args: CheckArgs) -> Result<(), CliError> {
+    let options = options(&args)?;
+    let policy = HealthPolicy::new(args.failures_before_inactive)?;
+    let url = required_url(args.database_url.as_deref())?;
+    let connections = u32::try_from(args.concurrency.min(64))
+        .unwrap_or(64)
+        .saturating_add(2);
+    let storage: Arc<dyn ProxyStorage> = Arc::new(open_checked(url, connections, false).await?);
+    let probe = HttpProbe::new().map_err(|e| CliError::Other(e.to_string()))?;
+    let orchestrator = HealthOrchestrator::builder(storage, Arc::new(probe))
+        .options(options)
+        .policy(policy)
+        .concurrency(args.concurrency)
+        .build()?;
+    let mut sweep = orchestrator.sweep_pool(&args.pool).await?;
+    let bar = ProgressBar::new(sweep.total() as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} checking {pos}/{len} {wide_bar} {elapsed}")
+    {
+        bar.set_style(style);
+    }
+    let mut summary = SweepSummary::default();
+    let mut checks: Vec<HealthCheck> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    while let Some(item) = sweep.next().await {
+        bar.inc(1);
+        summary.record(&item);
+        match item {
+            Ok(check) => checks.push(check),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    bar.finish_and_clear();
+    checks.sort_by(|a, b| a.address.cmp(&b.address));
+    if args.json {
+        print_check_json(&args.pool, &checks, &summary, &failures);
+    } else {
+        print_check_table(&checks, &summary, &failures);
+    }
+    if !failures.is_empty() {
+        return Err(CliError::Pharox(PharoxError::Storage(
+            pharox::StorageError::Backend {
+                message: format!("{} results could not be persisted", failures.len()),
+                source: None,
+            },
+        )));
+    }
+    Ok(())
+}
+
+fn status_name(status: Option<pharox::ProxyStatus>) -> &'static str {
+    status.map_or("deleted", |s| s.as_str())
+}
+
+fn print_check_table(checks: &[HealthCheck], summary: &SweepSummary, failures: &[String]) {
+    println!(
+        "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  error",
+        "proxy", "address", "before", "after", "latency"
+    );
+    for check in checks {
+        let latency = check
+            .result
+            .latency_ms
+            .map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
+        println!(
+            "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  {}",
+            check.proxy_id,
+            check.address,
+            check.status_before.as_str(),
+            status_name(check.status_after),
+            latency,
+            check.result.error.as_deref().unwrap_or("")
+        );
+    }
+    for failure in failures {
+        println!("not persisted: {failure}");
+    }
+    let ms = |q| {
+        summary
+            .latency_percentile(q)
+            .map_or("-".to_owned(), |v| format!("{v:.1} ms"))
+    };
+    println!(
+        "\n{} checked: {} active, {} slow, {} inactive, {} banned; latency p50 {}, p95 {}",
+        summary.checked,
+        summary.active,
+        summary.slow,
+        summary.inactive,
+        summary.banned,
+        ms(0.5),
+        ms(0.95)
+    );
+}
+
+fn print_check_json(
+    pool: &str,
+    checks: &[HealthCheck],
+    summary: &SweepSummary,
+    failures: &[String],
+) {
+    let proxies: Vec<_> = checks
+        .iter()
+        .map(|c| {
+            json!({
+                "proxy_id": c.proxy_id.to_string(),
+                "address": c.address,
+                "status_before": c.status_before.as_str(),
+                "status_after": status_name(c.status_after),
+                "latency_ms": c.result.latency_ms,
+                "http_status": c.result.http_status,
+                "attempts": c.result.attempts,
+                "error": c.result.error,
+            })
+        })
+        .collect();
+    let out = json!({
+        "pool": pool,
+        "checked": summary.checked,
+        "active": summary.active,
+        "slow": summary.slow,
+        "inactive": summary.inactive,
+        "banned": summary.banned,
+        "not_persisted": failures.len(),
+        "latency_ms": { "p50": summary.latency_percentile(0.5), "p95": summary.latency_percentile(0.95) },
+        "proxies": proxies,
+    });
+    println!("{out}");
+}
+
+async fn history(args: HistoryArgs) -> Result<(), CliError> {
+    let proxy_id: ProxyId = args.proxy_id.parse().map_err(|_| CliError::Usage {
+        flag: "proxy-id",
+        reason: "is not a UUID".into(),
+    })?;
+    let url = required_url(args.database_url.as_deref())?;
+    let storage = open_checked(url, 2, false).await?;
+    let proxy = storage.get_proxy(proxy_id).await?;
+    let records = storage.list_health_records(proxy_id, args.limit).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&records).map_err(|e| CliError::Other(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{proxy} is {}; {} records, newest first",
+        proxy.status,
+        records.len()
+    );
+    println!(
+        "{:<32}  {:<9}  {:>10}  {:<19}  {:>4}  error",
+        "checked at", "reachable", "latency", "status", "http"
+    );
+    for r in &records {
+        println!(
+            "{:<32}  {:<9}  {:>10}  {:<19}  {:>4}  {}",
+            r.checked_at.to_string(),
+            r.reachable,
+            r.latency_ms
+                .map_or("-".to_owned(), |ms| format!("{ms:.1} ms")),
+            format!("{} -> {}", r.status_before, r.status_after),
+            r.http_status.map_or("-".to_owned(), |s| s.to_string()),
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
