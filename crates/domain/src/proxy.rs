@@ -25,7 +25,9 @@ const MAX_HOST_CHARS: usize = 253;
 pub enum ProxyProtocol {
     /// Plain HTTP forward proxy (absolute-form requests; CONNECT for TLS targets).
     Http,
-    /// HTTP proxy reached over TLS.
+    /// An HTTP proxy used for HTTPS: targets are reached through a `CONNECT`
+    /// tunnel. (The HTTP probe can also speak TLS to the proxy itself; see
+    /// its `HttpsProxyMode`.)
     Https,
     /// SOCKS version 4.
     Socks4,
