@@ -72,7 +72,10 @@ async fn concurrent_up_both_succeed() {
     // Two separate pools, as two processes would have.
     let a = connect(Some(&name), 2).await;
     let b = connect(Some(&name), 2).await;
-    assert!(!schema_is_current(&a).await.unwrap(), "fresh schema is not current");
+    assert!(
+        !schema_is_current(&a).await.unwrap(),
+        "fresh schema is not current"
+    );
     let (ra, rb) = tokio::join!(run(&a, MigrationCommand::Up), run(&b, MigrationCommand::Up));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert!(ra.is_current() && rb.is_current());
@@ -100,7 +103,11 @@ async fn down_then_up_and_fresh() {
     run(&db, MigrationCommand::Up).await.unwrap();
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed.len(), 1, "{down:?}");
-    assert!(!tables(&db).await.contains(&"pool_selector_state".to_owned()));
+    assert!(
+        !tables(&db)
+            .await
+            .contains(&"pool_selector_state".to_owned())
+    );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.applied, Vec::<String>::new(), "{down:?}");
     assert!(tables(&db).await.is_empty(), "down removes every table");

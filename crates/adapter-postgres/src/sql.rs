@@ -232,16 +232,12 @@ const ADVANCE_CURSOR: &str = ", cur AS (\
     ON CONFLICT (pool_id, strategy) DO UPDATE \
     SET last_proxy_id = EXCLUDED.last_proxy_id, updated_at = EXCLUDED.updated_at)";
 
-/// Insert of the lease for the proxy just bumped (`b`), then the result row.
-fn insert_lease_and_return() -> String {
-    format!(
-        ", ins AS (\
+/// Insert of the lease for the proxy just bumped (`b`).
+const INSERT_LEASE: &str = ", ins AS (\
          INSERT INTO lease (id, proxy_id, pool_id, consumer_id, pool_name, status, acquired_at, expires_at) \
          SELECT $4, b.id, b.pool_id, $2, $1, 'active', now(), now() + $3::float8 * interval '1 microsecond' \
          FROM bumped b \
-         RETURNING *)"
-    )
-}
+         RETURNING *)";
 
 fn final_select() -> String {
     format!(
@@ -300,7 +296,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
         order = order_by(selector, "COALESCE(rc.n, 0)"),
         lock = lock.clause(),
     );
-    sql.push_str(&insert_lease_and_return());
+    sql.push_str(INSERT_LEASE);
     if rr {
         sql.push_str(ADVANCE_CURSOR);
     }
@@ -383,7 +379,7 @@ pub(crate) fn claim_statement(selector: Selector) -> String {
          WHERE p.id = $5 AND p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
          RETURNING p.*)"
         .to_owned();
-    sql.push_str(&insert_lease_and_return());
+    sql.push_str(INSERT_LEASE);
     if selector == Selector::RoundRobin {
         sql.push_str(ADVANCE_CURSOR);
     }
@@ -497,4 +493,20 @@ pub(crate) fn matches(filter: &ProxyFilter, proxy: &pharox_domain::Proxy) -> boo
         && (filter.any_of.is_empty() || filter.any_of.iter().any(|f| matches(f, proxy)))
         && !filter.none_of.iter().any(|f| matches(f, proxy))
         && filter.predicate.as_ref().is_none_or(|p| p.test(proxy))
+}
+
+#[cfg(test)]
+mod print {
+    #[test]
+    #[ignore = "prints the acquire statement for EXPLAIN"]
+    fn print_acquire() {
+        println!(
+            "{}",
+            super::acquire_statement(
+                pharox_domain::Selector::FirstAvailable,
+                "TRUE",
+                super::Lock::SkipLocked
+            )
+        );
+    }
 }

@@ -21,7 +21,10 @@ async fn seed(
     n: u16,
     max_concurrency: Option<u32>,
 ) -> (ProxyPool, Vec<Proxy>) {
-    let pool = storage.save_pool(&ProxyPool::new(name).unwrap()).await.unwrap();
+    let pool = storage
+        .save_pool(&ProxyPool::new(name).unwrap())
+        .await
+        .unwrap();
     let proxies: Vec<Proxy> = (0..n)
         .map(|i| {
             let mut b = Proxy::builder(pool.id, "10.1.0.1", 10_000 + i, ProxyProtocol::Http);
@@ -80,11 +83,10 @@ async fn sixty_four_acquirers_on_eight_single_slot_proxies() {
     leased.sort();
     leased.dedup();
     assert_eq!(leased.len(), 8, "exactly one lease per proxy");
-    let active: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM lease WHERE status = 'active'")
-            .fetch_one(storage.pg_pool())
-            .await
-            .unwrap();
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM lease WHERE status = 'active'")
+        .fetch_one(storage.pg_pool())
+        .await
+        .unwrap();
     assert_eq!(active, 8);
     assert_counters_exact(&storage).await;
     schema.drop_schema().await.unwrap();
@@ -108,7 +110,13 @@ async fn eight_workers_loop_without_errors_or_misses() {
                 for _ in 0..150 {
                     match storage.acquire(&req).await.expect("acquire") {
                         Some(lease) => {
-                            assert!(storage.release(lease.id).await.expect("release").was_released());
+                            assert!(
+                                storage
+                                    .release(lease.id)
+                                    .await
+                                    .expect("release")
+                                    .was_released()
+                            );
                         }
                         None => {
                             misses.fetch_add(1, Ordering::Relaxed);
@@ -121,7 +129,11 @@ async fn eight_workers_loop_without_errors_or_misses() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(misses.load(Ordering::Relaxed), 0, "32 slots, 8 workers: never a miss");
+    assert_eq!(
+        misses.load(Ordering::Relaxed),
+        0,
+        "32 slots, 8 workers: never a miss"
+    );
     assert_counters_exact(&storage).await;
     let stats = storage.pool_stats(&pool.name).await.unwrap();
     assert_eq!((stats.total_leases, stats.available_proxies), (0, 32));
@@ -143,7 +155,11 @@ async fn round_robin_is_even_across_workers() {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 for _ in 0..rounds * 2 {
-                    let lease = storage.acquire(&req).await.unwrap().expect("unlimited proxies");
+                    let lease = storage
+                        .acquire(&req)
+                        .await
+                        .unwrap()
+                        .expect("unlimited proxies");
                     got.push(lease.proxy_id);
                     storage.release(lease.id).await.unwrap();
                 }
@@ -162,7 +178,10 @@ async fn round_robin_is_even_across_workers() {
     // little slack, but every proxy must be used and none starved.
     assert_eq!(counts.len(), proxies.len(), "{counts:?}");
     for (id, n) in &counts {
-        assert!((15..=25).contains(n), "proxy {id} got {n} of 160: {counts:?}");
+        assert!(
+            (15..=25).contains(n),
+            "proxy {id} got {n} of 160: {counts:?}"
+        );
     }
     assert_counters_exact(&storage).await;
     schema.drop_schema().await.unwrap();
@@ -173,10 +192,15 @@ async fn bad_input_leaves_no_partial_state() {
     let schema = common::schema().await;
     let storage = schema.storage();
     let (pool, _) = seed(storage, "atomic", 2, Some(1)).await;
-    let other = storage.save_pool(&ProxyPool::new("other").unwrap()).await.unwrap();
+    let other = storage
+        .save_pool(&ProxyPool::new("other").unwrap())
+        .await
+        .unwrap();
 
     // One invalid row: nothing added.
-    let good = Proxy::builder(pool.id, "10.2.0.1", 1, ProxyProtocol::Socks5).build().unwrap();
+    let good = Proxy::builder(pool.id, "10.2.0.1", 1, ProxyProtocol::Socks5)
+        .build()
+        .unwrap();
     let mut bad = good.clone();
     bad.id = pharox_domain::ProxyId::new();
     bad.port = 0;
@@ -186,7 +210,10 @@ async fn bad_input_leaves_no_partial_state() {
     let mut orphan = good.clone();
     orphan.id = pharox_domain::ProxyId::new();
     orphan.pool_id = pharox_domain::PoolId::new();
-    let err = storage.add_proxies(&[good.clone(), orphan.clone()]).await.unwrap_err();
+    let err = storage
+        .add_proxies(&[good.clone(), orphan.clone()])
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StorageError::NotFound { entity: "pool", key } if *key == orphan.pool_id.to_string()),
         "{err:?}"
@@ -195,7 +222,10 @@ async fn bad_input_leaves_no_partial_state() {
     let existing = storage.list_proxies(pool.id).await.unwrap()[0].clone();
     let mut moved = existing.clone();
     moved.pool_id = other.id;
-    let err = storage.add_proxies(&[good.clone(), moved]).await.unwrap_err();
+    let err = storage
+        .add_proxies(&[good.clone(), moved])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
     assert!(matches!(
         storage.get_proxy(good.id).await.unwrap_err(),
@@ -206,21 +236,37 @@ async fn bad_input_leaves_no_partial_state() {
     // A lease on a deleted proxy: the lease goes with it, release is clean.
     let consumer = storage.ensure_consumer("c").await.unwrap();
     let lease = storage
-        .acquire(&AcquireRequest::new("atomic", consumer, Duration::from_secs(60)))
+        .acquire(&AcquireRequest::new(
+            "atomic",
+            consumer,
+            Duration::from_secs(60),
+        ))
         .await
         .unwrap()
         .unwrap();
     storage.delete_proxy(lease.proxy_id).await.unwrap();
     assert!(matches!(
         storage.release(lease.id).await.unwrap_err(),
-        StorageError::NotFound { entity: "lease", .. }
+        StorageError::NotFound {
+            entity: "lease",
+            ..
+        }
     ));
     assert!(matches!(
-        storage.renew(lease.id, Duration::from_secs(5)).await.unwrap_err(),
-        StorageError::NotFound { entity: "lease", .. }
+        storage
+            .renew(lease.id, Duration::from_secs(5))
+            .await
+            .unwrap_err(),
+        StorageError::NotFound {
+            entity: "lease",
+            ..
+        }
     ));
     // Duplicate pool names are conflicts.
-    let err = storage.save_pool(&ProxyPool::new("atomic").unwrap()).await.unwrap_err();
+    let err = storage
+        .save_pool(&ProxyPool::new("atomic").unwrap())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
     assert_counters_exact(storage).await;
     schema.drop_schema().await.unwrap();
