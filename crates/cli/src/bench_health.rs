@@ -52,6 +52,8 @@ pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
     let pool = storage.save_pool(&ProxyPool::new("bench-health")?).await?;
     let proxies = crate::seed::proxies(pool.id, args.proxies, 1)?;
     storage.add_proxies(&proxies).await?;
+    // Every round sweeps the same slice; nothing is copied per round.
+    let proxies: Arc<[pharox::Proxy]> = proxies.into();
     let orchestrator = HealthOrchestrator::builder(
         storage.clone(),
         Arc::new(SimulatedProbe::new(Duration::from_millis(args.latency_ms))),
@@ -67,7 +69,7 @@ pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
     let mut checks = 0usize;
     let mut failed = 0usize;
     for _ in 0..args.rounds {
-        let summary = orchestrator.sweep(proxies.clone()).summarize().await;
+        let summary = orchestrator.sweep(Arc::clone(&proxies)).summarize().await;
         checks += summary.checked;
         failed += summary.failed;
     }

@@ -17,6 +17,7 @@ pub enum CliError {
     #[error(transparent)]
     Pharox(#[from] PharoxError),
     /// The database has no (or an outdated) pharox schema.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     #[error("the database has no current pharox schema")]
     SchemaMissing,
     /// The benchmark saw more simultaneous leases than capacity allows.

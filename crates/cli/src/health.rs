@@ -1,5 +1,6 @@
 //! `pharox health check` and `pharox health history`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,13 +114,17 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
         .unwrap_or(64)
         .saturating_add(2);
     let storage: Arc<dyn ProxyStorage> = Arc::new(open_checked(url, connections, false).await?);
+    let pool = storage.get_pool_by_name(&args.pool).await?;
+    let proxies = storage.list_proxies(pool.id).await?;
+    let addresses: HashMap<ProxyId, String> =
+        proxies.iter().map(|p| (p.id, p.to_string())).collect();
     let probe = HttpProbe::new().map_err(|e| CliError::Other(e.to_string()))?;
     let orchestrator = HealthOrchestrator::builder(storage, Arc::new(probe))
         .options(options)
         .policy(policy)
         .concurrency(args.concurrency)
         .build()?;
-    let mut sweep = orchestrator.sweep_pool(&args.pool).await?;
+    let mut sweep = orchestrator.sweep(proxies);
     let bar = ProgressBar::new(sweep.total() as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{spinner} checking {pos}/{len} {wide_bar} {elapsed}")
@@ -138,11 +143,12 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
         }
     }
     bar.finish_and_clear();
-    checks.sort_by(|a, b| a.address.cmp(&b.address));
+    let address = |check: &HealthCheck| addresses.get(&check.proxy_id).map_or("?", String::as_str);
+    checks.sort_by(|a, b| address(a).cmp(address(b)));
     if args.json {
-        print_check_json(&args.pool, &checks, &summary, &failures);
+        print_check_json(&args.pool, &checks, &address, &summary, &failures);
     } else {
-        print_check_table(&checks, &summary, &failures);
+        print_check_table(&checks, &address, &summary, &failures);
     }
     if !failures.is_empty() {
         return Err(CliError::Pharox(PharoxError::Storage(
@@ -159,7 +165,12 @@ fn status_name(status: Option<pharox::ProxyStatus>) -> &'static str {
     status.map_or("deleted", |s| s.as_str())
 }
 
-fn print_check_table(checks: &[HealthCheck], summary: &SweepSummary, failures: &[String]) {
+fn print_check_table<'a>(
+    checks: &'a [HealthCheck],
+    address: &dyn Fn(&'a HealthCheck) -> &'a str,
+    summary: &SweepSummary,
+    failures: &[String],
+) {
     println!(
         "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  error",
         "proxy", "address", "before", "after", "latency"
@@ -172,7 +183,7 @@ fn print_check_table(checks: &[HealthCheck], summary: &SweepSummary, failures: &
         println!(
             "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  {}",
             check.proxy_id,
-            check.address,
+            address(check),
             check.status_before.as_str(),
             status_name(check.status_after),
             latency,
@@ -210,7 +221,7 @@ fn print_check_json(
         .map(|c| {
             json!({
                 "proxy_id": c.proxy_id.to_string(),
-                "address": c.address,
+                "address": address(c),
                 "status_before": c.status_before.as_str(),
                 "status_after": status_name(c.status_after),
                 "latency_ms": c.result.latency_ms,

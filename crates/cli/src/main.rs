@@ -53,7 +53,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async move {
+    // The command runs as a task on the worker threads: work it waits for
+    // then wakes a busy worker instead of the parked main thread.
+    let command = runtime.spawn(async move {
         match cli.command {
             Command::Bench(args) => bench::run(args).await,
             #[cfg(feature = "postgres")]
@@ -62,6 +64,10 @@ fn main() -> ExitCode {
             Command::Health(args) => health::run(args).await,
         }
     });
+    let outcome = match runtime.block_on(command) {
+        Ok(outcome) => outcome,
+        Err(e) => Err(error::CliError::Other(format!("the command failed: {e}"))),
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use pharox_domain::{
 use pharox_ports::{HealthProbe, ProxyStorage};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
+
 use tracing::Instrument;
 
 use crate::PharoxError;
@@ -30,8 +31,6 @@ pub const DEFAULT_CONCURRENCY: usize = 32;
 pub struct HealthCheck {
     /// The proxy checked.
     pub proxy_id: ProxyId,
-    /// Its address without credentials (`socks5://10.0.0.1:1080`).
-    pub address: String,
     /// Its status before the result was applied.
     pub status_before: ProxyStatus,
     /// Its status after, or `None` when the proxy was deleted meanwhile.
@@ -61,19 +60,29 @@ pub struct SweepSummary {
 }
 
 impl SweepSummary {
-    /// Counts one item of a sweep.
+    /// Counts one item of a sweep, keeping its latency for percentiles.
     pub fn record(&mut self, item: &Result<HealthCheck, PharoxError>) {
-        self.checked += 1;
-        let check = match item {
-            Ok(check) => check,
-            Err(_) => {
-                self.failed += 1;
-                return;
-            }
-        };
-        if let Some(latency) = check.result.latency_ms {
-            self.latencies_ms.push(latency);
+        self.count(item);
+        if let Ok(HealthCheck {
+            result:
+                HealthCheckResult {
+                    latency_ms: Some(latency),
+                    ..
+                },
+            ..
+        }) = item
+        {
+            self.latencies_ms.push(*latency);
         }
+    }
+
+    /// Counts one item without keeping its latency.
+    fn count(&mut self, item: &Result<HealthCheck, PharoxError>) {
+        self.checked += 1;
+        let Ok(check) = item else {
+            self.failed += 1;
+            return;
+        };
         match check.status_after {
             Some(ProxyStatus::Active) => self.active += 1,
             Some(ProxyStatus::Slow) => self.slow += 1,
@@ -81,6 +90,18 @@ impl SweepSummary {
             Some(ProxyStatus::Banned) => self.banned += 1,
             None => self.vanished += 1,
         }
+    }
+
+    /// Adds another summary's counts (and latencies) to this one.
+    pub fn merge(&mut self, other: &SweepSummary) {
+        self.checked += other.checked;
+        self.active += other.active;
+        self.slow += other.slow;
+        self.inactive += other.inactive;
+        self.banned += other.banned;
+        self.vanished += other.vanished;
+        self.failed += other.failed;
+        self.latencies_ms.extend_from_slice(&other.latencies_ms);
     }
 
     /// The latency below which `q` (0..=1) of the measured checks fall, in ms.
@@ -188,7 +209,6 @@ impl Inner {
         );
         Ok(HealthCheck {
             proxy_id: proxy.id,
-            address: proxy.to_string(),
             status_before: proxy.status,
             status_after: updated.map(|p| p.status),
             result,
@@ -254,7 +274,11 @@ impl HealthOrchestrator {
     /// the returned stream yields them as they finish. The sweep stops at
     /// the overall deadline, if one is set. Must be called inside a tokio
     /// runtime.
-    pub fn sweep(&self, proxies: Vec<Proxy>) -> Sweep {
+    ///
+    /// Takes anything that becomes an `Arc<[Proxy]>` (a `Vec<Proxy>`, or a
+    /// shared slice to sweep the same proxies again without copying them).
+    pub fn sweep(&self, proxies: impl Into<Arc<[Proxy]>>) -> Sweep {
+        let proxies: Arc<[Proxy]> = proxies.into();
         let total = proxies.len();
         let inner = Arc::clone(&self.inner);
         let (tx, rx) = mpsc::channel(inner.concurrency);
@@ -275,15 +299,38 @@ impl HealthOrchestrator {
     }
 }
 
+/// Runs a sweep as `concurrency` lanes, each taking the next unchecked proxy
+/// until none is left: one task per lane rather than per proxy, and results
+/// go straight from the lanes to the stream. Aborting the driver (dropping
+/// the [`Sweep`]) drops the lanes and the probes in flight with them.
 async fn drive_sweep(
     inner: Arc<Inner>,
-    proxies: Vec<Proxy>,
+    proxies: Arc<[Proxy]>,
     tx: mpsc::Sender<Result<HealthCheck, PharoxError>>,
     deadline_hit: Arc<AtomicBool>,
 ) {
-    let mut queue = proxies.into_iter();
-    // Dropping the set (on return or abort) aborts the probes in flight.
-    let mut in_flight = JoinSet::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut lanes = JoinSet::new();
+    for _ in 0..inner.concurrency.min(proxies.len()) {
+        let (inner, proxies, next, tx) = (
+            Arc::clone(&inner),
+            Arc::clone(&proxies),
+            Arc::clone(&next),
+            tx.clone(),
+        );
+        lanes.spawn(async move {
+            let mut counts = SweepSummary::default();
+            while let Some(proxy) = proxies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let item = inner.check(proxy).await;
+                counts.count(&item);
+                if tx.send(item).await.is_err() {
+                    break; // the consumer dropped the stream
+                }
+            }
+            counts
+        });
+    }
+    drop(tx);
     let mut summary = SweepSummary::default();
     let deadline = async {
         match inner.deadline {
@@ -293,35 +340,20 @@ async fn drive_sweep(
     };
     tokio::pin!(deadline);
     loop {
-        while in_flight.len() < inner.concurrency {
-            let Some(proxy) = queue.next() else { break };
-            let inner = Arc::clone(&inner);
-            in_flight.spawn(async move { inner.check(&proxy).await });
-        }
-        let joined = tokio::select! {
-            joined = in_flight.join_next() => joined,
+        tokio::select! {
+            joined = lanes.join_next() => match joined {
+                Some(Ok(counts)) => summary.merge(&counts),
+                Some(Err(e)) => tracing::error!(error = %e, "a sweep lane failed"),
+                None => break,
+            },
             () = &mut deadline => {
                 deadline_hit.store(true, Ordering::Release);
-                tracing::warn!(unchecked = in_flight.len() + queue.len(), "sweep deadline reached");
+                tracing::warn!(
+                    unchecked = proxies.len().saturating_sub(next.load(Ordering::Relaxed)) + lanes.len(),
+                    "sweep deadline reached"
+                );
                 break;
             }
-            () = tx.closed() => {
-                tracing::debug!("sweep cancelled by its consumer");
-                break;
-            }
-        };
-        let Some(joined) = joined else { break };
-        let item = match joined {
-            Ok(item) => item,
-            Err(e) if e.is_panic() => {
-                tracing::error!(error = %e, "health check panicked");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        summary.record(&item);
-        if tx.send(item).await.is_err() {
-            break;
         }
     }
     tracing::info!(
