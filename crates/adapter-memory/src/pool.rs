@@ -462,7 +462,19 @@ impl PoolState {
                     }
                     return items.get(rng.random_range(0..items.len())).copied();
                 }
-                // Reservoir sampling: uniform among the matches, one pass.
+                // Rejection sampling first: a uniform pick that matches is
+                // uniform among the matches, and is cheap unless matches
+                // are rare.
+                if items.is_empty() {
+                    return None;
+                }
+                for _ in 0..32 {
+                    let i = items[rng.random_range(0..items.len())];
+                    if matches(i) {
+                        return Some(i);
+                    }
+                }
+                // Rare matches: reservoir sampling, uniform, one pass.
                 let mut chosen = None;
                 let mut seen = 0u32;
                 for &i in items {
