@@ -210,9 +210,10 @@ fn print_check_table<'a>(
     );
 }
 
-fn print_check_json(
+fn print_check_json<'a>(
     pool: &str,
-    checks: &[HealthCheck],
+    checks: &'a [HealthCheck],
+    address: &dyn Fn(&'a HealthCheck) -> &'a str,
     summary: &SweepSummary,
     failures: &[String],
 ) {

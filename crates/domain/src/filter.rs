@@ -332,24 +332,21 @@ impl ProxyFilter {
         Ok(())
     }
 
-    /// Whether `proxy` satisfies the whole tree (see the type's docs).
+    /// Whether `proxy` satisfies the whole tree, predicates included (see
+    /// the type's docs).
     #[must_use]
     pub fn matches(&self, proxy: &Proxy) -> bool {
-        self.matches_without_predicates(proxy) && self.predicates_hold(proxy)
+        self.eval(proxy, true)
     }
 
-    /// Evaluates everything but the predicates (they count as true). Storage
-    /// that compiles filters to a query uses this as the reference for what
-    /// the query must select.
+    /// Evaluates the tree as if every predicate returned true, wherever it
+    /// sits. For a tree without predicates this is [`matches`](Self::matches);
+    /// storage that compiles filters to a query uses it as the reference for
+    /// what the query must select. It is not a superset test: a predicate
+    /// under `none_of` taken as true excludes more.
     #[must_use]
     pub fn matches_without_predicates(&self, proxy: &Proxy) -> bool {
         self.eval(proxy, false)
-    }
-
-    fn predicates_hold(&self, proxy: &Proxy) -> bool {
-        // Predicates sit inside none_of/any_of too, so evaluate the whole tree
-        // with them when there are any.
-        !self.has_predicate() || self.eval(proxy, true)
     }
 
     fn eval(&self, proxy: &Proxy, with_predicates: bool) -> bool {
