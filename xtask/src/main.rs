@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("migrate") => migrate(&args[1..]),
+        Some("postgres") => postgres_check(),
         Some("tidy") => tidy::check(&workspace_root()).map(|()| println!("workspace is tidy")),
         _ => Err(USAGE.to_owned()),
     };
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage: cargo xtask test [-- <cargo test args>]
        cargo xtask migrate [up|down|status|fresh] [--database-url URL]
+       cargo xtask postgres   (find or start a server, create and drop a test database)
        cargo xtask tidy";
 
 fn workspace_root() -> std::path::PathBuf {
@@ -126,6 +128,18 @@ fn cargo_test(args: &[&str], extra: &[String], database_url: &str) -> Result<Str
     } else {
         Err(counts)
     }
+}
+
+/// Finds (or starts) a server the way `test` does, and creates and drops a
+/// database on it: a quick check of the test set-up.
+fn postgres_check() -> Result<(), String> {
+    let server = postgres::Server::find_or_start()?;
+    println!("PostgreSQL: {}", server.describe());
+    let database = server.create_test_database()?;
+    println!("created {}", database.name());
+    drop(database);
+    println!("dropped it again");
+    Ok(())
 }
 
 fn migrate(args: &[String]) -> Result<(), String> {

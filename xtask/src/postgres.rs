@@ -6,6 +6,9 @@
 //!    temporary folder on a free port, stopped and removed afterwards;
 //! 4. otherwise the run fails and says how to get PostgreSQL.
 //!
+//! `PHAROX_XTASK_THROWAWAY=1` skips 1 and 2, to test against a pristine
+//! server (and to test this module's own fallback).
+//!
 //! Each run then creates a database with a unique name and drops it at the
 //! end, so runs never see each other's data.
 
@@ -68,6 +71,10 @@ impl Server {
     /// Finds or starts a server (see the module docs).
     pub fn find_or_start() -> Result<Self, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let throwaway_only = std::env::var("PHAROX_XTASK_THROWAWAY").is_ok_and(|v| v == "1");
+        if throwaway_only {
+            return Self::throwaway(runtime);
+        }
         if let Ok(url) = std::env::var("PHAROX_DATABASE_URL") {
             runtime
                 .block_on(connect(&url))
@@ -85,6 +92,10 @@ impl Server {
                 runtime,
             });
         }
+        Self::throwaway(runtime)
+    }
+
+    fn throwaway(runtime: tokio::runtime::Runtime) -> Result<Self, String> {
         let cluster = Cluster::start().map_err(|e| format!("{e}\n{HOW_TO_GET_POSTGRES}"))?;
         let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
         runtime
@@ -264,7 +275,9 @@ fn is_root() -> bool {
 /// Runs a command (as `postgres` when asked), failing with its output.
 fn run(command: &mut Command, as_postgres: bool) -> Result<(), String> {
     let mut command = if as_postgres {
-        let mut wrapped = Command::new("runuser");
+        // runuser lives in /usr/sbin, which a minimal PATH may lack.
+        let runuser = find_binary("runuser").unwrap_or_else(|| PathBuf::from("/usr/sbin/runuser"));
+        let mut wrapped = Command::new(runuser);
         wrapped
             .args(["-u", "postgres", "--"])
             .arg(command.get_program())
