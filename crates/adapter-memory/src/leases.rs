@@ -41,7 +41,7 @@ impl FinishedLease {
 
     /// The lease, with `proxy` as its snapshot and `pool_name` as the name.
     pub(crate) fn to_lease(
-        &self,
+        self,
         id: LeaseId,
         pool_name: Arc<str>,
         proxy: Arc<pharox_domain::Proxy>,

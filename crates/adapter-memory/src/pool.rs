@@ -462,13 +462,13 @@ impl PoolState {
                     }
                     return items.get(rng.random_range(0..items.len())).copied();
                 }
-                // Rejection sampling first: a uniform pick that matches is
+                // Rejection sampling first (up to 128 draws): a uniform pick that matches is
                 // uniform among the matches, and is cheap unless matches
                 // are rare.
                 if items.is_empty() {
                     return None;
                 }
-                for _ in 0..32 {
+                for _ in 0..items.len().min(128) {
                     let i = items[rng.random_range(0..items.len())];
                     if matches(i) {
                         return Some(i);
