@@ -49,7 +49,6 @@
 //!   that are only deep-cloned (copy-on-write) when the stored proxy changes
 //!   while an old snapshot is still held.
 
-mod filter;
 mod hash;
 mod leases;
 mod pool;

@@ -428,7 +428,7 @@ impl PoolState {
             if predicates && slot.proxy.current_leases != slot.leases {
                 Arc::make_mut(&mut slot.proxy).current_leases = slot.leases;
             }
-            crate::filter::matches(filter, &slot.proxy)
+            filter.matches(&slot.proxy)
         };
         match selector {
             Selector::FirstAvailable => self.by_id.values().copied().find(|&i| matches(i)),

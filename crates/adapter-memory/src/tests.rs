@@ -216,7 +216,7 @@ fn reference(
 ) -> (Vec<ProxyId>, Option<ProxyId>) {
     let mut c: Vec<&Proxy> = proxies
         .iter()
-        .filter(|p| p.has_capacity() && crate::filter::matches(f, p))
+        .filter(|p| p.has_capacity() && f.matches(p))
         .collect();
     c.sort_by_key(|p| p.id);
     let candidates = c.iter().map(|p| p.id).collect();
