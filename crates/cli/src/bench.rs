@@ -3,6 +3,7 @@
 //! simultaneous leases seen (which must never exceed the pool's capacity).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,8 +12,8 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use pharox::{
-    LeaseRequest, MemoryStorage, ProxyFilter, ProxyId, ProxyManager, ProxyPool, ProxyStorage,
-    Selector,
+    LeaseRequest, MemoryStorage, PreparedRequest, ProxyFilter, ProxyId, ProxyManager, ProxyPool,
+    ProxyStorage, Selector,
 };
 use serde_json::json;
 
@@ -137,14 +138,14 @@ impl BenchArgs {
 /// Shared state of the workers.
 struct Run {
     manager: ProxyManager,
-    request: LeaseRequest,
+    request: PreparedRequest,
     hold: Duration,
     stop: AtomicBool,
     progress: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     /// Leases held per proxy right now, to catch an over-leased proxy.
-    per_proxy: HashMap<ProxyId, AtomicU32>,
+    per_proxy: HashMap<ProxyId, AtomicU32, BuildHasherDefault<IdHasher>>,
     max_concurrency: u32,
     over_leased: AtomicU64,
 }
@@ -218,13 +219,21 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
     let per_proxy = proxies.iter().map(|p| (p.id, AtomicU32::new(0))).collect();
     let capacity = plan.proxies as u64 * u64::from(plan.max_concurrency);
 
+    let manager = ProxyManager::from_arc(Arc::clone(storage));
+    // Validated and with its consumer created before the clock starts; the
+    // workers then acquire the way a worker loop should.
+    let request = manager
+        .prepare(
+            LeaseRequest::new(target.pool_name.clone())
+                .consumer(BENCH_CONSUMER)
+                .ttl(Duration::from_secs(300))
+                .filter(plan.filter.clone())
+                .selector(plan.selector),
+        )
+        .await?;
     let run = Arc::new(Run {
-        manager: ProxyManager::from_arc(Arc::clone(storage)),
-        request: LeaseRequest::new(target.pool_name.clone())
-            .consumer(BENCH_CONSUMER)
-            .ttl(Duration::from_secs(300))
-            .filter(plan.filter.clone())
-            .selector(plan.selector),
+        manager,
+        request,
         hold: plan.hold,
         stop: AtomicBool::new(false),
         progress: AtomicU64::new(0),
@@ -234,8 +243,6 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
         max_concurrency: plan.max_concurrency,
         over_leased: AtomicU64::new(0),
     });
-    // Create the consumer before the clock starts.
-    run.manager.consumer_id(BENCH_CONSUMER).await?;
 
     let empty_histogram = new_histogram()?;
     let progress = progress_bar(&plan.stop);
@@ -340,6 +347,25 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
     Ok(())
 }
 
+/// Hashes a proxy id by its last eight bytes, which are random in a UUIDv7:
+/// the per-proxy check in the hot loop should not cost a SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -364,7 +390,7 @@ async fn worker(
     let mut report = WorkerReport::default();
     let mut done: u64 = 0;
     loop {
-        if done % CHECK_EVERY == 0 && done > 0 {
+        if done > 0 && done.is_multiple_of(CHECK_EVERY) {
             run.progress.fetch_add(CHECK_EVERY, Ordering::Relaxed);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 run.stop.store(true, Ordering::Relaxed);
@@ -377,7 +403,7 @@ async fn worker(
             _ => {}
         }
         let started = Instant::now();
-        let outcome = run.manager.acquire(run.request.clone()).await;
+        let outcome = run.manager.acquire_prepared(&run.request).await;
         latency.saturating_record(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
         match outcome {
             Ok(Some(lease)) => {

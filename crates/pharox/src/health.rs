@@ -478,7 +478,7 @@ impl HealthProbe for SimulatedProbe {
             protocol: proxy.protocol,
             status: self.verdict,
             reachable: !failed,
-            latency_ms: (!failed).then(|| self.latency.as_secs_f64() * 1000.0),
+            latency_ms: (!failed).then_some(self.latency.as_secs_f64() * 1000.0),
             attempts: 1,
             http_status: (!failed).then_some(204),
             checked_at: now_micros(),

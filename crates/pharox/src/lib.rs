@@ -46,7 +46,9 @@ pub use error::{PharoxError, WithLeaseError};
 pub use health::{
     HealthCheck, HealthOrchestrator, HealthOrchestratorBuilder, SimulatedProbe, Sweep, SweepSummary,
 };
-pub use manager::{DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, ProxyManager};
+pub use manager::{
+    DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, PreparedRequest, ProxyManager,
+};
 pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
 
 pub use pharox_domain as domain;

@@ -98,6 +98,28 @@ impl From<String> for LeaseRequest {
     }
 }
 
+/// A [`LeaseRequest`] validated, with its consumer resolved: made by
+/// [`ProxyManager::prepare`], used by [`ProxyManager::acquire_prepared`].
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    request: AcquireRequest,
+    consumer: String,
+}
+
+impl PreparedRequest {
+    /// The storage request it stands for.
+    #[must_use]
+    pub fn request(&self) -> &AcquireRequest {
+        &self.request
+    }
+
+    /// The consumer's name.
+    #[must_use]
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+}
+
 /// Settings of a [`ProxyManager`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -254,56 +276,72 @@ impl ProxyManager {
         &self,
         request: impl Into<LeaseRequest>,
     ) -> Result<Option<Lease>, PharoxError> {
+        let prepared = self.prepare(request).await?;
+        self.acquire_prepared(&prepared).await
+    }
+
+    /// Validates a request and resolves its consumer once, for workers that
+    /// acquire with the same request in a loop: [`acquire_prepared`](Self::acquire_prepared)
+    /// then does no validation, lookup or allocation of its own.
+    pub async fn prepare(
+        &self,
+        request: impl Into<LeaseRequest>,
+    ) -> Result<PreparedRequest, PharoxError> {
         let request = request.into();
         let consumer = request
             .consumer
-            .as_deref()
-            .unwrap_or(&self.config.default_consumer);
+            .unwrap_or_else(|| self.config.default_consumer.clone());
         let ttl = request.ttl.unwrap_or(self.config.default_ttl);
-        // Validate before anything is created (the consumer included).
+        // Validate everything before anything is created (the consumer included).
         validate_name("pool", &request.pool)?;
         validate_ttl(ttl)?;
         request.filter.validate()?;
-        let consumer_id = self.consumer_id(consumer).await?;
+        let consumer_id = self.consumer_id(&consumer).await?;
+        Ok(PreparedRequest {
+            request: AcquireRequest {
+                pool_name: request.pool,
+                consumer_id,
+                ttl,
+                filter: request.filter,
+                selector: request.selector,
+            },
+            consumer,
+        })
+    }
 
+    /// Leases a proxy for a request made by [`prepare`](Self::prepare).
+    pub async fn acquire_prepared(
+        &self,
+        prepared: &PreparedRequest,
+    ) -> Result<Option<Lease>, PharoxError> {
+        let request = &prepared.request;
         let observed = !self.observers.is_empty();
         let started_at = observed.then(|| self.clock.now());
-        let storage_request = AcquireRequest {
-            pool_name: request.pool,
-            consumer_id,
-            ttl,
-            filter: request.filter,
-            selector: request.selector,
-        };
         let span = tracing::debug_span!(
             "pharox.acquire",
-            pool = %storage_request.pool_name,
-            consumer,
-            selector = %storage_request.selector,
+            pool = %request.pool_name,
+            consumer = %prepared.consumer,
+            selector = %request.selector,
         );
-        let lease = self
-            .storage
-            .acquire(&storage_request)
-            .instrument(span)
-            .await?;
+        let lease = self.storage.acquire(request).instrument(span).await?;
         match &lease {
             Some(lease) => tracing::debug!(
-                pool = %storage_request.pool_name,
+                pool = %request.pool_name,
                 lease = %lease.id,
                 proxy = %lease.proxy_id,
                 "proxy leased"
             ),
-            None => tracing::debug!(pool = %storage_request.pool_name, "no proxy available"),
+            None => tracing::debug!(pool = %request.pool_name, "no proxy available"),
         }
 
         if let Some(started_at) = started_at {
-            let stats = self.stats_for_event(&storage_request.pool_name).await;
+            let stats = self.stats_for_event(&request.pool_name).await;
             let completed_at = self.clock.now();
             let event = AcquireEvent {
-                pool_name: &storage_request.pool_name,
-                consumer,
-                filter: &storage_request.filter,
-                selector: storage_request.selector,
+                pool_name: &request.pool_name,
+                consumer: &prepared.consumer,
+                filter: &request.filter,
+                selector: request.selector,
                 lease: lease.as_ref(),
                 started_at,
                 completed_at,
@@ -325,9 +363,18 @@ impl ProxyManager {
         policy: &RetryPolicy,
     ) -> Result<Option<Lease>, PharoxError> {
         let request = request.into();
+        // Preparing creates the consumer on first use, which can fail in a
+        // retryable way too: it is part of every attempt until it succeeds.
+        let mut prepared: Option<PreparedRequest> = None;
         let mut attempt = 1;
         loop {
-            let outcome = self.acquire(request.clone()).await;
+            let outcome = match &prepared {
+                Some(ready) => self.acquire_prepared(ready).await,
+                None => match self.prepare(request.clone()).await {
+                    Ok(ready) => self.acquire_prepared(prepared.insert(ready)).await,
+                    Err(e) => Err(e),
+                },
+            };
             let last = attempt >= policy.max_attempts();
             match outcome {
                 Ok(Some(lease)) => return Ok(Some(lease)),

@@ -391,3 +391,58 @@ async fn renew_and_release_round_trip_on_memory() {
     let stats = manager.pool_stats("eu").await.unwrap();
     assert_eq!((stats.total_proxies, stats.total_leases), (2, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_covers_a_consumer_that_cannot_be_created_yet() {
+    let mut storage = MockProxyStorage::new();
+    let id = ConsumerId::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    storage
+        .expect_ensure_consumer()
+        .times(2)
+        .returning(move |_| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(unavailable())
+            } else {
+                Ok(id)
+            }
+        });
+    let granted = lease();
+    storage
+        .expect_acquire()
+        .times(1)
+        .returning(move |_| Ok(Some(granted.clone())));
+    let manager = ProxyManager::new(storage);
+    let policy = RetryPolicy::new(2, Duration::from_millis(50), 2.0, None).unwrap();
+    assert!(
+        manager
+            .acquire_with_retry("eu", &policy)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_prepared_request_resolves_its_consumer_once() {
+    let mut storage = mock_with_consumer();
+    storage
+        .expect_acquire()
+        .withf(|r| r.pool_name == "eu" && r.selector == pharox::Selector::Random)
+        .times(3)
+        .returning(|_| Ok(None));
+    let manager = ProxyManager::new(storage);
+    let prepared = manager
+        .prepare(
+            LeaseRequest::new("eu")
+                .consumer("w9")
+                .selector(pharox::Selector::Random),
+        )
+        .await
+        .unwrap();
+    assert_eq!(prepared.consumer(), "w9");
+    for _ in 0..3 {
+        assert!(manager.acquire_prepared(&prepared).await.unwrap().is_none());
+    }
+}
