@@ -6,7 +6,8 @@
 //! - every dependency comes from `[workspace.dependencies]`;
 //! - dependencies point inwards: the domain depends on no pharox crate and no
 //!   async, runtime or database crate; ports only on the domain; adapters
-//!   never on each other or on the application.
+//!   never on each other or on the application (the PostgreSQL adapter may
+//!   use `pharox-migration`, its own schema).
 
 use std::path::Path;
 
@@ -132,9 +133,15 @@ fn check_member(root: &Path, member: &str, problems: &mut Vec<String>) -> Result
             }
         }
         "pharox-ports" => forbid(problems, &["pharox-domain"]),
+        // The PostgreSQL adapter owns its schema: it may run its migrations.
+        "pharox-adapter-postgres" => forbid(
+            problems,
+            &["pharox-domain", "pharox-ports", "pharox-migration"],
+        ),
         adapter if adapter.starts_with("pharox-adapter-") => {
             forbid(problems, &["pharox-domain", "pharox-ports"])
         }
+        "pharox-migration" => forbid(problems, &[]),
         "pharox-contract-tests" => forbid(problems, &["pharox-domain", "pharox-ports"]),
         _ => {}
     }
