@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use pharox_domain::{ConsumerId, Lease, LeaseId, LeaseStatus, PoolId, ProxyId};
 use time::OffsetDateTime;
 

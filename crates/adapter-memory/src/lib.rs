@@ -52,6 +52,7 @@
 mod hash;
 mod leases;
 mod pool;
+mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -289,11 +290,22 @@ fn expiry(now: OffsetDateTime, ttl: Duration) -> StorageResult<OffsetDateTime> {
 }
 
 fn active_lease(id: LeaseId, lease: &ActiveLease, state: &PoolState, proxy: Arc<Proxy>) -> Lease {
+    lease_from(id, lease, state.id(), Arc::clone(&state.name), proxy)
+}
+
+/// An active lease as the caller sees it.
+fn lease_from(
+    id: LeaseId,
+    lease: &ActiveLease,
+    pool_id: PoolId,
+    pool_name: Arc<str>,
+    proxy: Arc<Proxy>,
+) -> Lease {
     Lease {
         id,
         proxy_id: lease.proxy_id,
-        pool_id: state.id(),
-        pool_name: Arc::clone(&state.name),
+        pool_id,
+        pool_name,
         consumer_id: lease.consumer_id,
         status: LeaseStatus::Active,
         acquired_at: lease.acquired_at,
@@ -517,17 +529,24 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
             return Ok(None);
         };
+        // Index the id before taking the pool lock, so the pool's critical
+        // section stays short. Nobody can release an id they were not given
+        // yet, and a miss forgets it again. The catalog stays read-locked, so
+        // the pool cannot be deleted meanwhile.
+        let lease_id = new_lease_id(now_us);
+        self.leases.insert_active(lease_id, Arc::clone(cell));
         let mut state = cell.state.lock();
         self.reclaim(&mut state, cell, now, now_us);
         let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
         else {
+            drop(state);
+            self.leases.forget(lease_id);
             return Ok(None);
         };
         let proxy_id = state
             .slot(idx)
             .map(|slot| slot.proxy.id)
             .ok_or_else(|| internal("selected slot is empty"))?;
-        let lease_id = new_lease_id(now_us);
         let active = ActiveLease {
             slot: idx,
             proxy_id,
@@ -539,10 +558,12 @@ impl ProxyStorage for MemoryStorage {
         let proxy = state
             .grant(idx, lease_id, active, request.selector)
             .ok_or_else(|| internal("granted slot is empty"))?;
-        // Indexed under the pool lock, so a concurrent reclaim cannot finish
-        // the lease before the index knows it.
-        self.leases.insert_active(lease_id, Arc::clone(cell));
-        Ok(Some(active_lease(lease_id, &active, &state, proxy)))
+        let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
+        drop(state);
+        drop(catalog);
+        Ok(Some(lease_from(
+            lease_id, &active, pool_id, pool_name, proxy,
+        )))
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use pharox_domain::{
     ConsumerId, HealthRecord, LeaseId, PoolId, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
     Selector,
