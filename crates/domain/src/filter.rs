@@ -294,18 +294,13 @@ impl ProxyFilter {
     }
 
     fn check_values(&self, path: &str) -> Result<(), ValidationError> {
-        for (field, value) in [
+        crate::names::validate_optional_text([
             ("source", &self.source),
             ("country", &self.country),
             ("city", &self.city),
             ("isp", &self.isp),
-        ] {
-            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                return Err(
-                    ValidationError::new(field, "must not be blank when given").within(path)
-                );
-            }
-        }
+        ])
+        .map_err(|e| e.within(path))?;
         crate::proxy::validate_coordinates(self.latitude, self.longitude)
             .map_err(|e| e.within(path))?;
         if let Some(radius) = self.radius_km {

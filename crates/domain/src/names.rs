@@ -24,6 +24,20 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<(), ValidationEr
     Ok(())
 }
 
+/// Checks optional text fields: each may be absent, but not blank when
+/// given. Returns the first offending field.
+pub(crate) fn validate_optional_text(
+    fields: [(&'static str, &Option<String>); 4],
+) -> Result<(), ValidationError> {
+    match fields
+        .iter()
+        .find(|(_, value)| value.as_deref().is_some_and(|v| v.trim().is_empty()))
+    {
+        Some((field, _)) => Err(ValidationError::new(*field, "must not be blank when given")),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

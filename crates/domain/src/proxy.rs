@@ -352,16 +352,12 @@ impl Proxy {
         if let Some(credentials) = &self.credentials {
             credentials.validate()?;
         }
-        for (field, value) in [
+        crate::names::validate_optional_text([
             ("source", &self.source),
             ("country", &self.country),
             ("city", &self.city),
             ("isp", &self.isp),
-        ] {
-            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                return Err(ValidationError::new(field, "must not be blank when given"));
-            }
-        }
+        ])?;
         validate_coordinates(self.latitude, self.longitude)?;
         if self.max_concurrency == Some(0) {
             return Err(ValidationError::new(
