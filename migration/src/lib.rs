@@ -29,6 +29,7 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection, Transactio
 
 mod m0001_initial_schema;
 mod m0002_selector_state;
+mod m0003_lean_lease_indexes;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_initial_schema::Migration),
             Box::new(m0002_selector_state::Migration),
+            Box::new(m0003_lean_lease_indexes::Migration),
         ]
     }
 }

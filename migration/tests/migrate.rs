@@ -66,6 +66,21 @@ async fn tables(db: &DatabaseConnection) -> Vec<String> {
     .collect()
 }
 
+async fn indexes(db: &DatabaseConnection, table: &str) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!(
+            "SELECT indexname::text AS i FROM pg_indexes \
+             WHERE schemaname = current_schema() AND tablename = '{table}' ORDER BY 1"
+        ),
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "i").unwrap())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_up_both_succeed() {
     let (name, _) = fresh_schema().await;
@@ -81,7 +96,7 @@ async fn concurrent_up_both_succeed() {
     assert!(ra.is_current() && rb.is_current());
     // Exactly one of them applied the migrations.
     let applied = ra.changed.len() + rb.changed.len();
-    assert_eq!(applied, 2, "{ra:?} {rb:?}");
+    assert_eq!(applied, 3, "{ra:?} {rb:?}");
     assert!(schema_is_current(&a).await.unwrap());
     assert_eq!(
         tables(&a).await,
@@ -101,6 +116,28 @@ async fn concurrent_up_both_succeed() {
 async fn down_then_up_and_fresh() {
     let (name, db) = fresh_schema().await;
     run(&db, MigrationCommand::Up).await.unwrap();
+    assert_eq!(
+        indexes(&db, "lease").await,
+        [
+            "lease_active_pool_expiry_idx",
+            "lease_consumer_id_idx",
+            "lease_pkey",
+            "lease_proxy_id_idx"
+        ]
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0003_lean_lease_indexes"], "{down:?}");
+    assert_eq!(
+        indexes(&db, "lease").await,
+        [
+            "lease_active_expiry_idx",
+            "lease_active_pool_expiry_idx",
+            "lease_consumer_id_idx",
+            "lease_pkey",
+            "lease_proxy_id_idx"
+        ],
+        "down restores the m0002 indexes"
+    );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed.len(), 1, "{down:?}");
     assert!(
@@ -113,7 +150,7 @@ async fn down_then_up_and_fresh() {
     assert!(tables(&db).await.is_empty(), "down removes every table");
     assert!(!schema_is_current(&db).await.unwrap());
     let up = run(&db, MigrationCommand::Up).await.unwrap();
-    assert_eq!(up.changed.len(), 2);
+    assert_eq!(up.changed.len(), 3);
     assert!(schema_is_current(&db).await.unwrap());
     let status = run(&db, MigrationCommand::Status).await.unwrap();
     assert!(status.changed.is_empty() && status.is_current());
