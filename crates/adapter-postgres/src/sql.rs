@@ -247,7 +247,87 @@ fn final_select() -> String {
     )
 }
 
-/// The one-statement acquire. Fixed parameters: `$1` pool name, `$2`
+/// Whether proxy `p` has an active lease past its expiry (probe on
+/// `lease_active_pool_expiry_idx`; only evaluated for proxies at capacity,
+/// since every OR stops at its first true operand).
+const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
+     WHERE x.pool_id = p.pool_id AND x.proxy_id = p.id \
+       AND x.status = 'active' AND x.expires_at <= now())";
+
+/// The one-statement acquire of the common path, which reclaims nothing.
+/// Parameters as in [`reclaiming_acquire_statement`].
+///
+/// A proxy is a candidate when it has capacity **or** holds an expired
+/// lease (which holds no capacity), so the selector sees exactly the
+/// candidates the reclaiming statement would. The picked proxy is then
+/// leased only if it has capacity without any reclaim (`bumped` re-checks
+/// that on the newest row version). The result:
+///
+/// - no row: nothing to lease (or everything skipped as locked);
+/// - a row with `lease_id` NULL: the pick is at capacity and holds expired
+///   leases; nothing was written, and the caller runs
+///   [`reclaiming_acquire_statement`], which reclaims them;
+/// - otherwise the lease, as from [`reclaiming_acquire_statement`].
+///
+/// least_used orders by `current_leases` minus the proxy's expired leases
+/// (`ex`, read-only), as the reclaiming statement does after its reclaim.
+pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock) -> String {
+    let rr = selector == Selector::RoundRobin;
+    let least_used = selector == Selector::LeastUsed;
+    let mut ctes: Vec<String> = Vec::new();
+    if rr {
+        ctes.push(cursor_cte(POOL_ID));
+    }
+    if least_used {
+        ctes.push(format!(
+            "ex AS (SELECT proxy_id, count(*)::int AS n FROM lease \
+             WHERE pool_id = {POOL_ID} AND status = 'active' AND expires_at <= now() \
+             GROUP BY proxy_id)"
+        ));
+    }
+    let mut sql = String::from("WITH ");
+    for cte in &ctes {
+        let _ = write!(sql, "{cte}, ");
+    }
+    let _ = write!(
+        sql,
+        "pick AS (\
+           SELECT p.id FROM proxy p {st} {ex} \
+           WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+             AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency \
+                  OR {HAS_EXPIRED_LEASE}) \
+             AND {filter_sql} \
+           ORDER BY {order} LIMIT 1{lock}), \
+         bumped AS (\
+           UPDATE proxy p SET current_leases = p.current_leases + 1 \
+           FROM pick WHERE p.id = pick.id \
+             AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency) \
+           RETURNING p.*)",
+        st = if rr { "LEFT JOIN st ON TRUE" } else { "" },
+        ex = if least_used {
+            "LEFT JOIN ex ON ex.proxy_id = p.id"
+        } else {
+            ""
+        },
+        order = order_by(selector, "COALESCE(ex.n, 0)"),
+        lock = lock.clause(),
+    );
+    sql.push_str(INSERT_LEASE);
+    if rr {
+        sql.push_str(ADVANCE_CURSOR);
+    }
+    let _ = write!(
+        sql,
+        " SELECT {}, {} FROM pick LEFT JOIN (ins JOIN bumped p ON p.id = ins.proxy_id) ON TRUE",
+        lease_columns("ins"),
+        PROXY_COLUMNS
+    );
+    sql
+}
+
+/// The one-statement acquire that reclaims: used when
+/// [`acquire_statement`] picked a proxy held only by expired leases. Fixed
+/// parameters: `$1` pool name, `$2`
 /// consumer id, `$3` TTL in microseconds, `$4` new lease id; the filter's
 /// binds follow (`Binds::after(4)`).
 ///
@@ -264,7 +344,11 @@ fn final_select() -> String {
 ///    change a row only once, so the picked proxy's two changes are one).
 /// 5. `ins`: the lease, timestamps from the database clock.
 /// 6. `cur` (round robin): the cursor moves to the picked proxy.
-pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock) -> String {
+pub(crate) fn reclaiming_acquire_statement(
+    selector: Selector,
+    filter_sql: &str,
+    lock: Lock,
+) -> String {
     let rr = selector == Selector::RoundRobin;
     let mut sql = format!(
         "WITH reclaimed AS (\
@@ -315,7 +399,8 @@ pub(crate) const RECLAIM_POOL: &str = "WITH reclaimed AS (\
      UPDATE proxy p SET current_leases = p.current_leases - rc.n FROM rc WHERE p.id = rc.proxy_id";
 
 /// Releases every expired active lease (`cleanup_expired`), set-based over
-/// the partial index on `expires_at`; returns the count.
+/// the partial index of active leases (`lease_active_pool_expiry_idx`, read
+/// whole: it holds only active leases); returns the count.
 pub(crate) const CLEANUP_EXPIRED: &str = "WITH reclaimed AS (\
        UPDATE lease l SET status = 'released', released_at = now() \
        WHERE l.status = 'active' AND l.expires_at <= now() \
@@ -396,20 +481,18 @@ pub(crate) fn matching_statement(filter_sql: &str) -> String {
 }
 
 /// Releases lease `$1` if it is active and gives its proxy the capacity
-/// back, in one statement. The row tells what happened: `released` true when
-/// this statement released it; otherwise `found` says whether it exists.
-pub(crate) const RELEASE: &str = "WITH target AS (\
-       SELECT id, released_at FROM lease WHERE id = $1), \
-     rel AS (\
+/// back, in one statement. One row when this statement released it; none
+/// when the lease is not active (already released, reclaimed, or unknown:
+/// the caller then reads the lease to tell which). The proxy is only
+/// decremented through `rel`'s row, so a lease is given back once.
+pub(crate) const RELEASE: &str = "WITH rel AS (\
        UPDATE lease SET status = 'released', released_at = now() \
        WHERE id = $1 AND status = 'active' \
-       RETURNING id, proxy_id, pool_id, consumer_id, acquired_at, released_at), \
+       RETURNING proxy_id, pool_id, consumer_id, acquired_at, released_at), \
      dec AS (\
        UPDATE proxy p SET current_leases = GREATEST(p.current_leases - 1, 0) \
        FROM rel WHERE p.id = rel.proxy_id) \
-     SELECT (rel.id IS NOT NULL) AS released, t.released_at AS prev_released_at, \
-            rel.proxy_id, rel.pool_id, rel.consumer_id, rel.acquired_at, rel.released_at \
-     FROM target t LEFT JOIN rel ON TRUE";
+     SELECT proxy_id, pool_id, consumer_id, acquired_at, released_at FROM rel";
 
 /// Pool occupancy; leases past their expiry do not count (acquire would
 /// reclaim them).

@@ -650,21 +650,30 @@ impl ProxyStorage for PostgresStorage {
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
         for lock in [Lock::SkipLocked, Lock::Wait] {
-            let statement = sql::acquire_statement(request.selector, &filter_sql, lock);
-            let row = with_retry!(async {
-                let query = sqlx::query(AssertSqlSafe(statement.as_str()))
-                    .bind(pool_name)
-                    .bind(request.consumer_id.0)
-                    .bind(ttl)
-                    .bind(LeaseId::new().0);
-                binds
-                    .bind_to(query)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| map_sqlx("acquire", e))
-            })?;
-            if let Some(row) = row {
-                return rows::lease(&row).map(Some);
+            // The common path first; only when its pick is held by expired
+            // leases (a row without a lease) the statement that reclaims.
+            let fast = sql::acquire_statement(request.selector, &filter_sql, lock);
+            let reclaiming = sql::reclaiming_acquire_statement(request.selector, &filter_sql, lock);
+            for statement in [fast, reclaiming] {
+                let row = with_retry!(async {
+                    let query = sqlx::query(AssertSqlSafe(statement.as_str()))
+                        .bind(pool_name)
+                        .bind(request.consumer_id.0)
+                        .bind(ttl)
+                        .bind(LeaseId::new().0);
+                    binds
+                        .bind_to(query)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))
+                })?;
+                let Some(row) = row else { break };
+                let leased: Option<Uuid> = row
+                    .try_get("lease_id")
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                if leased.is_some() {
+                    return rows::lease(&row).map(Some);
+                }
             }
         }
         self.check_consumer(request.consumer_id).await?;
@@ -679,31 +688,23 @@ impl ProxyStorage for PostgresStorage {
                 .await
                 .map_err(|e| map_sqlx("release", e))
         })?;
-        let Some(row) = row else {
-            return Err(StorageError::not_found("lease", lease_id));
-        };
-        let released: bool = row
-            .try_get("released")
-            .map_err(|e| map_sqlx("release", e))?;
-        if released {
+        if let Some(row) = row {
             return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
         }
-        let mut released_at: Option<OffsetDateTime> = row
-            .try_get("prev_released_at")
-            .map_err(|e| map_sqlx("release", e))?;
-        if released_at.is_none() {
-            // Lost a race with another release: read what it wrote.
-            released_at = sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
+        // Not active: released before (by a caller or a reclaim), or unknown.
+        let released_at: Option<Option<OffsetDateTime>> =
+            sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
                 .bind(lease_id.0)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| map_sqlx("release", e))?
-                .flatten();
+                .map_err(|e| map_sqlx("release", e))?;
+        match released_at {
+            Some(released_at) => Ok(ReleaseOutcome::AlreadyReleased {
+                lease_id,
+                released_at,
+            }),
+            None => Err(StorageError::not_found("lease", lease_id)),
         }
-        Ok(ReleaseOutcome::AlreadyReleased {
-            lease_id,
-            released_at,
-        })
     }
 
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
