@@ -1,0 +1,3 @@
+WITH pick AS (SELECT id FROM b_proxy WHERE status = 'active' AND current_leases < max_concurrency ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED), bumped AS (UPDATE b_proxy p SET current_leases = p.current_leases + 1 FROM pick WHERE p.id = pick.id RETURNING p.id), ins AS (INSERT INTO b_lease SELECT gen_random_uuid(), id, 'active', now(), now() + interval '300 s' FROM bumped RETURNING id) SELECT id AS lease_id FROM ins
+\gset
+WITH rel AS (UPDATE b_lease SET status = 'released', released_at = now() WHERE id = :lease_id::uuid AND status = 'active' RETURNING proxy_id) UPDATE b_proxy p SET current_leases = p.current_leases - 1 FROM rel WHERE p.id = rel.proxy_id;
