@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pharox_domain::{
@@ -14,7 +15,8 @@ use pharox_ports::{
     AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError, StorageResult,
 };
 use sea_orm::sea_query::OnConflict;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sea_orm::sqlx::{self, AssertSqlSafe, ConnectOptions as _, Row};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseConnectionType, EntityTrait,
@@ -39,6 +41,70 @@ const PREDICATE_BATCH: usize = 32;
 pub struct PostgresStorage {
     db: DatabaseConnection,
     pool: PgPool,
+    stash: Arc<Stash>,
+}
+
+/// Connections that acquire and release keep checked out between calls.
+///
+/// sqlx tests every connection that goes back to its pool with a round trip
+/// (a lone `Sync`, whatever `test_before_acquire` says), which doubles the
+/// round trips of a one-statement call and the server's work with them. The
+/// hot paths keep the connection they used here instead and take it again
+/// next time. A call that fails or is cancelled drops its connection, which
+/// then goes back to sqlx and is tested there. At most `capacity`
+/// connections wait here, so other calls always find pool connections; one
+/// left unused for the pool's idle timeout is handed back to the pool.
+struct Stash {
+    idle: std::sync::Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    capacity: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl Stash {
+    /// Keeps all but two of the pool's connections at most.
+    fn for_pool(pool: &PgPool) -> Self {
+        let max = usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX);
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+            capacity: max.saturating_sub(2),
+            idle_timeout: pool.options().get_idle_timeout(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A kept connection, most recently used first; stale ones go back to
+    /// the pool.
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        let mut idle = self.lock();
+        while let Some((conn, since)) = idle.pop() {
+            if self
+                .idle_timeout
+                .is_some_and(|limit| since.elapsed() > limit)
+            {
+                continue; // dropped: sqlx tests it and pools or closes it
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Keeps a connection that just completed a call, if there is room.
+    fn put(&self, conn: PoolConnection<Postgres>) {
+        let mut idle = self.lock();
+        if idle.len() < self.capacity {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Hands every kept connection back to the pool.
+    fn drain(&self) {
+        self.lock().clear();
+    }
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -130,6 +196,7 @@ impl PostgresStorage {
         tracing::debug!(database = %config, "connected to PostgreSQL");
         Ok(Self {
             db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
+            stash: Arc::new(Stash::for_pool(&pool)),
             pool,
         })
     }
@@ -147,7 +214,8 @@ impl PostgresStorage {
             });
         }
         let pool = db.get_postgres_connection_pool().clone();
-        Ok(Self { db, pool })
+        let stash = Arc::new(Stash::for_pool(&pool));
+        Ok(Self { db, pool, stash })
     }
 
     /// The SeaORM connection, for the entities in [`crate::entities`] and
@@ -165,7 +233,17 @@ impl PostgresStorage {
 
     /// Closes every pooled connection (waits for checked-out ones).
     pub async fn close(&self) {
+        self.stash.drain();
         self.pool.close().await;
+    }
+
+    /// A connection for a hot-path call: a kept one, else one from the pool.
+    /// Give it back with `self.stash.put` once the call has succeeded.
+    async fn checkout(&self, context: &'static str) -> StorageResult<PoolConnection<Postgres>> {
+        match self.stash.take() {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await.map_err(|e| map_sqlx(context, e)),
+        }
     }
 
     /// Every proxy of `pool_id` that `filter` selects in SQL, by id, with
@@ -649,6 +727,7 @@ impl ProxyStorage for PostgresStorage {
         let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
+        let mut conn = self.checkout("acquire").await?;
         for lock in [Lock::SkipLocked, Lock::Wait] {
             // The common path first; only when its pick is held by expired
             // leases (a row without a lease) the statement that reclaims.
@@ -663,7 +742,7 @@ impl ProxyStorage for PostgresStorage {
                         .bind(LeaseId::new().0);
                     binds
                         .bind_to(query)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(|e| map_sqlx("acquire", e))
                 })?;
@@ -672,22 +751,26 @@ impl ProxyStorage for PostgresStorage {
                     .try_get("lease_id")
                     .map_err(|e| map_sqlx("acquire", e))?;
                 if leased.is_some() {
+                    self.stash.put(conn);
                     return rows::lease(&row).map(Some);
                 }
             }
         }
+        self.stash.put(conn);
         self.check_consumer(request.consumer_id).await?;
         Ok(None)
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
+        let mut conn = self.checkout("release").await?;
         let row = with_retry!(async {
             sqlx::query(sql::RELEASE)
                 .bind(lease_id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(|e| map_sqlx("release", e))
         })?;
+        self.stash.put(conn);
         if let Some(row) = row {
             return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
         }

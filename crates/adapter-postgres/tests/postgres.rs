@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pharox_adapter_postgres::testing::TestSchema;
 use pharox_adapter_postgres::{PostgresConfig, PostgresStorage};
 use pharox_domain::{Proxy, ProxyPool, ProxyProtocol, Selector};
 use pharox_ports::{AcquireRequest, ProxyStorage, StorageError};
@@ -301,4 +302,63 @@ async fn wrong_password_is_an_error_without_the_password() {
         assert!(!shown.contains("not-the-password-xyz"), "{shown}");
     }
     schema.drop_schema().await.unwrap();
+}
+
+/// acquire and release keep their connections checked out between calls
+/// (sqlx would test each with a round trip on its way back to the pool).
+/// Those kept connections must never starve other calls, and closing the
+/// storage must hand them back rather than wait for them forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_connections_never_starve_other_calls_nor_block_close() {
+    let schema = TestSchema::create_with(4).await.unwrap();
+    let storage = schema.storage().clone();
+    let (pool, _) = seed(&storage, "kept", 8, Some(1)).await;
+    let consumer = storage.ensure_consumer("c").await.unwrap();
+    let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+    // Four concurrent loops: all four pool connections pass through the
+    // hot paths and at most two may stay kept.
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (storage, req) = (storage.clone(), req.clone());
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let lease = storage.acquire(&req).await.unwrap().expect("a free proxy");
+                    storage.release(lease.id).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await.unwrap();
+    }
+    // A transaction and plain queries still get connections at once.
+    let listed = tokio::time::timeout(Duration::from_secs(5), async {
+        let proxies = storage
+            .add_proxies(&[
+                Proxy::builder(pool.id, "10.9.0.1", 9000, ProxyProtocol::Http)
+                    .build()
+                    .unwrap(),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(proxies.len(), 1);
+        storage.list_proxies(pool.id).await.unwrap()
+    })
+    .await
+    .expect("other calls must not wait for kept connections");
+    assert_eq!(listed.len(), 9);
+    assert_counters_exact(&storage).await;
+    let schema_name = schema.name().to_owned();
+    tokio::time::timeout(Duration::from_secs(10), storage.close())
+        .await
+        .expect("close hands kept connections back instead of waiting for them");
+    // Clean up with a fresh connection: the storage is closed.
+    let admin = TestSchema::create_with(1).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema_name}\" CASCADE"
+    )))
+    .execute(admin.storage().pg_pool())
+    .await
+    .unwrap();
+    admin.drop_schema().await.unwrap();
 }
