@@ -534,15 +534,13 @@ impl ProxyStorage for MemoryStorage {
         // yet, and a miss forgets it again. The catalog stays read-locked, so
         // the pool cannot be deleted meanwhile.
         let lease_id = new_lease_id(now_us);
-        self.leases.insert_active(lease_id, Arc::clone(cell));
         let mut state = cell.state.lock();
         self.reclaim(&mut state, cell, now, now_us);
         let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
         else {
-            drop(state);
-            self.leases.forget(lease_id);
             return Ok(None);
         };
+        self.leases.insert_active(lease_id, Arc::clone(cell));
         let proxy_id = state
             .slot(idx)
             .map(|slot| slot.proxy.id)
@@ -575,9 +573,12 @@ impl ProxyStorage for MemoryStorage {
         let now = self.clock.now();
         let mut state = cell.state.lock();
         if let Some(lease) = state.finish(lease_id) {
-            let finished = FinishedLease::new(cell.id, &lease, now);
-            self.leases.finish(lease_id, finished);
             drop(state);
+            // The history update touches cold memory: keep it out of the
+            // pool's critical section. A concurrent second release in this
+            // window waits for it (see below).
+            self.leases
+                .finish(lease_id, FinishedLease::new(cell.id, &lease, now));
             return Ok(ReleaseOutcome::Released(ReleasedLease {
                 lease_id,
                 proxy_id: lease.proxy_id,
@@ -587,9 +588,19 @@ impl ProxyStorage for MemoryStorage {
                 released_at: now,
             }));
         }
-        // Finished by someone else since the lookup (or deleted).
+        // Finished by someone else since the lookup (or deleted). A release
+        // that just finished it may not have recorded it in the index yet.
         drop(state);
-        self.already_released(lease_id)
+        for _ in 0..1_000 {
+            if !matches!(self.leases.find(lease_id), Found::Active(_)) {
+                return self.already_released(lease_id);
+            }
+            std::thread::yield_now();
+        }
+        Ok(ReleaseOutcome::AlreadyReleased {
+            lease_id,
+            released_at: None,
+        })
     }
 
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
