@@ -3,6 +3,8 @@
 #
 #   minimal  the floor: one claim-and-insert-lease statement plus one release
 #            statement on two bare tables (minimal_setup.sql, minimal_cycle.sql)
+#   schema   the same minimal pair on the pharox tables themselves (their
+#            indexes, foreign keys and CHECKs), pool of seed.sql
 #   adapter  PostgresStorage's own two statements, first_available without a
 #            filter (cycle.sql: the common-path acquire and the release), on
 #            the pharox schema with the pool of seed.sql
@@ -37,5 +39,6 @@ run() { # name script clients
 }
 for c in "${clients[@]}"; do
   run minimal "$here/minimal_cycle.sql" "$c"
+  run schema "$here/schema_minimal_cycle.sql" "$c"
   run adapter "$here/cycle.sql" "$c"
 done
