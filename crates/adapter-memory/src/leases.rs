@@ -63,10 +63,21 @@ impl FinishedLease {
 
 /// Where a lease id leads.
 pub(crate) enum Entry {
-    /// Active: its pool holds the details.
-    Active(Arc<PoolCell>),
+    /// Active: its pool, and the lease as granted (so a release can answer
+    /// without the pool's lock).
+    Active(Arc<PoolCell>, ActiveLease),
     /// Finished, kept until the history forgets it.
     Finished(FinishedLease),
+}
+
+/// What [`LeaseIndex::end`] did.
+pub(crate) enum Ended {
+    /// This call ended the lease; its pool must be given the capacity back.
+    Now(Arc<PoolCell>, FinishedLease),
+    /// It had ended before.
+    Before,
+    /// No such lease (never, forgotten, or its proxy was deleted).
+    Unknown,
 }
 
 /// What a lookup found (copied out so no shard lock is held afterwards).
@@ -110,13 +121,56 @@ impl LeaseIndex {
     }
 
     /// Records a new active lease.
-    pub(crate) fn insert_active(&self, id: LeaseId, pool: Arc<PoolCell>) {
-        self.shard(id).lock().map.insert(id, Entry::Active(pool));
+    pub(crate) fn insert_active(&self, id: LeaseId, pool: Arc<PoolCell>, lease: ActiveLease) {
+        self.shard(id)
+            .lock()
+            .map
+            .insert(id, Entry::Active(pool, lease));
     }
 
-    /// Moves a lease to the history (forgetting the oldest past the bound).
-    pub(crate) fn finish(&self, id: LeaseId, lease: FinishedLease) {
+    /// Ends an active lease: the moment a release takes effect. Exactly one
+    /// of any number of concurrent calls gets [`Ended::Now`].
+    pub(crate) fn end(&self, id: LeaseId, released_at: OffsetDateTime) -> Ended {
         let mut shard = self.shard(id).lock();
+        let (cell, finished) = match shard.map.get(&id) {
+            Some(Entry::Active(cell, lease)) => (
+                Arc::clone(cell),
+                FinishedLease::new(cell.id, lease, released_at),
+            ),
+            Some(Entry::Finished(_)) => return Ended::Before,
+            None => return Ended::Unknown,
+        };
+        self.record_finished(&mut shard, id, finished);
+        Ended::Now(cell, finished)
+    }
+
+    /// Moves a lease that is still active to the history; `false` when a
+    /// release ended it first.
+    pub(crate) fn finish(&self, id: LeaseId, lease: FinishedLease) -> bool {
+        let mut shard = self.shard(id).lock();
+        if !matches!(shard.map.get(&id), Some(Entry::Active(..))) {
+            return false;
+        }
+        self.record_finished(&mut shard, id, lease);
+        true
+    }
+
+    /// Moves the recorded expiry of an active lease; `false` when it has
+    /// ended.
+    pub(crate) fn extend(&self, id: LeaseId, expires_at: OffsetDateTime, expires_us: i64) -> bool {
+        match self.shard(id).lock().map.get_mut(&id) {
+            Some(Entry::Active(_, lease)) => {
+                lease.expires_at = expires_at;
+                lease.expires_us = expires_us;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts a finished lease in the shard's history, forgetting the oldest
+    /// past the bound.
+    fn record_finished(&self, shard: &mut Shard, id: LeaseId, lease: FinishedLease) {
         if self.per_shard == 0 {
             shard.map.remove(&id);
             return;
@@ -141,7 +195,7 @@ impl LeaseIndex {
     /// What the index knows about a lease.
     pub(crate) fn find(&self, id: LeaseId) -> Found {
         match self.shard(id).lock().map.get(&id) {
-            Some(Entry::Active(pool)) => Found::Active(Arc::clone(pool)),
+            Some(Entry::Active(pool, _)) => Found::Active(Arc::clone(pool)),
             Some(Entry::Finished(f)) => Found::Finished(*f),
             None => Found::Unknown,
         }

@@ -76,7 +76,7 @@ use rand::Rng;
 use time::OffsetDateTime;
 
 use crate::hash::IdBuildHasher;
-use crate::leases::{FinishedLease, Found, LeaseIndex};
+use crate::leases::{Ended, FinishedLease, Found, LeaseIndex};
 use crate::pool::{ActiveLease, PoolCell, PoolState, Slot};
 
 /// How many finished leases are remembered by default.
@@ -166,7 +166,7 @@ impl MemoryStorage {
     /// leases).
     fn finished_view(&self, lease: &FinishedLease) -> Option<(Arc<str>, Arc<Proxy>)> {
         let cell = self.catalog.read().pools.get(&lease.pool_id).cloned()?;
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         let idx = state.slot_of(lease.proxy_id)?;
         let proxy = state.snapshot(idx)?;
         Some((Arc::clone(&state.name), proxy))
@@ -331,7 +331,7 @@ impl ProxyStorage for MemoryStorage {
             )));
         }
         if let Some(cell) = catalog.pools.get(&pool.id).cloned() {
-            let mut state = cell.state.lock();
+            let mut state = cell.lock();
             pool.created_at = state.pool.created_at;
             if state.pool.name != pool.name {
                 catalog.by_name.remove(&state.pool.name);
@@ -347,7 +347,7 @@ impl ProxyStorage for MemoryStorage {
     }
 
     async fn get_pool(&self, id: PoolId) -> StorageResult<ProxyPool> {
-        Ok(self.pool_cell(id)?.state.lock().pool.clone())
+        Ok(self.pool_cell(id)?.lock().pool.clone())
     }
 
     async fn get_pool_by_name(&self, name: &str) -> StorageResult<ProxyPool> {
@@ -356,7 +356,7 @@ impl ProxyStorage for MemoryStorage {
             .by_name
             .get(name)
             .ok_or_else(|| StorageError::not_found("pool", name))?;
-        Ok(cell.state.lock().pool.clone())
+        Ok(cell.lock().pool.clone())
     }
 
     async fn list_pools(&self) -> StorageResult<Vec<ProxyPool>> {
@@ -364,7 +364,7 @@ impl ProxyStorage for MemoryStorage {
         let mut pools: Vec<ProxyPool> = catalog
             .pools
             .values()
-            .map(|cell| cell.state.lock().pool.clone())
+            .map(|cell| cell.lock().pool.clone())
             .collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(pools)
@@ -376,7 +376,7 @@ impl ProxyStorage for MemoryStorage {
             .pools
             .remove(&id)
             .ok_or_else(|| StorageError::not_found("pool", id))?;
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         catalog.by_name.remove(&state.pool.name);
         for slot in state.slots() {
             catalog.proxies.remove(&slot.proxy.id);
@@ -404,7 +404,6 @@ impl ProxyStorage for MemoryStorage {
             )));
         }
         let stored = cell
-            .state
             .lock()
             .upsert(proxy.clone())
             .ok_or_else(|| internal("proxy slot missing after upsert"))?;
@@ -447,7 +446,6 @@ impl ProxyStorage for MemoryStorage {
                 .cloned()
                 .ok_or_else(|| internal("pool vanished under the catalog lock"))?;
             let saved = cell
-                .state
                 .lock()
                 .upsert(proxy.clone())
                 .ok_or_else(|| internal("proxy slot missing after upsert"))?;
@@ -463,8 +461,7 @@ impl ProxyStorage for MemoryStorage {
             .proxies
             .get(&id)
             .ok_or_else(|| StorageError::not_found("proxy", id))?;
-        cell.state
-            .lock()
+        cell.lock()
             .proxy(id)
             .map(Slot::copy)
             .ok_or_else(|| StorageError::not_found("proxy", id))
@@ -472,7 +469,7 @@ impl ProxyStorage for MemoryStorage {
 
     async fn list_proxies(&self, pool_id: PoolId) -> StorageResult<Vec<Proxy>> {
         let cell = self.pool_cell(pool_id)?;
-        let mut proxies: Vec<Proxy> = cell.state.lock().slots().map(Slot::copy).collect();
+        let mut proxies: Vec<Proxy> = cell.lock().slots().map(Slot::copy).collect();
         proxies.sort_by_key(|p| p.id);
         Ok(proxies)
     }
@@ -484,7 +481,6 @@ impl ProxyStorage for MemoryStorage {
             .remove(&id)
             .ok_or_else(|| StorageError::not_found("proxy", id))?;
         let gone = cell
-            .state
             .lock()
             .remove_proxy(id)
             .ok_or_else(|| StorageError::not_found("proxy", id))?;
@@ -534,13 +530,12 @@ impl ProxyStorage for MemoryStorage {
         // yet, and a miss forgets it again. The catalog stays read-locked, so
         // the pool cannot be deleted meanwhile.
         let lease_id = new_lease_id(now_us);
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         self.reclaim(&mut state, cell, now, now_us);
         let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
         else {
             return Ok(None);
         };
-        self.leases.insert_active(lease_id, Arc::clone(cell));
         let proxy_id = state
             .slot(idx)
             .map(|slot| slot.proxy.id)
@@ -556,6 +551,10 @@ impl ProxyStorage for MemoryStorage {
         let proxy = state
             .grant(idx, lease_id, active, request.selector)
             .ok_or_else(|| internal("granted slot is empty"))?;
+        // Indexed under the pool lock, so a concurrent reclaim cannot finish
+        // the lease before the index knows it.
+        self.leases
+            .insert_active(lease_id, Arc::clone(cell), active);
         let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
         drop(state);
         drop(catalog);
@@ -565,42 +564,26 @@ impl ProxyStorage for MemoryStorage {
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
-        let cell = match self.leases.find(lease_id) {
-            Found::Active(cell) => cell,
-            Found::Finished { .. } => return self.already_released(lease_id),
-            Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
-        };
+        // The release takes effect in the lease index (exactly once however
+        // many calls race); the pool takes the capacity back at its next
+        // lock, before anyone can look. So a release never waits for the
+        // pool's lock, and an acquire+release pair takes it once.
         let now = self.clock.now();
-        let mut state = cell.state.lock();
-        if let Some(lease) = state.finish(lease_id) {
-            drop(state);
-            // The history update touches cold memory: keep it out of the
-            // pool's critical section. A concurrent second release in this
-            // window waits for it (see below).
-            self.leases
-                .finish(lease_id, FinishedLease::new(cell.id, &lease, now));
-            return Ok(ReleaseOutcome::Released(ReleasedLease {
-                lease_id,
-                proxy_id: lease.proxy_id,
-                pool_id: cell.id,
-                consumer_id: lease.consumer_id,
-                acquired_at: lease.acquired_at,
-                released_at: now,
-            }));
-        }
-        // Finished by someone else since the lookup (or deleted). A release
-        // that just finished it may not have recorded it in the index yet.
-        drop(state);
-        for _ in 0..1_000 {
-            if !matches!(self.leases.find(lease_id), Found::Active(_)) {
-                return self.already_released(lease_id);
+        match self.leases.end(lease_id, now) {
+            Ended::Now(cell, finished) => {
+                cell.give_back(lease_id);
+                Ok(ReleaseOutcome::Released(ReleasedLease {
+                    lease_id,
+                    proxy_id: finished.proxy_id,
+                    pool_id: cell.id,
+                    consumer_id: finished.consumer_id,
+                    acquired_at: finished.acquired_at,
+                    released_at: now,
+                }))
             }
-            std::thread::yield_now();
+            Ended::Before => self.already_released(lease_id),
+            Ended::Unknown => Err(StorageError::not_found("lease", lease_id)),
         }
-        Ok(ReleaseOutcome::AlreadyReleased {
-            lease_id,
-            released_at: None,
-        })
     }
 
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
@@ -618,13 +601,16 @@ impl ProxyStorage for MemoryStorage {
         };
         let now = self.clock.now();
         let expires_at = expiry(now, ttl)?;
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         let Some(lease) = state.leases.get(&lease_id).copied() else {
             drop(state);
             self.already_released(lease_id)?;
             return Err(StorageError::LeaseNotActive(lease_id));
         };
-        if lease.expires_at <= now {
+        // Still active in the index too: a release may have ended it and not
+        // handed the capacity back yet.
+        if lease.expires_at <= now || !self.leases.extend(lease_id, expires_at, micros(expires_at))
+        {
             return Err(StorageError::LeaseNotActive(lease_id));
         }
         state.extend(lease_id, expires_at, micros(expires_at));
@@ -645,7 +631,7 @@ impl ProxyStorage for MemoryStorage {
             Found::Finished { .. } => return self.finished_lease(lease_id),
             Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
         };
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         let Some(lease) = state.leases.get(&lease_id).copied() else {
             drop(state);
             return self.finished_lease(lease_id);
@@ -671,7 +657,7 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.by_name.get(pool_name) else {
             return Ok(None);
         };
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         self.reclaim(&mut state, cell, now, micros(now));
         Ok(state
             .select(filter, selector, filter_empty, predicates)
@@ -685,7 +671,7 @@ impl ProxyStorage for MemoryStorage {
         let cells: Vec<Arc<PoolCell>> = self.catalog.read().pools.values().cloned().collect();
         let mut reclaimed = 0;
         for cell in cells {
-            let mut state = cell.state.lock();
+            let mut state = cell.lock();
             reclaimed += self.reclaim(&mut state, &cell, now, now_us);
         }
         Ok(reclaimed)
@@ -703,7 +689,7 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.proxies.get(&result.proxy_id) else {
             return Ok(None);
         };
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         let Some(idx) = state.slot_of(result.proxy_id) else {
             return Ok(None);
         };
@@ -741,7 +727,7 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.proxies.get(&proxy_id) else {
             return Ok(None);
         };
-        let state = cell.state.lock();
+        let state = cell.lock();
         Ok(state
             .proxy(proxy_id)
             .and_then(|slot| slot.health.back().cloned()))
@@ -756,7 +742,7 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.proxies.get(&proxy_id) else {
             return Ok(Vec::new());
         };
-        let state = cell.state.lock();
+        let state = cell.lock();
         Ok(state.proxy(proxy_id).map_or_else(Vec::new, |slot| {
             slot.health.iter().rev().take(limit).cloned().collect()
         }))
@@ -769,7 +755,7 @@ impl ProxyStorage for MemoryStorage {
             .by_name
             .get(pool_name)
             .ok_or_else(|| StorageError::not_found("pool", pool_name))?;
-        let mut state = cell.state.lock();
+        let mut state = cell.lock();
         self.reclaim(&mut state, cell, now, micros(now));
         let mut stats = PoolStats {
             pool_id: cell.id,

@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use std::sync::MutexGuard;
+use std::sync::mpsc;
+
 use crate::sync::Mutex;
 use pharox_domain::{
     ConsumerId, HealthRecord, LeaseId, PoolId, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
@@ -23,15 +26,43 @@ use crate::hash::IdBuildHasher;
 pub(crate) struct PoolCell {
     /// The pool's id (never changes).
     pub(crate) id: PoolId,
-    pub(crate) state: Mutex<PoolState>,
+    /// Never lock it directly: [`lock`](Self::lock) applies handed-back
+    /// releases first.
+    state: Mutex<PoolState>,
+    /// Leases a release ended in the lease index, whose capacity the pool
+    /// has not taken back yet (a lock-free queue: a release never waits for
+    /// the pool's lock).
+    returns: mpsc::Sender<LeaseId>,
 }
 
 impl PoolCell {
     pub(crate) fn new(pool: ProxyPool) -> Self {
+        let (returns, returned) = mpsc::channel();
         Self {
             id: pool.id,
-            state: Mutex::new(PoolState::new(pool)),
+            state: Mutex::new(PoolState::new(pool, returned)),
+            returns,
         }
+    }
+
+    /// Locks the pool's state, after applying every release handed back
+    /// since the last lock, so whoever looks sees the capacity returned.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PoolState> {
+        let mut state = self.state.lock();
+        while let Ok(id) = state.returned.try_recv() {
+            // Already gone when a reclaim or a deletion got there first.
+            let _ = state.finish(id);
+        }
+        state
+    }
+
+    /// Gives a released lease's capacity back to the pool; applied at the
+    /// next [`lock`](Self::lock). The release itself took effect in the
+    /// lease index, so a pair of acquire and release takes the pool's lock
+    /// once.
+    pub(crate) fn give_back(&self, id: LeaseId) {
+        // Fails only when the pool state is gone: nothing to give back to.
+        let _ = self.returns.send(id);
     }
 }
 
@@ -162,11 +193,14 @@ pub(crate) struct PoolState {
     /// (expires_us, lease) min-heap; entries of released or renewed leases
     /// are skipped when popped and dropped by compaction.
     expiry: BinaryHeap<Reverse<(i64, LeaseId)>>,
+    /// The receiving end of [`PoolCell::give_back`].
+    returned: mpsc::Receiver<LeaseId>,
 }
 
 impl PoolState {
-    fn new(pool: ProxyPool) -> Self {
+    fn new(pool: ProxyPool, returned: mpsc::Receiver<LeaseId>) -> Self {
         Self {
+            returned,
             name: Arc::from(pool.name.as_str()),
             pool,
             deleted: false,
@@ -282,7 +316,9 @@ impl PoolState {
         self.deleted = true;
         let gone = self.leases.drain().map(|(id, _)| id).collect();
         let pool = self.pool.clone();
-        *self = Self::new(pool);
+        // Keep the receiving end: the cell's sender still points at it.
+        let returned = std::mem::replace(&mut self.returned, mpsc::channel().1);
+        *self = Self::new(pool, returned);
         self.deleted = true;
         gone
     }

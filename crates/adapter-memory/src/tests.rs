@@ -55,7 +55,7 @@ impl MemoryStorage {
     fn with_pool<T>(&self, name: &str, f: impl FnOnce(&crate::pool::PoolState) -> T) -> T {
         let catalog = self.catalog.read();
         let cell = catalog.by_name.get(name).unwrap();
-        f(&cell.state.lock())
+        f(&cell.lock())
     }
 }
 
