@@ -274,7 +274,9 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
     for r in &records {
         println!(
             "{:<32}  {:<9}  {:>10}  {:<19}  {:>4}  {}",
-            r.checked_at.to_string(),
+            r.checked_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| r.checked_at.to_string()),
             r.reachable,
             r.latency_ms
                 .map_or("-".to_owned(), |ms| format!("{ms:.1} ms")),
