@@ -525,10 +525,8 @@ impl ProxyStorage for MemoryStorage {
         let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
             return Ok(None);
         };
-        // Index the id before taking the pool lock, so the pool's critical
-        // section stays short. Nobody can release an id they were not given
-        // yet, and a miss forgets it again. The catalog stays read-locked, so
-        // the pool cannot be deleted meanwhile.
+        // The catalog stays read-locked until the lease is granted, so the
+        // pool cannot be deleted meanwhile.
         let lease_id = new_lease_id(now_us);
         let mut state = cell.lock();
         self.reclaim(&mut state, cell, now, now_us);

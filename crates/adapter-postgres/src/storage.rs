@@ -730,10 +730,12 @@ impl ProxyStorage for PostgresStorage {
         let mut conn = self.checkout("acquire").await?;
         for lock in [Lock::SkipLocked, Lock::Wait] {
             // The common path first; only when its pick is held by expired
-            // leases (a row without a lease) the statement that reclaims.
-            let fast = sql::acquire_statement(request.selector, &filter_sql, lock);
-            let reclaiming = sql::reclaiming_acquire_statement(request.selector, &filter_sql, lock);
-            for statement in [fast, reclaiming] {
+            // leases (a row without a lease) the statement that reclaims,
+            // built only then: it is not the hot path.
+            let builders: [fn(Selector, &str, Lock) -> String; 2] =
+                [sql::acquire_statement, sql::reclaiming_acquire_statement];
+            for build in builders {
+                let statement = build(request.selector, &filter_sql, lock);
                 let row = with_retry!(async {
                     let query = sqlx::query(AssertSqlSafe(statement.as_str()))
                         .bind(pool_name)
