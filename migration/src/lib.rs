@@ -30,6 +30,7 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection, Transactio
 mod m0001_initial_schema;
 mod m0002_selector_state;
 mod m0003_lean_lease_indexes;
+mod m0004_lease_consumer_without_fk;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial_schema::Migration),
             Box::new(m0002_selector_state::Migration),
             Box::new(m0003_lean_lease_indexes::Migration),
+            Box::new(m0004_lease_consumer_without_fk::Migration),
         ]
     }
 }

@@ -81,6 +81,21 @@ async fn indexes(db: &DatabaseConnection, table: &str) -> Vec<String> {
     .collect()
 }
 
+async fn foreign_keys(db: &DatabaseConnection, table: &str) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!(
+            "SELECT conname::text AS c FROM pg_constraint \
+             WHERE conrelid = '{table}'::regclass AND contype = 'f' ORDER BY 1"
+        ),
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "c").unwrap())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_up_both_succeed() {
     let (name, _) = fresh_schema().await;
@@ -96,7 +111,7 @@ async fn concurrent_up_both_succeed() {
     assert!(ra.is_current() && rb.is_current());
     // Exactly one of them applied the migrations.
     let applied = ra.changed.len() + rb.changed.len();
-    assert_eq!(applied, 3, "{ra:?} {rb:?}");
+    assert_eq!(applied, 4, "{ra:?} {rb:?}");
     assert!(schema_is_current(&a).await.unwrap());
     assert_eq!(
         tables(&a).await,
@@ -125,6 +140,18 @@ async fn down_then_up_and_fresh() {
             "lease_proxy_id_idx"
         ]
     );
+    assert_eq!(foreign_keys(&db, "lease").await, ["lease_proxy_id_fkey"]);
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(
+        down.changed,
+        ["m0004_lease_consumer_without_fk"],
+        "{down:?}"
+    );
+    assert_eq!(
+        foreign_keys(&db, "lease").await,
+        ["lease_consumer_id_fkey", "lease_proxy_id_fkey"],
+        "down restores the consumer foreign key"
+    );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0003_lean_lease_indexes"], "{down:?}");
     assert_eq!(
@@ -150,7 +177,7 @@ async fn down_then_up_and_fresh() {
     assert!(tables(&db).await.is_empty(), "down removes every table");
     assert!(!schema_is_current(&db).await.unwrap());
     let up = run(&db, MigrationCommand::Up).await.unwrap();
-    assert_eq!(up.changed.len(), 3);
+    assert_eq!(up.changed.len(), 4);
     assert!(schema_is_current(&db).await.unwrap());
     let status = run(&db, MigrationCommand::Status).await.unwrap();
     assert!(status.changed.is_empty() && status.is_current());

@@ -146,6 +146,17 @@ pub struct PostgresConfig {
     /// one more round trip per call; a dead connection instead fails the
     /// call with a retryable [`StorageError::Unavailable`](pharox_ports::StorageError::Unavailable)).
     pub test_before_acquire: bool,
+    /// Wait for a release's commit to reach disk (default false).
+    ///
+    /// A release commits asynchronously by default (`synchronous_commit =
+    /// off` for that one transaction): it is visible to every worker at once
+    /// and reaches disk within a few milliseconds, but its caller does not
+    /// wait for the WAL flush. A release lost in a server crash only leaves
+    /// the lease to expire at its TTL, as if the worker had died; and a later
+    /// acquire that reuses the freed capacity flushes the WAL up to its own
+    /// commit, so it is never durable without the release it depends on.
+    /// Acquire always commits synchronously (a lost lease would over-lease).
+    pub durable_release: bool,
     /// Log every SQL statement (default false). Bind values are not logged.
     pub sql_logging: bool,
     /// Level of the statement log when `sql_logging` is on (default debug).
@@ -178,6 +189,7 @@ impl PostgresConfig {
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             test_before_acquire: false,
+            durable_release: false,
             sql_logging: false,
             sql_log_level: tracing::Level::DEBUG,
         }
@@ -212,7 +224,8 @@ impl PostgresConfig {
     /// `search_path`, or `options=-csearch_path=...`), and the pool tuning
     /// `max_connections`, `min_connections`, `connect_timeout`,
     /// `acquire_timeout`, `idle_timeout`, `max_lifetime` (seconds; `0` for
-    /// none on the last two), `test_before_acquire`, `sql_log` (off, error,
+    /// none on the last two), `test_before_acquire`, `durable_release`,
+    /// `sql_log` (off, error,
     /// warn, info, debug, trace). Unknown parameters are rejected.
     pub fn from_dsn(dsn: &str) -> Result<Self, ConfigError> {
         let dsn = dsn.trim();
@@ -284,7 +297,8 @@ impl PostgresConfig {
     ///   `PHAROX_PG_MIN_CONNECTIONS`, `PHAROX_PG_CONNECT_TIMEOUT`,
     ///   `PHAROX_PG_ACQUIRE_TIMEOUT`, `PHAROX_PG_IDLE_TIMEOUT`,
     ///   `PHAROX_PG_MAX_LIFETIME` (seconds), `PHAROX_PG_TEST_BEFORE_ACQUIRE`,
-    ///   `PHAROX_PG_SQL_LOG`, `PHAROX_PG_APPLICATION_NAME`.
+    ///   `PHAROX_PG_DURABLE_RELEASE`, `PHAROX_PG_SQL_LOG`,
+    ///   `PHAROX_PG_APPLICATION_NAME`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut config = if let Some(dsn) = get(ENV_DATABASE_URL) {
@@ -320,6 +334,7 @@ impl PostgresConfig {
             ("PHAROX_PG_IDLE_TIMEOUT", "idle_timeout"),
             ("PHAROX_PG_MAX_LIFETIME", "max_lifetime"),
             ("PHAROX_PG_TEST_BEFORE_ACQUIRE", "test_before_acquire"),
+            ("PHAROX_PG_DURABLE_RELEASE", "durable_release"),
             ("PHAROX_PG_SQL_LOG", "sql_log"),
             ("PHAROX_PG_APPLICATION_NAME", "application_name"),
         ] {
@@ -363,6 +378,7 @@ impl PostgresConfig {
                 self.max_lifetime = Some(parse_secs(key, value)?).filter(|d| !d.is_zero());
             }
             "test_before_acquire" => self.test_before_acquire = parse_bool(key, value)?,
+            "durable_release" => self.durable_release = parse_bool(key, value)?,
             "sql_log" => match value.to_ascii_lowercase().as_str() {
                 "off" | "false" | "0" | "none" => self.sql_logging = false,
                 level => {
@@ -464,6 +480,7 @@ impl fmt::Debug for PostgresConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("test_before_acquire", &self.test_before_acquire)
+            .field("durable_release", &self.durable_release)
             .field("sql_logging", &self.sql_logging)
             .field("sql_log_level", &self.sql_log_level)
             .finish()
@@ -534,6 +551,15 @@ mod tests {
         );
         assert_eq!(c.password, None);
         assert!(!c.test_before_acquire);
+        assert!(
+            !c.durable_release,
+            "releases commit asynchronously by default"
+        );
+        assert!(
+            PostgresConfig::from_dsn("postgres://h/db?durable_release=true")
+                .unwrap()
+                .durable_release
+        );
         for bad in [
             "mysql://u:hunter2@h/db",
             "postgres://u:hunter2@h/db?sslmode=sometimes",
@@ -566,6 +592,7 @@ mod tests {
             ("PHAROX_PG_MAX_CONNECTIONS", "4"),
             ("PHAROX_PG_ACQUIRE_TIMEOUT", "2.5"),
             ("PHAROX_PG_TEST_BEFORE_ACQUIRE", "true"),
+            ("PHAROX_PG_DURABLE_RELEASE", "yes"),
         ]))
         .unwrap();
         assert_eq!(c.host, "10.1.2.3");
@@ -576,6 +603,7 @@ mod tests {
         assert_eq!(c.max_connections, 4);
         assert_eq!(c.acquire_timeout, Duration::from_millis(2500));
         assert!(c.test_before_acquire);
+        assert!(c.durable_release);
         assert!(!format!("{c:?}").contains("topsecret"));
 
         let c = PostgresConfig::from_lookup(env(&[

@@ -225,6 +225,13 @@ fn cursor_cte(pool_id: &str) -> String {
 /// Pool id from the pool name in `$1`.
 const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
 
+/// Whether the consumer `$2` exists. Acquire leases nothing otherwise (and
+/// then reports "consumer not found"); `lease.consumer_id` has no foreign
+/// key since m0004, because the key-share lock it takes on the one consumer
+/// row that workers share made concurrent acquires contend (MultiXacts).
+/// Uncorrelated, so PostgreSQL evaluates it once per statement.
+const CONSUMER_EXISTS: &str = "EXISTS (SELECT 1 FROM consumer c WHERE c.id = $2)";
+
 /// Upsert of the round-robin cursor to the proxy just leased (`b`).
 const ADVANCE_CURSOR: &str = ", cur AS (\
     INSERT INTO pool_selector_state (pool_id, strategy, last_proxy_id, created_at, updated_at) \
@@ -296,7 +303,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
            WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
              AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency \
                   OR {HAS_EXPIRED_LEASE}) \
-             AND {filter_sql} \
+             AND {CONSUMER_EXISTS} AND {filter_sql} \
            ORDER BY {order} LIMIT 1{lock}), \
          bumped AS (\
            UPDATE proxy p SET current_leases = p.current_leases + 1 \
@@ -367,7 +374,7 @@ pub(crate) fn reclaiming_acquire_statement(
            LEFT JOIN rc ON rc.proxy_id = p.id {st} \
            WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
              AND (p.max_concurrency IS NULL OR p.current_leases - COALESCE(rc.n, 0) < p.max_concurrency) \
-             AND {filter_sql} \
+             AND {CONSUMER_EXISTS} AND {filter_sql} \
            ORDER BY {order} LIMIT 1{lock}), \
          bumped AS (\
            UPDATE proxy p SET current_leases = p.current_leases - pick.n + 1 \
@@ -459,11 +466,13 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: L
 /// Leases one proxy already locked by this transaction. Fixed parameters as
 /// in [`acquire_statement`], plus `$5` the proxy id.
 pub(crate) fn claim_statement(selector: Selector) -> String {
-    let mut sql = "WITH bumped AS (\
+    let mut sql = format!(
+        "WITH bumped AS (\
          UPDATE proxy p SET current_leases = p.current_leases + 1 \
          WHERE p.id = $5 AND p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
+           AND {CONSUMER_EXISTS} \
          RETURNING p.*)"
-        .to_owned();
+    );
     sql.push_str(INSERT_LEASE);
     if selector == Selector::RoundRobin {
         sql.push_str(ADVANCE_CURSOR);
@@ -480,19 +489,38 @@ pub(crate) fn matching_statement(filter_sql: &str) -> String {
     )
 }
 
+/// The release statement around an extra condition on the lease row.
+macro_rules! release_statement {
+    ($extra:literal) => {
+        concat!(
+            "WITH rel AS (\
+               UPDATE lease SET status = 'released', released_at = now() \
+               WHERE id = $1 AND status = 'active'",
+            $extra,
+            " RETURNING proxy_id, pool_id, consumer_id, acquired_at, released_at), \
+             dec AS (\
+               UPDATE proxy p SET current_leases = GREATEST(p.current_leases - 1, 0) \
+               FROM rel WHERE p.id = rel.proxy_id) \
+             SELECT proxy_id, pool_id, consumer_id, acquired_at, released_at FROM rel"
+        )
+    };
+}
+
 /// Releases lease `$1` if it is active and gives its proxy the capacity
 /// back, in one statement. One row when this statement released it; none
 /// when the lease is not active (already released, reclaimed, or unknown:
 /// the caller then reads the lease to tell which). The proxy is only
 /// decremented through `rel`'s row, so a lease is given back once.
-pub(crate) const RELEASE: &str = "WITH rel AS (\
-       UPDATE lease SET status = 'released', released_at = now() \
-       WHERE id = $1 AND status = 'active' \
-       RETURNING proxy_id, pool_id, consumer_id, acquired_at, released_at), \
-     dec AS (\
-       UPDATE proxy p SET current_leases = GREATEST(p.current_leases - 1, 0) \
-       FROM rel WHERE p.id = rel.proxy_id) \
-     SELECT proxy_id, pool_id, consumer_id, acquired_at, released_at FROM rel";
+///
+/// Its transaction commits without waiting for the WAL flush: the
+/// `set_config(.., true)` on the released row sets `synchronous_commit` for
+/// this statement's own (implicit) transaction only, with no extra round
+/// trip (see `PostgresConfig::durable_release` for why that is safe).
+pub(crate) const RELEASE: &str =
+    release_statement!(" AND set_config('synchronous_commit', 'off', true) = 'off'");
+
+/// [`RELEASE`] with a synchronous commit (`durable_release`).
+pub(crate) const RELEASE_DURABLE: &str = release_statement!("");
 
 /// Pool occupancy; leases past their expiry do not count (acquire would
 /// reclaim them).

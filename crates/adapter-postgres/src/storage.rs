@@ -42,6 +42,8 @@ pub struct PostgresStorage {
     db: DatabaseConnection,
     pool: PgPool,
     stash: Arc<Stash>,
+    /// [`sql::RELEASE`], or [`sql::RELEASE_DURABLE`] with `durable_release`.
+    release_sql: &'static str,
 }
 
 /// Connections that acquire and release keep checked out between calls.
@@ -121,6 +123,14 @@ fn ttl_micros(ttl: Duration) -> f64 {
     ttl.as_micros() as f64
 }
 
+fn release_sql(durable: bool) -> &'static str {
+    if durable {
+        sql::RELEASE_DURABLE
+    } else {
+        sql::RELEASE
+    }
+}
+
 fn invalid_config(e: &crate::ConfigError) -> StorageError {
     StorageError::Invalid(ValidationError::new("database", e.to_string()))
 }
@@ -198,6 +208,7 @@ impl PostgresStorage {
             db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
             stash: Arc::new(Stash::for_pool(&pool)),
             pool,
+            release_sql: release_sql(config.durable_release),
         })
     }
 
@@ -215,7 +226,20 @@ impl PostgresStorage {
         }
         let pool = db.get_postgres_connection_pool().clone();
         let stash = Arc::new(Stash::for_pool(&pool));
-        Ok(Self { db, pool, stash })
+        Ok(Self {
+            db,
+            pool,
+            stash,
+            release_sql: release_sql(false),
+        })
+    }
+
+    /// Whether a release waits for its commit to reach disk; see
+    /// [`PostgresConfig::durable_release`] (default false).
+    #[must_use]
+    pub fn with_durable_release(mut self, durable: bool) -> Self {
+        self.release_sql = release_sql(durable);
+        self
     }
 
     /// The SeaORM connection, for the entities in [`crate::entities`] and
@@ -766,7 +790,7 @@ impl ProxyStorage for PostgresStorage {
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
         let mut conn = self.checkout("release").await?;
         let row = with_retry!(async {
-            sqlx::query(sql::RELEASE)
+            sqlx::query(AssertSqlSafe(self.release_sql))
                 .bind(lease_id.0)
                 .fetch_optional(&mut *conn)
                 .await
@@ -1012,5 +1036,65 @@ impl ProxyStorage for PostgresStorage {
             leased_proxies: get("leased")?,
             total_leases: get("leases")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pharox_domain::{Proxy, ProxyPool, ProxyProtocol};
+    use pharox_ports::{AcquireRequest, ProxyStorage};
+    use sea_orm::sqlx::{self, AssertSqlSafe};
+
+    use crate::testing::TestSchema;
+
+    /// What `synchronous_commit` is when the release statement of a storage
+    /// has run, read inside that statement's transaction (the setting is
+    /// transaction-local, so the commit that follows uses it).
+    async fn commit_mode_of_release(storage: &super::PostgresStorage) -> String {
+        let pool = storage
+            .save_pool(&ProxyPool::new("commit-mode").unwrap())
+            .await
+            .unwrap();
+        let proxy = Proxy::builder(pool.id, "10.2.0.1", 9000, ProxyProtocol::Http)
+            .build()
+            .unwrap();
+        storage.add_proxies(&[proxy]).await.unwrap();
+        let consumer = storage.ensure_consumer("c").await.unwrap();
+        let request = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let lease = storage.acquire(&request).await.unwrap().unwrap();
+        let mut tx = storage.pg_pool().begin().await.unwrap();
+        let released = sqlx::query(AssertSqlSafe(storage.release_sql))
+            .bind(lease.id.0)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(released.len(), 1, "the statement released the lease");
+        let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        storage.delete_pool(pool.id).await.unwrap();
+        mode
+    }
+
+    #[tokio::test]
+    async fn release_commits_asynchronously_unless_durable() {
+        let schema = TestSchema::create().await.unwrap();
+        let storage = schema.storage().clone();
+        assert_eq!(commit_mode_of_release(&storage).await, "off");
+        let server_default: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(storage.pg_pool())
+            .await
+            .unwrap();
+        let durable = storage.with_durable_release(true);
+        assert_eq!(
+            commit_mode_of_release(&durable).await,
+            server_default,
+            "a durable release leaves the server's setting alone"
+        );
+        schema.drop_schema().await.unwrap();
     }
 }

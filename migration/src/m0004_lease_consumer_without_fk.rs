@@ -1,0 +1,44 @@
+//! `lease.consumer_id` without a foreign key: acquire checks the consumer
+//! itself, without locking its row.
+
+use sea_orm_migration::prelude::*;
+
+/// A foreign key makes every lease insert take a `FOR KEY SHARE` lock on the
+/// referenced consumer row. Workers usually share one consumer (the
+/// manager's default), so concurrent acquires lock the same row: each lock
+/// rewrites that row's `xmax`, concurrent holders turn it into a MultiXact
+/// (SLRU pages, WAL records), and every acquire dirties the consumer's page.
+/// Measured with 8 workers: a MultiXact for most acquires.
+///
+/// Acquire now checks that the consumer exists in the same statement (an
+/// index probe, no lock) and leases nothing otherwise, so an unknown
+/// consumer still gets "consumer not found". pharox never deletes
+/// consumers; a consumer deleted by hand leaves its leases in place (they
+/// expire or are released as usual) instead of cascading to them, which
+/// the cascade did without fixing `proxy.current_leases` anyway.
+///
+/// Down restores the constraint as m0001 made it.
+#[derive(DeriveMigrationName)]
+pub(crate) struct Migration;
+
+const UP: &str = r#"
+ALTER TABLE lease DROP CONSTRAINT IF EXISTS lease_consumer_id_fkey;
+"#;
+
+const DOWN: &str = r#"
+ALTER TABLE lease ADD CONSTRAINT lease_consumer_id_fkey FOREIGN KEY (consumer_id)
+    REFERENCES consumer (id) ON DELETE CASCADE;
+"#;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(UP).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(DOWN).await?;
+        Ok(())
+    }
+}
