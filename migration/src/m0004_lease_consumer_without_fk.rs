@@ -1,5 +1,6 @@
-//! `lease.consumer_id` without a foreign key: acquire checks the consumer
-//! itself, without locking its row.
+//! `lease.consumer_id` without a foreign key (acquire checks the consumer
+//! itself, without locking its row), and a consumer index that no other
+//! query mistakes for a list of active leases.
 
 use sea_orm_migration::prelude::*;
 
@@ -17,15 +18,28 @@ use sea_orm_migration::prelude::*;
 /// expire or are released as usual) instead of cascading to them, which
 /// the cascade did without fixing `proxy.current_leases` anyway.
 ///
-/// Down restores the constraint as m0001 made it.
+/// `lease_consumer_id_idx` becomes `(consumer_id) WHERE status = 'active'
+/// AND consumer_id IS NOT NULL`. The added term is always true (the column
+/// is NOT NULL) and a query on a consumer (`consumer_id = $1`) implies it,
+/// but a query that only says `status = 'active'` does not. Without it, when
+/// `lease` was empty at its last `ANALYZE`, PostgreSQL took a full scan of
+/// this index as the cheapest way to find "active leases" for acquire's
+/// expired-lease probe and kept that plan while the table grew.
+///
+/// Down restores the constraint as m0001 made it and the index as m0003 did.
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
 const UP: &str = r#"
 ALTER TABLE lease DROP CONSTRAINT IF EXISTS lease_consumer_id_fkey;
+DROP INDEX IF EXISTS lease_consumer_id_idx;
+CREATE INDEX lease_consumer_id_idx ON lease (consumer_id)
+    WHERE status = 'active' AND consumer_id IS NOT NULL;
 "#;
 
 const DOWN: &str = r#"
+DROP INDEX IF EXISTS lease_consumer_id_idx;
+CREATE INDEX lease_consumer_id_idx ON lease (consumer_id) WHERE status = 'active';
 ALTER TABLE lease ADD CONSTRAINT lease_consumer_id_fkey FOREIGN KEY (consumer_id)
     REFERENCES consumer (id) ON DELETE CASCADE;
 "#;

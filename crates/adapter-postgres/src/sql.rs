@@ -257,9 +257,19 @@ fn final_select() -> String {
 /// Whether proxy `p` has an active lease past its expiry (probe on
 /// `lease_active_pool_expiry_idx`; only evaluated for proxies at capacity,
 /// since every OR stops at its first true operand).
+///
+/// `OFFSET 0` keeps it a per-row probe: without it PostgreSQL may turn the
+/// EXISTS into a hashed subplan that reads every active lease of every pool
+/// once per statement, which it does when statistics say `lease` is empty.
+///
+/// It must read `lease_active_pool_expiry_idx`, whatever the statistics
+/// say (they say nothing useful when `lease` was empty at its last
+/// `ANALYZE`): `(x.proxy_id = p.id) IS TRUE` is not an index condition, so
+/// `lease_proxy_id_idx` (every lease the proxy ever had) does not apply, and
+/// the predicate of `lease_consumer_id_idx` (m0004) is not implied.
 const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
-     WHERE x.pool_id = p.pool_id AND x.proxy_id = p.id \
-       AND x.status = 'active' AND x.expires_at <= now())";
+     WHERE x.pool_id = p.pool_id AND (x.proxy_id = p.id) IS TRUE \
+       AND x.status = 'active' AND x.expires_at <= now() OFFSET 0)";
 
 /// The one-statement acquire of the common path, which reclaims nothing.
 /// Parameters as in [`reclaiming_acquire_statement`].
@@ -307,7 +317,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
            ORDER BY {order} LIMIT 1{lock}), \
          bumped AS (\
            UPDATE proxy p SET current_leases = p.current_leases + 1 \
-           FROM pick WHERE p.id = pick.id \
+           WHERE p.id = (SELECT id FROM pick) \
              AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency) \
            RETURNING p.*)",
         st = if rr { "LEFT JOIN st ON TRUE" } else { "" },
@@ -377,8 +387,8 @@ pub(crate) fn reclaiming_acquire_statement(
              AND {CONSUMER_EXISTS} AND {filter_sql} \
            ORDER BY {order} LIMIT 1{lock}), \
          bumped AS (\
-           UPDATE proxy p SET current_leases = p.current_leases - pick.n + 1 \
-           FROM pick WHERE p.id = pick.id RETURNING p.*), \
+           UPDATE proxy p SET current_leases = p.current_leases - (SELECT n FROM pick) + 1 \
+           WHERE p.id = (SELECT id FROM pick) RETURNING p.*), \
          unreclaimed AS (\
            UPDATE proxy p SET current_leases = p.current_leases - rc.n \
            FROM rc WHERE p.id = rc.proxy_id \
@@ -489,24 +499,37 @@ pub(crate) fn matching_statement(filter_sql: &str) -> String {
     )
 }
 
+/// `'active'`, bound as a parameter (`status = $n`) by the statements that
+/// find one lease by its primary key (release, renew).
+///
+/// Their plans are prepared once per connection. Had they a literal
+/// `status = 'active'`, it would imply the predicate of the partial lease
+/// indexes, and when `lease` was empty at its last `VACUUM`/`ANALYZE` (a new
+/// database, a pool just deleted) every plan costs the same, so PostgreSQL
+/// may serve a lookup by key with a full scan of a partial index (seen:
+/// `lease_consumer_id_idx`) and keep that plan while the table grows. A
+/// parameter implies no predicate, so the primary key is the only index
+/// that applies.
+pub(crate) const ACTIVE: &str = "active";
+
 /// The release statement around an extra condition on the lease row.
 macro_rules! release_statement {
     ($extra:literal) => {
         concat!(
             "WITH rel AS (\
                UPDATE lease SET status = 'released', released_at = now() \
-               WHERE id = $1 AND status = 'active'",
+               WHERE id = $1 AND status = $2",
             $extra,
             " RETURNING proxy_id, pool_id, consumer_id, acquired_at, released_at), \
              dec AS (\
                UPDATE proxy p SET current_leases = GREATEST(p.current_leases - 1, 0) \
-               FROM rel WHERE p.id = rel.proxy_id) \
+               WHERE p.id = (SELECT proxy_id FROM rel)) \
              SELECT proxy_id, pool_id, consumer_id, acquired_at, released_at FROM rel"
         )
     };
 }
 
-/// Releases lease `$1` if it is active and gives its proxy the capacity
+/// Releases lease `$1` if its status is `$2` ([`ACTIVE`]) and gives its proxy the capacity
 /// back, in one statement. One row when this statement released it; none
 /// when the lease is not active (already released, reclaimed, or unknown:
 /// the caller then reads the lease to tell which). The proxy is only

@@ -157,9 +157,12 @@ impl PostgresStorage {
         if let Some(name) = &config.application_name {
             options = options.application_name(name);
         }
+        // Start-up parameters: no extra round trip per connection.
         if let Some(schema) = &config.schema {
-            // A start-up parameter: no extra round trip per connection.
             options = options.options([("search_path", schema.as_str())]);
+        }
+        if config.prefer_index_scans {
+            options = options.options([("enable_seqscan", "off")]);
         }
         options = if config.sql_logging {
             match config.sql_log_level.as_str().parse() {
@@ -792,6 +795,7 @@ impl ProxyStorage for PostgresStorage {
         let row = with_retry!(async {
             sqlx::query(AssertSqlSafe(self.release_sql))
                 .bind(lease_id.0)
+                .bind(sql::ACTIVE)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(|e| map_sqlx("release", e))
@@ -820,8 +824,8 @@ impl ProxyStorage for PostgresStorage {
         validate_ttl(ttl)?;
         let statement = format!(
             "WITH u AS (UPDATE lease SET expires_at = now() + $2::float8 * interval '1 microsecond' \
-               WHERE id = $1 AND status = 'active' AND expires_at > now() RETURNING *) \
-             SELECT {}, {} FROM u JOIN proxy p ON p.id = u.proxy_id",
+               WHERE id = $1 AND status = $3 AND expires_at > now() RETURNING *) \
+             SELECT {}, {} FROM u JOIN proxy p ON p.id = (SELECT proxy_id FROM u)",
             sql::lease_columns("u"),
             sql::PROXY_COLUMNS
         );
@@ -829,6 +833,7 @@ impl ProxyStorage for PostgresStorage {
             sqlx::query(AssertSqlSafe(statement.as_str()))
                 .bind(lease_id.0)
                 .bind(ttl_micros(ttl))
+                .bind(sql::ACTIVE) // a parameter: see sql::ACTIVE
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| map_sqlx("renew", e))
@@ -1067,6 +1072,7 @@ mod tests {
         let mut tx = storage.pg_pool().begin().await.unwrap();
         let released = sqlx::query(AssertSqlSafe(storage.release_sql))
             .bind(lease.id.0)
+            .bind(crate::sql::ACTIVE)
             .fetch_all(&mut *tx)
             .await
             .unwrap();
@@ -1095,6 +1101,93 @@ mod tests {
             server_default,
             "a durable release leaves the server's setting alone"
         );
+        schema.drop_schema().await.unwrap();
+    }
+
+    /// The generic plan of `statement` (prepared as `name` with `types`),
+    /// executed with `args`, on a connection set up like the storage's.
+    async fn generic_plan(
+        conn: &mut sea_orm::sqlx::PgConnection,
+        name: &str,
+        types: &str,
+        statement: &str,
+        args: &str,
+    ) -> String {
+        let setup = format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE {name} ({types}) AS {statement}"
+        );
+        sqlx::raw_sql(AssertSqlSafe(setup))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let lines: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {name} ({args})")))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        lines.join("\n")
+    }
+
+    /// A lease table that was empty at its last VACUUM ANALYZE (a new
+    /// database, a deleted pool) makes every plan look equally cheap; the
+    /// prepared plans must still read the indexes they were written for,
+    /// since a connection keeps them while the table grows.
+    #[tokio::test]
+    async fn hot_path_plans_survive_empty_statistics() {
+        use crate::sql::{self, Lock};
+        let schema = TestSchema::create().await.unwrap();
+        let storage = schema.storage().clone();
+        let mut conn = storage.pg_pool().acquire().await.unwrap();
+        for table in ["lease", "proxy"] {
+            // One statement per call: VACUUM refuses to run in the implicit
+            // transaction of a multi-statement query.
+            sqlx::raw_sql(AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        let nil = "'00000000-0000-0000-0000-000000000000'";
+
+        let release = generic_plan(
+            &mut conn,
+            "release_plan",
+            "uuid, text",
+            sql::RELEASE,
+            &format!("{nil}, 'active'"),
+        )
+        .await;
+        assert!(release.contains("lease_pkey"), "{release}");
+        for other in ["lease_consumer_id_idx", "lease_active_pool_expiry_idx"] {
+            assert!(!release.contains(other), "{release}");
+        }
+
+        let acquire = sql::acquire_statement(
+            pharox_domain::Selector::FirstAvailable,
+            "TRUE",
+            Lock::SkipLocked,
+        );
+        let acquire = generic_plan(
+            &mut conn,
+            "acquire_plan",
+            "text, uuid, float8, uuid",
+            &acquire,
+            &format!("'pool', {nil}, 1.0, {nil}"),
+        )
+        .await;
+        // The expired-lease probe: a per-row probe of the pool's active
+        // leases, never a hashed scan of some other index.
+        assert!(
+            acquire.contains("lease_active_pool_expiry_idx"),
+            "{acquire}"
+        );
+        for other in [
+            "hashed SubPlan",
+            "lease_consumer_id_idx",
+            "lease_proxy_id_idx",
+        ] {
+            assert!(!acquire.contains(other), "{other} in {acquire}");
+        }
+        drop(conn);
         schema.drop_schema().await.unwrap();
     }
 }
