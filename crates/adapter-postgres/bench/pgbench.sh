@@ -31,7 +31,7 @@ run() { # name script clients
   psql -qX -c "VACUUM ANALYZE"
   local consumer out
   consumer="$(psql -AtX -c "SELECT id FROM consumer WHERE name = 'pgbench'")"
-  out="$(pgbench -n -M prepared -f "$2" -D consumer="$consumer" -D pool=pgbench \
+  out="$(pgbench -n -M prepared -f "$2" -D consumer="$consumer" -D pool=pgbench -D active=active \
     -c "$3" -j "$3" -T "$secs" 2>&1)"
   printf '%-8s clients=%s cycles/s=%s failed=%s\n' "$1" "$3" \
     "$(awk '/^tps/ {printf "%.0f", $3}' <<<"$out")" \

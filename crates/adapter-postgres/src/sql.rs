@@ -177,7 +177,8 @@ impl Lock {
 /// order needs the cursor joined as `st`.
 pub(crate) fn order_by(selector: Selector, n: &str) -> String {
     match selector {
-        Selector::FirstAvailable => "p.id".to_owned(),
+        // pool_id first: see IN_POOL.
+        Selector::FirstAvailable => "p.pool_id, p.id".to_owned(),
         Selector::LeastUsed => {
             format!("p.current_leases - {n}, p.checked_at ASC NULLS FIRST, p.id")
         }
@@ -224,6 +225,20 @@ fn cursor_cte(pool_id: &str) -> String {
 
 /// Pool id from the pool name in `$1`.
 const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
+
+/// Proxy `p` is in the pool named `$1`, as a range on `pool_id` rather than
+/// an equality, on purpose.
+///
+/// With `pool_id = X`, PostgreSQL treats `pool_id` as a constant and
+/// first_available's `ORDER BY p.pool_id, p.id` as `ORDER BY p.id`, which
+/// the primary key also delivers. When the statistics show one big pool
+/// (most rows share one `pool_id`), it may then walk `proxy_pkey` in id
+/// order and filter on the pool, which for a pool whose ids sort after the
+/// big one (UUIDv7 ids: a pool created later) reads the whole big pool on
+/// every acquire. A range keeps the ordering on `(pool_id, id)`, which only
+/// the pool indexes deliver, and selects exactly the same rows.
+const IN_POOL: &str = "p.pool_id >= (SELECT id FROM proxy_pool WHERE name = $1) \
+     AND p.pool_id <= (SELECT id FROM proxy_pool WHERE name = $1)";
 
 /// Whether the consumer `$2` exists. Acquire leases nothing otherwise (and
 /// then reports "consumer not found"); `lease.consumer_id` has no foreign
@@ -310,7 +325,7 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
         sql,
         "pick AS (\
            SELECT p.id FROM proxy p {st} {ex} \
-           WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+           WHERE {IN_POOL} AND p.status = 'active' \
              AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency \
                   OR {HAS_EXPIRED_LEASE}) \
              AND {CONSUMER_EXISTS} AND {filter_sql} \
@@ -382,7 +397,7 @@ pub(crate) fn reclaiming_acquire_statement(
         ", pick AS (\
            SELECT p.id, COALESCE(rc.n, 0) AS n FROM proxy p \
            LEFT JOIN rc ON rc.proxy_id = p.id {st} \
-           WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+           WHERE {IN_POOL} AND p.status = 'active' \
              AND (p.max_concurrency IS NULL OR p.current_leases - COALESCE(rc.n, 0) < p.max_concurrency) \
              AND {CONSUMER_EXISTS} AND {filter_sql} \
            ORDER BY {order} LIMIT 1{lock}), \
@@ -457,7 +472,7 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: L
     let _ = write!(
         sql,
         "SELECT {PROXY_COLUMNS}, {n} AS expired FROM proxy p {rc_join} {st_join} \
-         WHERE p.pool_id = {POOL_ID} AND p.status = 'active' \
+         WHERE {IN_POOL} AND p.status = 'active' \
            AND (p.max_concurrency IS NULL OR p.current_leases - {n} < p.max_concurrency) \
            AND p.id <> ALL($2::uuid[]) \
            AND {filter_sql} \

@@ -1187,6 +1187,49 @@ mod tests {
         ] {
             assert!(!acquire.contains(other), "{other} in {acquire}");
         }
+
+        // Statistics of one big pool: pool_id looks unselective, and the
+        // primary key walks proxies in id order too. first_available must
+        // still scan its own pool's index, not the whole table by id.
+        let big = storage
+            .save_pool(&ProxyPool::new("big").unwrap())
+            .await
+            .unwrap();
+        let proxies: Vec<Proxy> = (0..300)
+            .map(|i| {
+                Proxy::builder(big.id, "10.3.0.1", 10_000 + i, ProxyProtocol::Http)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        storage.add_proxies(&proxies).await.unwrap();
+        sqlx::raw_sql("VACUUM ANALYZE proxy")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("DEALLOCATE acquire_plan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let acquire = sql::acquire_statement(
+            pharox_domain::Selector::FirstAvailable,
+            "TRUE",
+            Lock::SkipLocked,
+        );
+        let acquire = generic_plan(
+            &mut conn,
+            "acquire_plan",
+            "text, uuid, float8, uuid",
+            &acquire,
+            &format!("'small', {nil}, 1.0, {nil}"),
+        )
+        .await;
+        assert!(acquire.contains("proxy_available_idx"), "{acquire}");
+        assert_eq!(
+            acquire.matches("proxy_pkey").count(),
+            1,
+            "only the update of the picked proxy goes by primary key: {acquire}"
+        );
         drop(conn);
         schema.drop_schema().await.unwrap();
     }
