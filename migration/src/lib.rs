@@ -31,6 +31,7 @@ mod m0001_initial_schema;
 mod m0002_selector_state;
 mod m0003_lean_lease_indexes;
 mod m0004_lease_consumer_without_fk;
+mod m0005_proxy_checks_as_domains;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_selector_state::Migration),
             Box::new(m0003_lean_lease_indexes::Migration),
             Box::new(m0004_lease_consumer_without_fk::Migration),
+            Box::new(m0005_proxy_checks_as_domains::Migration),
         ]
     }
 }

@@ -96,6 +96,19 @@ async fn foreign_keys(db: &DatabaseConnection, table: &str) -> Vec<String> {
     .collect()
 }
 
+async fn proxy_checks(db: &DatabaseConnection) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT conname::text AS c FROM pg_constraint \
+         WHERE conrelid = 'proxy'::regclass AND contype = 'c' ORDER BY 1",
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String>("", "c").unwrap())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_up_both_succeed() {
     let (name, _) = fresh_schema().await;
@@ -111,7 +124,7 @@ async fn concurrent_up_both_succeed() {
     assert!(ra.is_current() && rb.is_current());
     // Exactly one of them applied the migrations.
     let applied = ra.changed.len() + rb.changed.len();
-    assert_eq!(applied, 4, "{ra:?} {rb:?}");
+    assert_eq!(applied, 5, "{ra:?} {rb:?}");
     assert!(schema_is_current(&a).await.unwrap());
     assert_eq!(
         tables(&a).await,
@@ -141,6 +154,14 @@ async fn down_then_up_and_fresh() {
         ]
     );
     assert_eq!(foreign_keys(&db, "lease").await, ["lease_proxy_id_fkey"]);
+    assert_eq!(proxy_checks(&db).await, ["proxy_capacity_check"]);
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0005_proxy_checks_as_domains"], "{down:?}");
+    assert_eq!(
+        proxy_checks(&db).await.len(),
+        8,
+        "down restores the table CHECKs"
+    );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(
         down.changed,
@@ -177,7 +198,7 @@ async fn down_then_up_and_fresh() {
     assert!(tables(&db).await.is_empty(), "down removes every table");
     assert!(!schema_is_current(&db).await.unwrap());
     let up = run(&db, MigrationCommand::Up).await.unwrap();
-    assert_eq!(up.changed.len(), 4);
+    assert_eq!(up.changed.len(), 5);
     assert!(schema_is_current(&db).await.unwrap());
     let status = run(&db, MigrationCommand::Status).await.unwrap();
     assert!(status.changed.is_empty() && status.is_current());
@@ -223,16 +244,38 @@ async fn python_style_inserts_still_work() {
     )
     .await
     .unwrap();
-    // The CHECKs hold the line on bad values.
-    for bad in [
-        "UPDATE proxy SET port = 0",
-        "UPDATE proxy SET current_leases = 2",
-        "UPDATE proxy SET current_leases = -1",
-        "UPDATE proxy SET max_concurrency = 0",
-        "UPDATE proxy SET latitude = 91",
-        "UPDATE proxy SET longitude = -181",
+    // The CHECKs (table CHECKs and the column domains of m0005) hold the
+    // line on bad values, under the same constraint names.
+    for (bad, check) in [
+        ("UPDATE proxy SET port = 0", "proxy_port_check"),
+        (
+            "UPDATE proxy SET current_leases = 2",
+            "proxy_capacity_check",
+        ),
+        (
+            "UPDATE proxy SET current_leases = -1",
+            "proxy_current_leases_check",
+        ),
+        (
+            "UPDATE proxy SET max_concurrency = 0",
+            "proxy_max_concurrency_check",
+        ),
+        ("UPDATE proxy SET latitude = 91", "proxy_latitude_check"),
+        ("UPDATE proxy SET longitude = -181", "proxy_longitude_check"),
+        ("UPDATE proxy SET asn = -1", "proxy_asn_check"),
+        (
+            "UPDATE proxy SET consecutive_failures = -1",
+            "proxy_consecutive_failures_check",
+        ),
+        (
+            "INSERT INTO proxy (id, pool_id, host, port, protocol, status) VALUES \
+               ('00000000-0000-0000-0000-0000000000a2', '00000000-0000-0000-0000-000000000001', \
+                '10.0.0.2', 70000, 'http', 'active')",
+            "proxy_port_check",
+        ),
     ] {
-        assert!(db.execute_unprepared(bad).await.is_err(), "{bad} must fail");
+        let err = db.execute_unprepared(bad).await.expect_err(bad);
+        assert!(err.to_string().contains(check), "{bad}: {err}");
     }
     drop_schema(&name).await;
 }
