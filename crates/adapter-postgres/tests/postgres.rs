@@ -362,3 +362,70 @@ async fn kept_connections_never_starve_other_calls_nor_block_close() {
     .unwrap();
     admin.drop_schema().await.unwrap();
 }
+
+/// Acquire returns the lease's columns without reading the insert back
+/// (they are computed from the same expressions in the same transaction):
+/// on every acquire path they must equal what is stored.
+#[tokio::test]
+async fn acquired_leases_equal_the_stored_rows_on_every_path() {
+    let schema = TestSchema::create().await.unwrap();
+    let storage = schema.storage().clone();
+    let (pool, _) = seed(&storage, "stored", 2, Some(1)).await;
+    let consumer = storage.ensure_consumer("c").await.unwrap();
+    let ttl = Duration::from_millis(90_123);
+    let plain = AcquireRequest::new(pool.name.clone(), consumer, ttl);
+    let assert_stored = |lease: pharox_domain::Lease| {
+        let storage = storage.clone();
+        async move {
+            let stored = storage.get_lease(lease.id).await.unwrap();
+            assert_eq!(
+                (
+                    stored.id,
+                    stored.proxy_id,
+                    stored.pool_id,
+                    stored.consumer_id,
+                    stored.status,
+                    stored.acquired_at,
+                    stored.expires_at,
+                    stored.released_at
+                ),
+                (
+                    lease.id,
+                    lease.proxy_id,
+                    lease.pool_id,
+                    lease.consumer_id,
+                    lease.status,
+                    lease.acquired_at,
+                    lease.expires_at,
+                    lease.released_at
+                )
+            );
+            assert_eq!(stored.pool_name, lease.pool_name);
+            assert_eq!(
+                lease.expires_at - lease.acquired_at,
+                time::Duration::milliseconds(90_123)
+            );
+            lease
+        }
+    };
+    // The common path, twice: both proxies are now held.
+    let first = assert_stored(storage.acquire(&plain).await.unwrap().unwrap()).await;
+    assert_stored(storage.acquire(&plain).await.unwrap().unwrap()).await;
+    // Both leases expire; the next acquire picks a proxy held only by an
+    // expired lease: the reclaiming statement.
+    schema
+        .time_shift()
+        .advance(Duration::from_secs(91))
+        .await
+        .unwrap();
+    let reclaimed = assert_stored(storage.acquire(&plain).await.unwrap().unwrap()).await;
+    assert_eq!(reclaimed.proxy_id, first.proxy_id, "first_available order");
+    // The predicate path (lock candidates, test in Rust, claim).
+    let picky = plain
+        .clone()
+        .with_filter(pharox_domain::ProxyFilter::new().predicate(|p| p.port % 2 == 1));
+    let claimed = assert_stored(storage.acquire(&picky).await.unwrap().unwrap()).await;
+    assert_eq!(claimed.proxy.port % 2, 1);
+    assert_counters_exact(&storage).await;
+    schema.drop_schema().await.unwrap();
+}
