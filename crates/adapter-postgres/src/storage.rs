@@ -1128,13 +1128,37 @@ mod tests {
         lines.join("\n")
     }
 
+    /// The generic plan of first_available's common-path acquire for the
+    /// pool named `pool` (prepared afresh under `name`).
+    async fn acquire_plan(
+        conn: &mut sea_orm::sqlx::PgConnection,
+        name: &str,
+        pool: &str,
+    ) -> String {
+        use crate::sql::{self, Lock};
+        let statement = sql::acquire_statement(
+            pharox_domain::Selector::FirstAvailable,
+            "TRUE",
+            Lock::SkipLocked,
+        );
+        let nil = "'00000000-0000-0000-0000-000000000000'";
+        generic_plan(
+            conn,
+            name,
+            "text, uuid, float8, uuid",
+            &statement,
+            &format!("'{pool}', {nil}, 1.0, {nil}"),
+        )
+        .await
+    }
+
     /// A lease table that was empty at its last VACUUM ANALYZE (a new
     /// database, a deleted pool) makes every plan look equally cheap; the
     /// prepared plans must still read the indexes they were written for,
     /// since a connection keeps them while the table grows.
     #[tokio::test]
     async fn hot_path_plans_survive_empty_statistics() {
-        use crate::sql::{self, Lock};
+        use crate::sql;
         let schema = TestSchema::create().await.unwrap();
         let storage = schema.storage().clone();
         let mut conn = storage.pg_pool().acquire().await.unwrap();
@@ -1161,19 +1185,7 @@ mod tests {
             assert!(!release.contains(other), "{release}");
         }
 
-        let acquire = sql::acquire_statement(
-            pharox_domain::Selector::FirstAvailable,
-            "TRUE",
-            Lock::SkipLocked,
-        );
-        let acquire = generic_plan(
-            &mut conn,
-            "acquire_plan",
-            "text, uuid, float8, uuid",
-            &acquire,
-            &format!("'pool', {nil}, 1.0, {nil}"),
-        )
-        .await;
+        let acquire = acquire_plan(&mut conn, "acquire_empty", "pool").await;
         // The expired-lease probe: a per-row probe of the pool's active
         // leases, never a hashed scan of some other index.
         assert!(
@@ -1207,23 +1219,7 @@ mod tests {
             .execute(&mut *conn)
             .await
             .unwrap();
-        sqlx::raw_sql("DEALLOCATE acquire_plan")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let acquire = sql::acquire_statement(
-            pharox_domain::Selector::FirstAvailable,
-            "TRUE",
-            Lock::SkipLocked,
-        );
-        let acquire = generic_plan(
-            &mut conn,
-            "acquire_plan",
-            "text, uuid, float8, uuid",
-            &acquire,
-            &format!("'small', {nil}, 1.0, {nil}"),
-        )
-        .await;
+        let acquire = acquire_plan(&mut conn, "acquire_big_pool", "small").await;
         assert!(acquire.contains("proxy_available_idx"), "{acquire}");
         assert_eq!(
             acquire.matches("proxy_pkey").count(),
