@@ -27,6 +27,25 @@ use sea_orm_migration::MigrationStatus;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
+/// Implements `MigrationTrait` for the `Migration` of a module whose
+/// migration is the SQL text of its `UP` and `DOWN` constants.
+macro_rules! sql_migration {
+    () => {
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared(UP).await?;
+                Ok(())
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared(DOWN).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 mod m0001_initial_schema;
 mod m0002_selector_state;
 mod m0003_lean_lease_indexes;

@@ -33,15 +33,4 @@ CREATE INDEX lease_consumer_id_idx ON lease (consumer_id);
 CREATE INDEX IF NOT EXISTS lease_active_expiry_idx ON lease (expires_at) WHERE status = 'active';
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+sql_migration!();

@@ -44,15 +44,4 @@ ALTER TABLE lease ADD CONSTRAINT lease_consumer_id_fkey FOREIGN KEY (consumer_id
     REFERENCES consumer (id) ON DELETE CASCADE;
 "#;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+sql_migration!();
