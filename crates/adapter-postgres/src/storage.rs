@@ -761,10 +761,15 @@ impl ProxyStorage for PostgresStorage {
             // built only then: it is not the hot path.
             let builders: [fn(Selector, &str, Lock) -> String; 2] =
                 [sql::acquire_statement, sql::reclaiming_acquire_statement];
-            for build in builders {
-                let statement = build(request.selector, &filter_sql, lock);
+            for (step, build) in builders.into_iter().enumerate() {
+                let statement: Arc<str> =
+                    if step == 0 && lock == Lock::SkipLocked && request.filter.is_empty() {
+                        sql::unfiltered_acquire_statement(request.selector)
+                    } else {
+                        Arc::from(build(request.selector, &filter_sql, lock))
+                    };
                 let row = with_retry!(async {
-                    let query = sqlx::query(AssertSqlSafe(statement.as_str()))
+                    let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
                         .bind(pool_name)
                         .bind(request.consumer_id.0)
                         .bind(ttl)
