@@ -194,7 +194,10 @@ async fn open_storage(args: &BenchArgs, workers: usize) -> Result<Target, CliErr
         return Ok(Target {
             storage,
             name: "postgres",
-            pool_name: format!("bench-{}", uuid::Uuid::new_v4().simple()),
+            // Every lease row stores its pool's name (the Python schema's
+            // `lease.pool_name`): 48 random bits keep concurrent runs apart
+            // and the rows as long as a real pool name makes them.
+            pool_name: format!("bench-{:012x}", uuid::Uuid::new_v4().as_u128() >> 80),
             drop_pool_after: true,
         });
     }
