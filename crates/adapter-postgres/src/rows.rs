@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use pharox_domain::{
-    Credentials, HealthRecord, Lease, LeaseStatus, Proxy, ProxyHealth, ProxyProtocol, ProxyStatus,
+    Credentials, HealthRecord, Lease, LeaseId, LeaseStatus, Proxy, ProxyHealth, ProxyProtocol,
+    ProxyStatus,
 };
-use pharox_ports::StorageError;
+use pharox_ports::{AcquireRequest, StorageError};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{Column as _, Row};
 use time::OffsetDateTime;
@@ -153,6 +154,37 @@ pub(crate) fn lease(row: &PgRow) -> Result<Lease, StorageError> {
         released_at: c.get(7, "lease_released_at")?,
         proxy: Arc::new(proxy),
     })
+}
+
+/// The lease an acquire made, from its result row
+/// ([`crate::sql::LEASE_RESULT_COLUMN_NAMES`], then the proxy's columns), or
+/// `None` if the row says nothing was leased (the proxy columns are NULL).
+/// The row carries only what the database decided; the rest comes from the
+/// request and the id the caller bound as `$4`.
+pub(crate) fn acquired_lease(
+    row: &PgRow,
+    id: LeaseId,
+    request: &AcquireRequest,
+) -> Result<Option<Lease>, StorageError> {
+    let c = Columns::at(row, 0);
+    let base = crate::sql::LEASE_RESULT_COLUMN_NAMES.len();
+    let proxy_id: Option<Uuid> = c.get(base, "id")?;
+    if proxy_id.is_none() {
+        return Ok(None);
+    }
+    let proxy = proxy_at(row, base)?;
+    Ok(Some(Lease {
+        id,
+        proxy_id: proxy.id,
+        pool_id: proxy.pool_id,
+        pool_name: Arc::from(request.pool_name.as_str()),
+        consumer_id: request.consumer_id,
+        status: LeaseStatus::Active,
+        acquired_at: c.get(0, "lease_acquired_at")?,
+        expires_at: c.get(1, "lease_expires_at")?,
+        released_at: None,
+        proxy: Arc::new(proxy),
+    }))
 }
 
 /// A health record from [`crate::sql::HEALTH_COLUMNS`].

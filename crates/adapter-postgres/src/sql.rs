@@ -266,19 +266,28 @@ const INSERT_LEASE: &str = ", ins AS (\
          SELECT $4, b.id, b.pool_id, $2, $1, 'active', now(), now() + $3::float8 * interval '1 microsecond' \
          FROM bumped b)";
 
-/// The `lease_*` result columns of an acquire, over the bumped proxy `p`,
-/// computed from the statement's parameters instead of read back from the
-/// insert: the same expressions as in [`INSERT_LEASE`], and `now()` is the
-/// transaction's timestamp, so the values are the stored ones. A data-modifying
-/// CTE runs whether or not it is read, so `ins` has inserted exactly when `p`
-/// is there (`lease_id` NULL otherwise). Reading the insert back
-/// (`RETURNING *` joined to the proxy) cost ~15 % of the server's CPU per
-/// acquire+release at 8 pgbench clients.
-const LEASE_RESULT_COLUMNS: &str = "CASE WHEN p.id IS NOT NULL THEN $4::uuid END AS lease_id, \
-     p.pool_id AS lease_pool_id, $1::text AS lease_pool_name, $2::uuid AS lease_consumer_id, \
-     'active'::text AS lease_status, now() AS lease_acquired_at, \
-     now() + $3::float8 * interval '1 microsecond' AS lease_expires_at, \
-     NULL::timestamptz AS lease_released_at";
+/// The columns an acquire returns before the proxy's ([`PROXY_COLUMNS`]
+/// over the bumped proxy `p`): the two the database decides, in the
+/// expressions [`INSERT_LEASE`] stores (`now()` is the transaction's
+/// timestamp, so the values are the stored ones). Everything else about the
+/// new lease the caller already knows: its id (`$4`), pool name (`$1`),
+/// consumer (`$2`), pool (the proxy's), status (active). The proxy columns
+/// are NULL when `p` is missing, i.e. nothing was leased (a data-modifying
+/// CTE runs whether or not it is read, so `ins` inserted exactly when `p` is
+/// there).
+///
+/// Why so few: every result column costs the server a type lookup, a tuple
+/// descriptor entry and a projection step per execution. Returning the
+/// lease's row (`RETURNING *` joined to the proxy) cost ~15 % of the
+/// server's CPU per acquire+release at 8 pgbench clients; returning the five
+/// known lease columns besides these two, another 4.5 % of its instructions
+/// (callgrind, one client).
+const LEASE_RESULT_COLUMNS: &str = "now() AS lease_acquired_at, \
+     now() + $3::float8 * interval '1 microsecond' AS lease_expires_at";
+
+/// The names of [`LEASE_RESULT_COLUMNS`], in order (for
+/// [`crate::rows::acquired_lease`]).
+pub(crate) const LEASE_RESULT_COLUMN_NAMES: [&str; 2] = ["lease_acquired_at", "lease_expires_at"];
 
 fn final_select() -> String {
     format!(" SELECT {LEASE_RESULT_COLUMNS}, {PROXY_COLUMNS} FROM bumped p")
@@ -311,7 +320,7 @@ const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
 /// that on the newest row version). The result:
 ///
 /// - no row: nothing to lease (or everything skipped as locked);
-/// - a row with `lease_id` NULL: the pick is at capacity and holds expired
+/// - a row with the proxy columns NULL: the pick is at capacity and holds expired
 ///   leases; nothing was written, and the caller runs
 ///   [`reclaiming_acquire_statement`], which reclaims them;
 /// - otherwise the lease, as from [`reclaiming_acquire_statement`].

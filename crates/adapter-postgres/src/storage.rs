@@ -377,16 +377,20 @@ impl PostgresStorage {
             };
             let lease = match chosen {
                 Some(proxy_id) => {
+                    let lease_id = LeaseId::new();
                     let row = sqlx::query(AssertSqlSafe(claim.clone()))
                         .bind(pool_name)
                         .bind(request.consumer_id.0)
                         .bind(ttl)
-                        .bind(LeaseId::new().0)
+                        .bind(lease_id.0)
                         .bind(proxy_id.0)
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(|e| map_sqlx("acquire", e))?;
-                    row.as_ref().map(rows::lease).transpose()?
+                    match row {
+                        Some(row) => rows::acquired_lease(&row, lease_id, request)?,
+                        None => None,
+                    }
                 }
                 None => None,
             };
@@ -768,25 +772,24 @@ impl ProxyStorage for PostgresStorage {
                     } else {
                         Arc::from(build(request.selector, &filter_sql, lock))
                     };
-                let row = with_retry!(async {
+                let (row, lease_id) = with_retry!(async {
+                    let lease_id = LeaseId::new();
                     let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
                         .bind(pool_name)
                         .bind(request.consumer_id.0)
                         .bind(ttl)
-                        .bind(LeaseId::new().0);
+                        .bind(lease_id.0);
                     binds
                         .bind_to(query)
                         .fetch_optional(&mut *conn)
                         .await
+                        .map(|row| (row, lease_id))
                         .map_err(|e| map_sqlx("acquire", e))
                 })?;
                 let Some(row) = row else { break };
-                let leased: Option<Uuid> = row
-                    .try_get("lease_id")
-                    .map_err(|e| map_sqlx("acquire", e))?;
-                if leased.is_some() {
+                if let Some(lease) = rows::acquired_lease(&row, lease_id, request)? {
                     self.stash.put(conn);
-                    return rows::lease(&row).map(Some);
+                    return Ok(Some(lease));
                 }
             }
         }
