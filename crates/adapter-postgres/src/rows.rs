@@ -17,9 +17,10 @@ use crate::error::bad_row;
 /// The columns of a row in the order the SQL lists them, read by position.
 ///
 /// By position, not by name: a name lookup hashes and compares the name for
-/// every column, which for acquire's 30 columns was a tenth of the client's
-/// CPU per acquire+release. The SQL lists are constants of this crate
-/// ([`crate::sql::PROXY_COLUMNS`], [`crate::sql::LEASE_COLUMN_NAMES`]); debug
+/// every column, which for acquire's result (then 30 columns) was a tenth of
+/// the client's CPU per acquire+release. The SQL lists are constants of this
+/// crate ([`crate::sql::PROXY_COLUMNS`], [`crate::sql::LEASE_COLUMN_NAMES`],
+/// [`crate::sql::LEASE_RESULT_COLUMN_NAMES`]); debug
 /// builds (every test) check each name against the position read.
 struct Columns<'r> {
     row: &'r PgRow,
@@ -134,9 +135,9 @@ fn proxy_at(row: &PgRow, base: usize) -> Result<Proxy, StorageError> {
     })
 }
 
-/// A lease from a row of the `lease_*` columns
-/// ([`crate::sql::LEASE_COLUMN_NAMES`], as [`crate::sql::lease_columns`] and
-/// acquire's result list them) followed by the proxy columns.
+/// A stored lease from a row of the `lease_*` columns
+/// ([`crate::sql::LEASE_COLUMN_NAMES`], as [`crate::sql::lease_columns`]
+/// lists them) followed by the proxy columns.
 pub(crate) fn lease(row: &PgRow) -> Result<Lease, StorageError> {
     let c = Columns::at(row, 0);
     let proxy = proxy_at(row, crate::sql::LEASE_COLUMN_NAMES.len())?;

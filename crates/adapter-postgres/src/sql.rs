@@ -195,8 +195,8 @@ pub(crate) const PROXY_COLUMNS: &str = "p.id, p.pool_id, p.host, p.port, p.proto
      p.isp, p.asn, p.max_concurrency, p.current_leases, p.checked_at, p.created_at, \
      p.consecutive_failures, p.last_latency_ms, p.last_error, p.last_http_status";
 
-/// The lease columns in the order [`lease_columns`] and acquire's result
-/// list them (and [`crate::rows::lease`] reads them), before the proxy's.
+/// The lease columns in the order [`lease_columns`] lists them (and
+/// [`crate::rows::lease`] reads them), before the proxy's.
 pub(crate) const LEASE_COLUMN_NAMES: [&str; 8] = [
     "id",
     "pool_id",
