@@ -60,7 +60,20 @@ pub mod consumer {
 
 /// `proxy`: the proxies with their leasing and health state.
 pub mod proxy {
+    use std::fmt;
+
     use sea_orm::entity::prelude::*;
+
+    /// The `credentials` JSON of a proxy row, as stored. `Debug` redacts it
+    /// (the value holds the proxy's password); the JSON is `.0`.
+    #[derive(Clone, PartialEq, DeriveValueType)]
+    pub struct StoredCredentials(pub Json);
+
+    impl fmt::Debug for StoredCredentials {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("StoredCredentials(***)")
+        }
+    }
 
     /// One proxy row.
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -79,8 +92,9 @@ pub mod proxy {
         pub protocol: String,
         /// `active`, `inactive`, `slow` or `banned`.
         pub status: String,
-        /// `{"user": .., "password": ..}` or null. Contains a secret.
-        pub credentials: Option<Json>,
+        /// `{"user": .., "password": ..}` or null. Contains a secret, so
+        /// its `Debug` shows neither user nor password.
+        pub credentials: Option<StoredCredentials>,
         /// Provider or feed.
         pub source: Option<String>,
         /// Country.

@@ -7,9 +7,10 @@ use pharox_ports::StorageError;
 use sea_orm::sqlx;
 use sea_orm::{DbErr, RuntimeErr};
 
-/// How often a statement that hit a serialization failure or deadlock is
-/// tried in all before [`StorageError::Transient`] is returned.
-pub(crate) const MAX_ATTEMPTS: u32 = 5;
+/// How often a call whose transaction hit a serialization failure or a
+/// deadlock (SQLSTATE 40001, 40P01) is tried in all, with a short backoff in
+/// between, before it returns [`StorageError::Transient`] (retryable).
+pub const MAX_ATTEMPTS: u32 = 5;
 
 /// SQLSTATEs that mean "lost a race, try again".
 const SERIALIZATION_FAILURE: &str = "40001";
@@ -18,22 +19,57 @@ const UNIQUE_VIOLATION: &str = "23505";
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 const CHECK_VIOLATION: &str = "23514";
 
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Maps a sqlx error. Messages name what failed, never a password: sqlx's
 /// connection errors carry the server's or the OS's words, not the options.
 pub(crate) fn map_sqlx(context: &'static str, err: sqlx::Error) -> StorageError {
-    match &err {
+    classify(context, &err).with_source(Box::new(err))
+}
+
+/// What a sqlx error maps to, before its source is attached.
+enum Class {
+    Transient(String),
+    Unavailable(String),
+    Backend(String),
+    /// Errors that carry no source.
+    Done(StorageError),
+}
+
+impl Class {
+    fn with_source(self, source: BoxError) -> StorageError {
+        match self {
+            Self::Transient(message) => StorageError::Transient {
+                message,
+                source: Some(source),
+            },
+            Self::Unavailable(message) => StorageError::Unavailable {
+                message,
+                source: Some(source),
+            },
+            Self::Backend(message) => StorageError::Backend {
+                message,
+                source: Some(source),
+            },
+            Self::Done(error) => error,
+        }
+    }
+}
+
+/// Sorts `err` (owned or shared) into a [`Class`].
+fn classify(context: &'static str, err: &sqlx::Error) -> Class {
+    match err {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             let constraint = db.constraint().unwrap_or("").to_owned();
             match code.as_str() {
-                SERIALIZATION_FAILURE | DEADLOCK_DETECTED => StorageError::Transient {
-                    message: format!("{context}: {}", db.message()),
-                    source: Some(Box::new(err)),
-                },
-                UNIQUE_VIOLATION => {
-                    StorageError::Conflict(format!("{context}: duplicate value ({constraint})"))
+                SERIALIZATION_FAILURE | DEADLOCK_DETECTED => {
+                    Class::Transient(format!("{context}: {}", db.message()))
                 }
-                FOREIGN_KEY_VIOLATION => match constraint.as_str() {
+                UNIQUE_VIOLATION => Class::Done(StorageError::Conflict(format!(
+                    "{context}: duplicate value ({constraint})"
+                ))),
+                FOREIGN_KEY_VIOLATION => Class::Done(match constraint.as_str() {
                     "proxy_pool_id_fkey" => StorageError::not_found("pool", "of the proxy"),
                     "lease_consumer_id_fkey" => StorageError::not_found("consumer", "of the lease"),
                     "lease_proxy_id_fkey" | "proxy_health_record_proxy_id_fkey" => {
@@ -42,10 +78,10 @@ pub(crate) fn map_sqlx(context: &'static str, err: sqlx::Error) -> StorageError 
                     _ => StorageError::Conflict(format!(
                         "{context}: references a missing row ({constraint})"
                     )),
-                },
-                CHECK_VIOLATION => {
-                    StorageError::Conflict(format!("{context}: violates the check {constraint}"))
-                }
+                }),
+                CHECK_VIOLATION => Class::Done(StorageError::Conflict(format!(
+                    "{context}: violates the check {constraint}"
+                ))),
                 // Connection-level classes: 08 (connection exception),
                 // 57P01..03 (admin shutdown, crash shutdown, cannot connect
                 // now), 53300 (too many connections).
@@ -55,33 +91,22 @@ pub(crate) fn map_sqlx(context: &'static str, err: sqlx::Error) -> StorageError 
                     || c == "57P03"
                     || c == "53300" =>
                 {
-                    StorageError::Unavailable {
-                        message: format!("{context}: {}", db.message()),
-                        source: Some(Box::new(err)),
-                    }
+                    Class::Unavailable(format!("{context}: {}", db.message()))
                 }
-                _ => StorageError::Backend {
-                    message: format!("{context}: {}", db.message()),
-                    source: Some(Box::new(err)),
-                },
+                _ => Class::Backend(format!("{context}: {}", db.message())),
             }
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StorageError::Unavailable {
-            message: format!("{context}: cannot reach the database ({err})"),
-            source: Some(Box::new(err)),
-        },
-        sqlx::Error::Protocol(_) => StorageError::Unavailable {
-            message: format!("{context}: connection broke ({err})"),
-            source: Some(Box::new(err)),
-        },
-        _ => StorageError::Backend {
-            message: format!("{context}: {err}"),
-            source: Some(Box::new(err)),
-        },
+        | sqlx::Error::WorkerCrashed => {
+            Class::Unavailable(format!("{context}: cannot reach the database ({err})"))
+        }
+        sqlx::Error::Protocol(_) => {
+            Class::Unavailable(format!("{context}: connection broke ({err})"))
+        }
+        _ => Class::Backend(format!("{context}: {err}")),
     }
 }
 
@@ -92,12 +117,11 @@ pub(crate) fn map_db(context: &'static str, err: DbErr) -> StorageError {
         | DbErr::Exec(RuntimeErr::SqlxError(e))
         | DbErr::Query(RuntimeErr::SqlxError(e)) => match std::sync::Arc::try_unwrap(e) {
             Ok(e) => map_sqlx(context, e),
+            // Someone else holds the error too: the same classification,
+            // with the shared error as the source.
             Err(shared) => {
-                // Someone else holds the error too: classify by message only.
-                StorageError::Backend {
-                    message: format!("{context}: {shared}"),
-                    source: None,
-                }
+                let source: BoxError = Box::new(std::sync::Arc::clone(&shared));
+                classify(context, &shared).with_source(source)
             }
         },
         DbErr::ConnectionAcquire(e) => StorageError::Unavailable {

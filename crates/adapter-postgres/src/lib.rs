@@ -27,4 +27,5 @@ mod storage;
 pub mod testing;
 
 pub use config::{ConfigError, ENV_DATABASE_URL, PostgresConfig, SslMode};
+pub use error::MAX_ATTEMPTS;
 pub use storage::PostgresStorage;

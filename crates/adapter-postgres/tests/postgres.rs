@@ -292,15 +292,15 @@ async fn unreachable_server_is_unavailable_and_retryable() {
 #[tokio::test]
 async fn wrong_password_is_an_error_without_the_password() {
     let schema = common::schema().await;
-    // Make a role that needs a password, if the server does password auth at
-    // all (trust auth accepts anything: then only the redaction is checked).
     let mut config = schema.config().clone();
     config.password = Some("not-the-password-xyz".into());
     config.user = "pharox_no_such_role".into();
-    if let Err(err) = PostgresStorage::connect(&config).await {
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains("not-the-password-xyz"), "{shown}");
-    }
+    // The role does not exist, so the connection fails under any auth method.
+    let err = PostgresStorage::connect(&config)
+        .await
+        .expect_err("no such role");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("not-the-password-xyz"), "{shown}");
     schema.drop_schema().await.unwrap();
 }
 
@@ -427,5 +427,127 @@ async fn acquired_leases_equal_the_stored_rows_on_every_path() {
     let claimed = assert_stored(storage.acquire(&picky).await.unwrap().unwrap()).await;
     assert_eq!(claimed.proxy.port % 2, 1);
     assert_counters_exact(&storage).await;
+    schema.drop_schema().await.unwrap();
+}
+
+/// Makes the next `times` writes to `lease` fail with SQLSTATE `code`, the
+/// way a lost race does (a trigger raises it; the attempts are counted by a
+/// sequence, which a rollback does not undo).
+async fn inject_lease_failures(storage: &PostgresStorage, code: &str, times: u32) {
+    let script = format!(
+        "CREATE SEQUENCE IF NOT EXISTS injected_attempts; \
+         SELECT setval('injected_attempts', 1, false); \
+         CREATE OR REPLACE FUNCTION inject_lost_race() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF nextval('injected_attempts') <= {times} THEN \
+             RAISE EXCEPTION 'injected lost race' USING ERRCODE = '{code}'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         DROP TRIGGER IF EXISTS inject_lost_race ON lease; \
+         CREATE TRIGGER inject_lost_race BEFORE INSERT OR UPDATE ON lease \
+           FOR EACH ROW EXECUTE FUNCTION inject_lost_race();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(storage.pg_pool())
+        .await
+        .unwrap();
+}
+
+/// How many writes to `lease` were attempted since [`inject_lease_failures`].
+async fn lease_write_attempts(storage: &PostgresStorage) -> i64 {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM injected_attempts",
+    )
+    .fetch_one(storage.pg_pool())
+    .await
+    .unwrap()
+}
+
+/// Serialization failures and deadlocks are retried inside the call (a
+/// bounded number of times), and only then surface as a retryable error
+/// that leaves nothing behind.
+#[tokio::test]
+async fn lost_races_are_retried_then_reported_as_retryable() {
+    use pharox_adapter_postgres::MAX_ATTEMPTS;
+    let schema = common::schema().await;
+    let storage = schema.storage();
+    let (pool, _) = seed(storage, "races", 2, Some(1)).await;
+    let consumer = storage.ensure_consumer("racer").await.unwrap();
+    let request = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+    for code in ["40001", "40P01"] {
+        // Two lost races, then success: acquire and release both recover.
+        inject_lease_failures(storage, code, 2).await;
+        let lease = storage.acquire(&request).await.unwrap().expect("a lease");
+        assert_eq!(lease_write_attempts(storage).await, 3, "{code}: acquire");
+        assert_counters_exact(storage).await;
+        inject_lease_failures(storage, code, 2).await;
+        storage.release(lease.id).await.unwrap();
+        assert_eq!(lease_write_attempts(storage).await, 3, "{code}: release");
+        assert_counters_exact(storage).await;
+
+        // Always losing: the caller gets a retryable error after
+        // MAX_ATTEMPTS tries, and no lease or counter was written.
+        inject_lease_failures(storage, code, 1_000).await;
+        let err = storage.acquire(&request).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::Transient { .. }) && err.is_retryable(),
+            "{code}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("gave up after {MAX_ATTEMPTS} attempts")),
+            "{err}"
+        );
+        assert_eq!(
+            lease_write_attempts(storage).await,
+            i64::from(MAX_ATTEMPTS),
+            "{code}"
+        );
+        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM lease WHERE status = 'active'")
+            .fetch_one(storage.pg_pool())
+            .await
+            .unwrap();
+        assert_eq!(active, 0, "{code}: no lease left behind");
+        assert_counters_exact(storage).await;
+        sqlx::query("DROP TRIGGER inject_lost_race ON lease")
+            .execute(storage.pg_pool())
+            .await
+            .unwrap();
+    }
+    schema.drop_schema().await.unwrap();
+}
+
+/// The SeaORM entity of `proxy` never shows the credentials in `Debug`,
+/// neither as a model nor as an active model.
+#[tokio::test]
+async fn proxy_entity_debug_hides_credentials() {
+    use pharox_adapter_postgres::entities::proxy;
+    use sea_orm::{EntityTrait, IntoActiveModel};
+    let schema = common::schema().await;
+    let storage = schema.storage();
+    let pool = storage
+        .save_pool(&ProxyPool::new("creds").unwrap())
+        .await
+        .unwrap();
+    let with_password = Proxy::builder(pool.id, "10.9.0.1", 8080, ProxyProtocol::Http)
+        .credentials("scraper", "pr0xy-s3cret")
+        .build()
+        .unwrap();
+    let saved = storage.add_proxies(&[with_password]).await.unwrap();
+    let model = proxy::Entity::find_by_id(saved[0].id.0)
+        .one(storage.connection())
+        .await
+        .unwrap()
+        .expect("the proxy row");
+    let stored = model.credentials.clone().expect("credentials stored");
+    assert_eq!(stored.0["password"], "pr0xy-s3cret", "the value is there");
+    for shown in [
+        format!("{model:?}"),
+        format!("{:?}", model.into_active_model()),
+    ] {
+        assert!(!shown.contains("pr0xy-s3cret"), "{shown}");
+        assert!(shown.contains("10.9.0.1"), "the rest is shown: {shown}");
+    }
     schema.drop_schema().await.unwrap();
 }
