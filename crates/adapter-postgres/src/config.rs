@@ -1,6 +1,7 @@
 //! Connection settings: from a DSN, from environment variables, or by hand.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
@@ -123,6 +124,13 @@ pub struct PostgresConfig {
     pub password: Option<String>,
     /// TLS mode (default prefer).
     pub ssl_mode: SslMode,
+    /// PEM file of the certificate authorities that `verify-ca` and
+    /// `verify-full` trust (libpq's `sslrootcert`); `None`: the system's.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// PEM file of a client certificate to present (libpq's `sslcert`).
+    pub ssl_client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (libpq's `sslkey`).
+    pub ssl_client_key: Option<PathBuf>,
     /// Schema to use: becomes the session's `search_path` (sent at
     /// connection start-up, no extra round trip). `None`: the server's default.
     pub schema: Option<String>,
@@ -140,11 +148,17 @@ pub struct PostgresConfig {
     pub acquire_timeout: Duration,
     /// Close connections idle this long (default 10 min; `None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Close connections this old (default 30 min; `None`: never).
+    /// Close connections this old (default 30 min; `None`: never). acquire
+    /// and release keep their connection between calls; a kept connection
+    /// goes back to the pool, which closes it when too old, at most this
+    /// long after it was first kept (sqlx does not tell a connection's age),
+    /// so a connection lives at most about twice this.
     pub max_lifetime: Option<Duration>,
     /// Ping every connection before handing it out (default false: that is
     /// one more round trip per call; a dead connection instead fails the
     /// call with a retryable [`StorageError::Unavailable`](pharox_ports::StorageError::Unavailable)).
+    /// With it on, acquire and release no longer keep their connection
+    /// between calls, so every call gets a connection just pinged.
     pub test_before_acquire: bool,
     /// Wait for a release's commit to reach disk (default false).
     ///
@@ -193,6 +207,9 @@ impl PostgresConfig {
             user: user.into(),
             password: None,
             ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
+            ssl_client_cert: None,
+            ssl_client_key: None,
             schema: None,
             application_name: Some("pharox".to_owned()),
             max_connections: 10,
@@ -234,7 +251,8 @@ impl PostgresConfig {
     /// `postgresql://` and the Python `postgresql+psycopg://` spelling).
     /// User and password are percent-decoded.
     ///
-    /// Query parameters: `sslmode`, `application_name`, `schema` (or
+    /// Query parameters: `sslmode`, `sslrootcert`, `sslcert`, `sslkey`
+    /// (file paths, as in libpq), `application_name`, `schema` (or
     /// `search_path`, or `options=-csearch_path=...`), and the pool tuning
     /// `max_connections`, `min_connections`, `connect_timeout`,
     /// `acquire_timeout`, `idle_timeout`, `max_lifetime` (seconds; `0` for
@@ -307,6 +325,8 @@ impl PostgresConfig {
     /// - `PHAROX_PG_HOST` (required without a DSN), `PHAROX_PG_PORT`,
     ///   `PHAROX_PG_DATABASE`, `PHAROX_PG_USER`, `PHAROX_PG_PASSWORD`,
     ///   `PHAROX_PG_SSLMODE`, `PHAROX_PG_SCHEMA`;
+    /// - on top of either: `PHAROX_PG_SSLROOTCERT`, `PHAROX_PG_SSLCERT`,
+    ///   `PHAROX_PG_SSLKEY` (file paths);
     /// - on top of either: `PHAROX_PG_MAX_CONNECTIONS`,
     ///   `PHAROX_PG_MIN_CONNECTIONS`, `PHAROX_PG_CONNECT_TIMEOUT`,
     ///   `PHAROX_PG_ACQUIRE_TIMEOUT`, `PHAROX_PG_IDLE_TIMEOUT`,
@@ -342,6 +362,9 @@ impl PostgresConfig {
             config
         };
         for (var, param) in [
+            ("PHAROX_PG_SSLROOTCERT", "sslrootcert"),
+            ("PHAROX_PG_SSLCERT", "sslcert"),
+            ("PHAROX_PG_SSLKEY", "sslkey"),
             ("PHAROX_PG_MAX_CONNECTIONS", "max_connections"),
             ("PHAROX_PG_MIN_CONNECTIONS", "min_connections"),
             ("PHAROX_PG_CONNECT_TIMEOUT", "connect_timeout"),
@@ -371,6 +394,9 @@ impl PostgresConfig {
         let value = value.trim();
         match key {
             "sslmode" => self.ssl_mode = value.parse()?,
+            "sslrootcert" => self.ssl_root_cert = Some(parse_path(key, value)?),
+            "sslcert" => self.ssl_client_cert = Some(parse_path(key, value)?),
+            "sslkey" => self.ssl_client_key = Some(parse_path(key, value)?),
             "application_name" => self.application_name = Some(value.to_owned()),
             "schema" | "search_path" | "currentSchema" => self.schema = Some(value.to_owned()),
             "options" => {
@@ -419,6 +445,15 @@ impl PostgresConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.host.trim().is_empty() {
             return Err(ConfigError::invalid("host", "must not be blank"));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::invalid("port", "must be between 1 and 65535"));
+        }
+        if self.ssl_client_cert.is_some() != self.ssl_client_key.is_some() {
+            return Err(ConfigError::invalid(
+                "sslkey",
+                "a client certificate (sslcert) and its key (sslkey) go together",
+            ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::invalid(
@@ -488,6 +523,9 @@ impl fmt::Debug for PostgresConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_client_cert", &self.ssl_client_cert)
+            .field("ssl_client_key", &self.ssl_client_key)
             .field("schema", &self.schema)
             .field("application_name", &self.application_name)
             .field("max_connections", &self.max_connections)
@@ -519,6 +557,13 @@ fn parse_secs(field: &str, value: &str) -> Result<Duration, ConfigError> {
         .map_err(|_| ConfigError::invalid(field, "must be a number of seconds"))?;
     Duration::try_from_secs_f64(secs)
         .map_err(|_| ConfigError::invalid(field, "must be a non-negative number of seconds"))
+}
+
+fn parse_path(field: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::invalid(field, "must be a file path"));
+    }
+    Ok(PathBuf::from(value))
 }
 
 fn parse_bool(field: &str, value: &str) -> Result<bool, ConfigError> {
@@ -588,6 +633,64 @@ mod tests {
             let e = PostgresConfig::from_dsn(bad).unwrap_err();
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_files_from_dsn_and_env() {
+        let c = PostgresConfig::from_dsn(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/etc/pharox/ca.pem\
+             &sslcert=/etc/pharox/client.pem&sslkey=/etc/pharox/client.key",
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/etc/pharox/ca.pem")));
+        assert_eq!(
+            c.ssl_client_cert,
+            Some(PathBuf::from("/etc/pharox/client.pem"))
+        );
+        assert_eq!(
+            c.ssl_client_key,
+            Some(PathBuf::from("/etc/pharox/client.key"))
+        );
+        assert!(c.validate().is_ok());
+
+        let lookup = |name: &str| match name {
+            "PHAROX_PG_HOST" => Some("h".to_owned()),
+            "PHAROX_PG_SSLROOTCERT" => Some("ca.pem".to_owned()),
+            _ => None,
+        };
+        let c = PostgresConfig::from_lookup(lookup).unwrap();
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.ssl_client_cert, None);
+
+        let half = PostgresConfig::from_dsn("postgres://u@h/db?sslcert=client.pem").unwrap();
+        let e = half.validate().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "sslkey"),
+            "{e}"
+        );
+        let e = PostgresConfig::from_dsn("postgres://u@h/db?sslrootcert=").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "sslrootcert"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn port_zero_is_refused() {
+        let mut c = PostgresConfig::new("h", "db", "u");
+        c.port = 0;
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "port"),
+            "{e}"
+        );
+        assert!(
+            PostgresConfig::from_dsn("postgres://u@h:0/db")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -55,57 +55,109 @@ pub struct PostgresStorage {
 /// next time. A call that fails or is cancelled drops its connection, which
 /// then goes back to sqlx and is tested there. At most `capacity`
 /// connections wait here, so other calls always find pool connections; one
-/// left unused for the pool's idle timeout is handed back to the pool.
+/// left unused for the pool's idle timeout, or kept for the pool's
+/// `max_lifetime` since it first came here, is handed back to the pool
+/// (which closes it if it is too old). With `test_before_acquire` the stash
+/// keeps nothing, so every call gets a connection sqlx has just pinged.
 struct Stash {
-    idle: std::sync::Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    idle: std::sync::Mutex<Vec<Kept>>,
     capacity: usize,
     idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+}
+
+/// A connection in the stash, with when it was last used and when it first
+/// came here (sqlx does not tell a pooled connection's age, so the stash
+/// counts from then: a connection leaves it at most `max_lifetime` after it
+/// left the pool).
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    used: Instant,
+    first_kept: Instant,
 }
 
 impl Stash {
-    /// Keeps all but two of the pool's connections at most.
+    /// Keeps all but two of the pool's connections at most (none when the
+    /// pool tests connections before handing them out).
     fn for_pool(pool: &PgPool) -> Self {
-        let max = usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX);
+        let options = pool.options();
+        let max = usize::try_from(options.get_max_connections()).unwrap_or(usize::MAX);
         Self {
             idle: std::sync::Mutex::new(Vec::new()),
-            capacity: max.saturating_sub(2),
-            idle_timeout: pool.options().get_idle_timeout(),
+            capacity: if options.get_test_before_acquire() {
+                0
+            } else {
+                max.saturating_sub(2)
+            },
+            idle_timeout: options.get_idle_timeout(),
+            max_lifetime: options.get_max_lifetime(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A kept connection, most recently used first; stale ones go back to
-    /// the pool.
-    fn take(&self) -> Option<PoolConnection<Postgres>> {
+    /// A kept connection, most recently used first, and when it first came
+    /// here; stale ones go back to the pool.
+    fn take(&self) -> Option<HotConnection> {
         let mut idle = self.lock();
-        while let Some((conn, since)) = idle.pop() {
-            if self
+        while let Some(kept) = idle.pop() {
+            let idle_too_long = self
                 .idle_timeout
-                .is_some_and(|limit| since.elapsed() > limit)
-            {
+                .is_some_and(|limit| kept.used.elapsed() > limit);
+            let kept_too_long = self
+                .max_lifetime
+                .is_some_and(|limit| kept.first_kept.elapsed() > limit);
+            if idle_too_long || kept_too_long {
                 continue; // dropped: sqlx tests it and pools or closes it
             }
-            return Some(conn);
+            return Some(HotConnection {
+                conn: kept.conn,
+                first_kept: kept.first_kept,
+            });
         }
         None
     }
 
     /// Keeps a connection that just completed a call, if there is room.
-    fn put(&self, conn: PoolConnection<Postgres>) {
+    fn put(&self, hot: HotConnection) {
         let mut idle = self.lock();
         if idle.len() < self.capacity {
-            idle.push((conn, Instant::now()));
+            idle.push(Kept {
+                conn: hot.conn,
+                used: Instant::now(),
+                first_kept: hot.first_kept,
+            });
         }
     }
 
     /// Hands every kept connection back to the pool.
     fn drain(&self) {
         self.lock().clear();
+    }
+}
+
+/// A connection checked out for a hot-path call, from the stash or fresh
+/// from the pool (then `first_kept` is the checkout time).
+struct HotConnection {
+    conn: PoolConnection<Postgres>,
+    first_kept: Instant,
+}
+
+impl std::ops::Deref for HotConnection {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for HotConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
     }
 }
 
@@ -131,8 +183,15 @@ fn release_sql(durable: bool) -> &'static str {
     }
 }
 
-fn invalid_config(e: &crate::ConfigError) -> StorageError {
-    StorageError::Invalid(ValidationError::new("database", e.to_string()))
+fn invalid_config(e: crate::ConfigError) -> StorageError {
+    StorageError::Invalid(match e {
+        crate::ConfigError::Invalid { field, reason } => {
+            ValidationError::new(format!("database.{field}"), reason)
+        }
+        missing @ crate::ConfigError::Missing => {
+            ValidationError::new("database", missing.to_string())
+        }
+    })
 }
 
 impl PostgresStorage {
@@ -144,13 +203,22 @@ impl PostgresStorage {
     /// [`StorageError::Invalid`]. No message contains the password. This does
     /// not migrate; run `pharox migrate` (or [`pharox_migration::run`]) first.
     pub async fn connect(config: &PostgresConfig) -> Result<Self, StorageError> {
-        config.validate().map_err(|e| invalid_config(&e))?;
+        config.validate().map_err(invalid_config)?;
         let mut options = PgConnectOptions::new_without_pgpass()
             .host(&config.host)
             .port(config.port)
             .username(&config.user)
             .database(&config.database)
             .ssl_mode(config.ssl_mode.into());
+        if let Some(path) = &config.ssl_root_cert {
+            options = options.ssl_root_cert(path);
+        }
+        if let Some(path) = &config.ssl_client_cert {
+            options = options.ssl_client_cert(path);
+        }
+        if let Some(path) = &config.ssl_client_key {
+            options = options.ssl_client_key(path);
+        }
         if let Some(password) = &config.password {
             options = options.password(password);
         }
@@ -266,10 +334,17 @@ impl PostgresStorage {
 
     /// A connection for a hot-path call: a kept one, else one from the pool.
     /// Give it back with `self.stash.put` once the call has succeeded.
-    async fn checkout(&self, context: &'static str) -> StorageResult<PoolConnection<Postgres>> {
+    async fn checkout(&self, context: &'static str) -> StorageResult<HotConnection> {
         match self.stash.take() {
-            Some(conn) => Ok(conn),
-            None => self.pool.acquire().await.map_err(|e| map_sqlx(context, e)),
+            Some(hot) => Ok(hot),
+            None => Ok(HotConnection {
+                conn: self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| map_sqlx(context, e))?,
+                first_kept: Instant::now(),
+            }),
         }
     }
 
@@ -1110,6 +1185,79 @@ mod tests {
             "a durable release leaves the server's setting alone"
         );
         schema.drop_schema().await.unwrap();
+    }
+
+    /// One acquire and release on `storage`'s pool `pool`.
+    async fn one_cycle(storage: &super::PostgresStorage, pool: &ProxyPool) {
+        let consumer = storage.ensure_consumer("stash").await.unwrap();
+        let request = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let lease = storage.acquire(&request).await.unwrap().unwrap();
+        storage.release(lease.id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stash_honours_test_before_acquire_idle_timeout_and_max_lifetime() {
+        let schema = TestSchema::create().await.unwrap();
+        let pool = schema
+            .storage()
+            .save_pool(&ProxyPool::new("stash").unwrap())
+            .await
+            .unwrap();
+        let proxy = Proxy::builder(pool.id, "10.2.0.9", 9000, ProxyProtocol::Http)
+            .build()
+            .unwrap();
+        schema.storage().add_proxies(&[proxy]).await.unwrap();
+
+        let mut config = schema.config().clone();
+        config.idle_timeout = Some(Duration::from_secs(30));
+        config.max_lifetime = Some(Duration::from_secs(60));
+        let storage = super::PostgresStorage::connect(&config).await.unwrap();
+        one_cycle(&storage, &pool).await;
+        assert_eq!(
+            storage.stash.lock().len(),
+            1,
+            "the hot path keeps its connection"
+        );
+        // Time is moved by rewriting the stash's own timestamps, not slept.
+        let ago = |secs| {
+            std::time::Instant::now()
+                .checked_sub(Duration::from_secs(secs))
+                .expect("the monotonic clock reaches back a minute")
+        };
+        storage.stash.lock()[0].used = ago(31);
+        assert!(storage.stash.take().is_none(), "idle past idle_timeout");
+        one_cycle(&storage, &pool).await;
+        storage.stash.lock()[0].first_kept = ago(61);
+        assert!(storage.stash.take().is_none(), "kept past max_lifetime");
+        one_cycle(&storage, &pool).await;
+        let kept = storage.stash.take().expect("a fresh connection is kept");
+        assert!(kept.first_kept.elapsed() < Duration::from_secs(30));
+        storage.stash.put(kept);
+        storage.close().await;
+
+        config.test_before_acquire = true;
+        let tested = super::PostgresStorage::connect(&config).await.unwrap();
+        one_cycle(&tested, &pool).await;
+        assert!(
+            tested.stash.lock().is_empty(),
+            "with test_before_acquire every call gets a connection sqlx pinged"
+        );
+        tested.close().await;
+        schema.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_setting_is_invalid_and_names_its_field() {
+        let mut config = crate::PostgresConfig::new("127.0.0.1", "db", "u").with_password("pw-x1");
+        config.max_connections = 0;
+        let e = super::PostgresStorage::connect(&config).await.unwrap_err();
+        match e {
+            pharox_ports::StorageError::Invalid(v) => {
+                assert_eq!(v.field, "database.max_connections");
+                assert!(!v.reason.contains("pw-x1"));
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
     }
 
     /// The generic plan of `statement` (prepared as `name` with `types`),
