@@ -157,12 +157,15 @@ fn migrate(args: &[String]) -> Result<(), String> {
     let command = command
         .parse::<pharox_migration::MigrationCommand>()
         .map_err(|e| e.to_string())?;
+    // Parsed and connected as `pharox migrate` does, so that the same URL
+    // (its `schema`, `sslmode`, ...) means the same in both tools.
+    let config = postgres::migrate_config(&url)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let db = postgres::connect(&url).await?;
-        let report = pharox_migration::run(&db, command)
-            .await
-            .map_err(|e| e.to_string())?;
+        let storage = postgres::connect_storage(&config, &url).await?;
+        let outcome = pharox_migration::run(storage.connection(), command).await;
+        storage.close().await;
+        let report = outcome.map_err(|e| postgres::redact_config(&e.to_string(), &url, &config))?;
         println!("migrate {}: changed {:?}", report.command, report.changed);
         println!("applied: {:?}", report.applied);
         println!("pending: {:?}", report.pending);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pharox_adapter_postgres::{PostgresConfig, PostgresStorage};
 use pharox_migration::sea_orm_migration::sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
 };
@@ -46,17 +47,81 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, String> {
     })
 }
 
-/// Removes the URL's password from a message.
-fn redact(message: &str, url: &str) -> String {
-    match password_of(url) {
+/// The settings `cargo xtask migrate` connects with: the URL read by the
+/// PostgreSQL adapter's own parser with a pool of two, exactly as
+/// `pharox migrate` reads it (`crates/cli/src/migrate.rs`). So `?schema=`,
+/// `sslmode` and the pool parameters mean the same in both tools, and an
+/// unknown parameter is an error instead of being dropped.
+pub fn migrate_config(url: &str) -> Result<PostgresConfig, String> {
+    PostgresConfig::from_dsn(url)
+        .map(|config| config.with_max_connections(2))
+        .map_err(|e| format!("database URL: {}", redact(&e.to_string(), url)))
+}
+
+/// Opens the PostgreSQL adapter's storage for `config` (parsed from `url`),
+/// the way `pharox migrate` does.
+///
+/// The error does not show `config`: a password with an unencoded `/` ends
+/// up in its database name.
+pub async fn connect_storage(
+    config: &PostgresConfig,
+    url: &str,
+) -> Result<PostgresStorage, String> {
+    PostgresStorage::connect(config).await.map_err(|e| {
+        format!(
+            "cannot connect to PostgreSQL: {}",
+            redact_config(&e.to_string(), url, config)
+        )
+    })
+}
+
+/// Removes the password from a message, both as written in `url` and as
+/// `config` holds it (percent-decoded).
+pub fn redact_config(message: &str, url: &str, config: &PostgresConfig) -> String {
+    let message = redact(message, url);
+    match config.password.as_deref() {
         Some(password) if !password.is_empty() => message.replace(password, "***"),
-        _ => message.to_owned(),
+        _ => message,
     }
 }
 
+/// Removes the URL's password from a message: the password as URL parsers
+/// read it, and as it was meant if it holds an unencoded `/`.
+fn redact(message: &str, url: &str) -> String {
+    let mut message = message.to_owned();
+    // The longer reading first: it may contain the other.
+    for password in [password_with_slashes(url), password_of(url)]
+        .into_iter()
+        .flatten()
+    {
+        if !password.is_empty() {
+            message = message.replace(password, "***");
+        }
+    }
+    message
+}
+
+/// The password of a URL's userinfo, as written (not percent-decoded).
+///
+/// The authority runs from `://` to the first `/`, `?` or `#`; the userinfo
+/// is the authority up to its *last* `@` (URL parsers read
+/// `user:p@ss@host` as password `p@ss` on `host`, so a raw `@` in a password
+/// stays in it), and the password is the userinfo after its first `:` (a
+/// user name cannot hold one, a password can).
 fn password_of(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
-    let userinfo = rest.split_once('@')?.0;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let userinfo = rest[..authority_end].rsplit_once('@')?.0;
+    Some(userinfo.split_once(':')?.1)
+}
+
+/// The password as meant when it holds an unencoded `/` (which ends the
+/// authority for URL parsers, so the rest of the password lands in the
+/// path): the userinfo taken up to the last `@` before the query.
+fn password_with_slashes(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let before_query = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let userinfo = before_query.rsplit_once('@')?.0;
     Some(userinfo.split_once(':')?.1)
 }
 
@@ -344,5 +409,120 @@ mod tests {
             ),
             "failed for postgres://u:***@h/db"
         );
+    }
+
+    #[test]
+    fn password_of_takes_the_userinfo_up_to_the_last_at() {
+        // Plain.
+        assert_eq!(password_of("postgres://u:s3cret@h:5432/db"), Some("s3cret"));
+        // Raw '@' and ':' in the password: the host follows the last '@'.
+        assert_eq!(
+            password_of("postgres://u:p@ss:w@rd@h:5432/db?sslmode=disable"),
+            Some("p@ss:w@rd")
+        );
+        // An '@' after the authority (path, query) is not the userinfo's.
+        assert_eq!(
+            password_of("postgres://u:pw@h/db?application_name=a@b"),
+            Some("pw")
+        );
+        assert_eq!(password_of("postgres://h/db?application_name=a:b@c"), None);
+        // Percent-encoded: as written.
+        assert_eq!(password_of("postgres://u:p%40ss@h/db"), Some("p%40ss"));
+        // No password.
+        assert_eq!(password_of("postgres://u@h:5432/db"), None);
+        assert_eq!(password_of("postgres://u:@h/db"), Some(""));
+        // No userinfo.
+        assert_eq!(password_of("postgres://h:5432/db"), None);
+        assert_eq!(password_of("postgres://[::1]:5432/db"), None);
+        assert_eq!(password_of("postgres://h"), None);
+        assert_eq!(password_of("not a url"), None);
+    }
+
+    #[test]
+    fn redact_hides_the_whole_password() {
+        let url = "postgres://u:p@ss:w@rd@h:5432/db";
+        let shown = redact(&format!("cannot use {url}: p@ss:w@rd refused"), url);
+        assert_eq!(shown, "cannot use postgres://u:***@h:5432/db: *** refused");
+        assert!(!shown.contains("ss:w"), "{shown}");
+        assert_eq!(
+            redact(
+                "failed for postgres://u:s3cret@h/db",
+                "postgres://u:s3cret@h/db"
+            ),
+            "failed for postgres://u:***@h/db"
+        );
+        // Nothing to hide: the message is left alone.
+        for url in [
+            "postgres://u@h/db",
+            "postgres://u:@h/db",
+            "postgres://h:5432/db",
+        ] {
+            assert_eq!(redact("failed for u@h: no", url), "failed for u@h: no");
+        }
+        // An unencoded '/' in the password: parsers take `u` for the host and
+        // put the password's tail in the path; both parts are hidden.
+        let url = "postgres://u:12/s3cret@h/db";
+        assert_eq!(password_of(url), None);
+        assert_eq!(password_with_slashes(url), Some("12/s3cret"));
+        assert_eq!(
+            redact(&format!("bad {url}"), url),
+            "bad postgres://u:***@h/db"
+        );
+        let url = "postgres://u:x@y/z@h/db";
+        assert_eq!(
+            redact(&format!("bad {url}: x"), url),
+            "bad postgres://u:***@h/db: ***"
+        );
+        // Server::describe shows the admin URL through redact.
+        let url = "postgres://postgres:a@b@127.0.0.1:5432/postgres";
+        assert_eq!(
+            redact(url, url),
+            "postgres://postgres:***@127.0.0.1:5432/postgres"
+        );
+    }
+
+    #[test]
+    fn migrate_reads_the_url_as_pharox_migrate_does() {
+        let url = "postgres://u:s3cret@h:6543/db?sslmode=disable&schema=app";
+        let config = migrate_config(url).unwrap();
+        // sqlx alone ignores `schema`; the adapter's parser keeps it, and
+        // PostgresStorage::connect sends it as the session's search_path.
+        assert_eq!(config.schema.as_deref(), Some("app"));
+        assert_eq!(config.ssl_mode, pharox_adapter_postgres::SslMode::Disable);
+        assert_eq!(
+            (config.host.as_str(), config.port, config.database.as_str()),
+            ("h", 6543, "db")
+        );
+        assert_eq!(config.max_connections, 2, "the pool pharox migrate uses");
+        // The other spellings of the schema.
+        for url in [
+            "postgres://h/db?search_path=app",
+            "postgres://h/db?options=-csearch_path%3Dapp",
+        ] {
+            assert_eq!(
+                migrate_config(url).unwrap().schema.as_deref(),
+                Some("app"),
+                "{url}"
+            );
+        }
+        assert_eq!(migrate_config("postgres://h/db").unwrap().schema, None);
+        // A raw '@' in the password: read as the redaction reads it.
+        let config = migrate_config("postgres://u:p@ss:w@rd@h/db").unwrap();
+        assert_eq!(config.password.as_deref(), Some("p@ss:w@rd"));
+        assert_eq!(config.host, "h");
+        // A misspelt parameter fails instead of migrating the default
+        // schema, and the error does not show the password.
+        let e = migrate_config("postgres://u:s3cret@h/db?shema=app").unwrap_err();
+        assert!(e.contains("shema"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = migrate_config("mysql://u:s3cret@h/db").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn redact_config_hides_the_decoded_password_too() {
+        let url = "postgres://u:p%40ss@h/db";
+        let config = migrate_config(url).unwrap();
+        assert_eq!(redact_config("p%40ss or p@ss", url, &config), "*** or ***");
     }
 }
