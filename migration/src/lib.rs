@@ -51,6 +51,7 @@ mod m0002_selector_state;
 mod m0003_lean_lease_indexes;
 mod m0004_lease_consumer_without_fk;
 mod m0005_proxy_checks_as_domains;
+mod m0006_max_concurrency_default;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -69,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_lean_lease_indexes::Migration),
             Box::new(m0004_lease_consumer_without_fk::Migration),
             Box::new(m0005_proxy_checks_as_domains::Migration),
+            Box::new(m0006_max_concurrency_default::Migration),
         ]
     }
 }

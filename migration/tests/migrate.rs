@@ -124,7 +124,7 @@ async fn concurrent_up_both_succeed() {
     assert!(ra.is_current() && rb.is_current());
     // Exactly one of them applied the migrations.
     let applied = ra.changed.len() + rb.changed.len();
-    assert_eq!(applied, 5, "{ra:?} {rb:?}");
+    assert_eq!(applied, all_migrations(), "{ra:?} {rb:?}");
     assert!(schema_is_current(&a).await.unwrap());
     assert_eq!(
         tables(&a).await,
@@ -138,6 +138,27 @@ async fn concurrent_up_both_succeed() {
         ]
     );
     drop_schema(&name).await;
+}
+
+/// How many migrations pharox has.
+fn all_migrations() -> usize {
+    use pharox_migration::sea_orm_migration::MigratorTrait;
+    pharox_migration::Migrator::migrations().len()
+}
+
+/// The column default of `proxy.max_concurrency`, as PostgreSQL prints it.
+async fn max_concurrency_default(db: &DatabaseConnection) -> Option<String> {
+    db.query_one_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT column_default::text AS d FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = 'proxy' \
+           AND column_name = 'max_concurrency'",
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<Option<String>>("", "d")
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +176,14 @@ async fn down_then_up_and_fresh() {
     );
     assert_eq!(foreign_keys(&db, "lease").await, ["lease_proxy_id_fkey"]);
     assert_eq!(proxy_checks(&db).await, ["proxy_capacity_check"]);
+    assert_eq!(
+        max_concurrency_default(&db).await.as_deref(),
+        Some("1"),
+        "m0006"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0006_max_concurrency_default"], "{down:?}");
+    assert_eq!(max_concurrency_default(&db).await, None, "down drops it");
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0005_proxy_checks_as_domains"], "{down:?}");
     assert_eq!(
@@ -198,7 +227,7 @@ async fn down_then_up_and_fresh() {
     assert!(tables(&db).await.is_empty(), "down removes every table");
     assert!(!schema_is_current(&db).await.unwrap());
     let up = run(&db, MigrationCommand::Up).await.unwrap();
-    assert_eq!(up.changed.len(), 5);
+    assert_eq!(up.changed.len(), all_migrations());
     assert!(schema_is_current(&db).await.unwrap());
     let status = run(&db, MigrationCommand::Status).await.unwrap();
     assert!(status.changed.is_empty() && status.is_current());
@@ -240,10 +269,40 @@ async fn python_style_inserts_still_work() {
          INSERT INTO proxy_health_record (id, proxy_id, checked_at, reachable, latency_ms, \
            protocol, status_before, status_after, error) VALUES \
            ('00000000-0000-0000-0000-0000000000b1', '00000000-0000-0000-0000-0000000000a1', \
-            now(), true, 12.5, 'http', 'active', 'active', NULL);",
+            now(), true, 12.5, 'http', 'active', 'active', NULL); \
+         INSERT INTO proxy (id, pool_id, host, port, protocol, status) VALUES \
+           ('00000000-0000-0000-0000-0000000000a3', '00000000-0000-0000-0000-000000000001', \
+            '10.0.0.3', 8080, 'socks5', 'active'); \
+         INSERT INTO consumer (id, name) VALUES \
+           ('00000000-0000-0000-0000-0000000000c1', 'py-worker'); \
+         INSERT INTO lease (id, proxy_id, pool_id, consumer_id, pool_name, status, \
+           acquired_at, expires_at) VALUES \
+           ('00000000-0000-0000-0000-0000000000d1', '00000000-0000-0000-0000-0000000000a1', \
+            '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-0000000000c1', \
+            'py', 'active', now(), now() + interval '5 minutes'); \
+         UPDATE proxy SET current_leases = current_leases + 1 \
+           WHERE id = '00000000-0000-0000-0000-0000000000a1'; \
+         INSERT INTO pool_selector_state (pool_id, strategy, last_proxy_id) VALUES \
+           ('00000000-0000-0000-0000-000000000001', 'round_robin', \
+            '00000000-0000-0000-0000-0000000000a1');",
     )
     .await
     .unwrap();
+    // A proxy inserted without max_concurrency gets the Python default of
+    // one slot, and the Python-style lease counts against the capacity.
+    let defaults = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT (SELECT max_concurrency::int FROM proxy \
+                       WHERE id = '00000000-0000-0000-0000-0000000000a3') AS max_concurrency, \
+                    (SELECT current_leases::int FROM proxy \
+                       WHERE id = '00000000-0000-0000-0000-0000000000a1') AS current_leases",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(defaults.try_get::<i32>("", "max_concurrency").unwrap(), 1);
+    assert_eq!(defaults.try_get::<i32>("", "current_leases").unwrap(), 1);
     // The CHECKs (table CHECKs and the column domains of m0005) hold the
     // line on bad values, under the same constraint names.
     for (bad, check) in [
