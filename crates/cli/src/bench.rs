@@ -18,6 +18,7 @@ use pharox::{
 use serde_json::json;
 
 use crate::error::CliError;
+use crate::limits;
 
 /// The consumer the benchmark's leases are held by.
 const BENCH_CONSUMER: &str = "pharox-bench";
@@ -28,16 +29,16 @@ const BENCH_CONSUMER: &str = "pharox-bench";
 pub struct BenchArgs {
     #[command(subcommand)]
     kind: Option<BenchKind>,
-    /// Proxies seeded into the benchmark pool.
+    /// Proxies seeded into the benchmark pool (1 to 10,000,000).
     #[arg(long, default_value_t = 1000)]
     proxies: usize,
-    /// Concurrent workers (tokio tasks) acquiring and releasing.
+    /// Concurrent workers (tokio tasks) acquiring and releasing (1 to 100,000).
     #[arg(long, default_value_t = 8)]
     workers: usize,
     /// Total acquire+release pairs to run (instead of --duration).
     #[arg(long, conflicts_with = "duration")]
     iterations: Option<u64>,
-    /// Seconds to run [default: 5].
+    /// Seconds to run, at most 30 days (2,592,000) [default: 5].
     #[arg(long)]
     duration: Option<f64>,
     /// first_available, least_used, round_robin, lowest_latency or random.
@@ -58,7 +59,7 @@ pub struct BenchArgs {
     /// Run against PostgreSQL at this URL instead of in memory.
     #[cfg(feature = "postgres")]
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Option<crate::database_url::DatabaseUrl>,
     /// Apply the schema first if it is missing (PostgreSQL only).
     #[cfg(feature = "postgres")]
     #[arg(long, requires = "database_url")]
@@ -99,22 +100,19 @@ impl BenchArgs {
             flag,
             reason: reason.to_owned(),
         };
-        if self.proxies == 0 {
-            return Err(usage("proxies", "must be at least 1"));
-        }
-        if self.workers == 0 {
-            return Err(usage("workers", "must be at least 1"));
-        }
+        limits::count("proxies", self.proxies, limits::MAX_PROXIES)?;
+        limits::count("workers", self.workers, limits::MAX_WORKERS)?;
         if self.max_concurrency == 0 {
             return Err(usage("max-concurrency", "must be at least 1"));
         }
         let stop = match (self.iterations, self.duration) {
             (Some(0), _) => return Err(usage("iterations", "must be at least 1")),
             (Some(n), _) => Stop::Iterations(n),
-            (None, Some(secs)) if !(secs.is_finite() && secs > 0.0) => {
-                return Err(usage("duration", "must be a number of seconds > 0"));
-            }
-            (None, secs) => Stop::After(Duration::from_secs_f64(secs.unwrap_or(5.0))),
+            (None, secs) => Stop::After(limits::seconds(
+                "duration",
+                secs.unwrap_or(DEFAULT_DURATION_SECS),
+                limits::MAX_DURATION_SECS,
+            )?),
         };
         let filter = match &self.filter {
             Some(json) => ProxyFilter::from_json(json).map_err(|e| CliError::Usage {
@@ -133,6 +131,22 @@ impl BenchArgs {
             selector: self.selector,
         })
     }
+}
+
+/// Seconds a run lasts without `--iterations` or `--duration`.
+const DEFAULT_DURATION_SECS: f64 = 5.0;
+
+/// When a timed run stops: `after` past `started`, or a usage error if that
+/// instant cannot be represented.
+fn deadline(started: Instant, after: Option<Duration>) -> Result<Option<Instant>, CliError> {
+    after
+        .map(|d| {
+            started.checked_add(d).ok_or_else(|| CliError::Usage {
+                flag: "duration",
+                reason: "is too far in the future for this system's clock".to_owned(),
+            })
+        })
+        .transpose()
 }
 
 /// Shared state of the workers.
@@ -250,7 +264,7 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
     let empty_histogram = new_histogram()?;
     let progress = progress_bar(&plan.stop);
     let started = Instant::now();
-    let deadline = plan.stop_after().map(|d| started + d);
+    let deadline = deadline(started, plan.stop_after())?;
     let mut workers = Vec::with_capacity(plan.workers);
     for index in 0..plan.workers {
         let quota = match plan.stop {
@@ -492,5 +506,96 @@ async fn tick(run: Arc<Run>, stop_after: Option<Duration>, bar: ProgressBar) {
             Some(limit) => bar.set_position(elapsed.min(limit).as_millis() as u64),
             None => bar.set_position(run.progress.load(Ordering::Relaxed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Command {
+        Bench(BenchArgs),
+    }
+
+    fn plan(flags: &[&str]) -> Result<Plan, CliError> {
+        let args = ["pharox", "bench"].iter().chain(flags);
+        let Command::Bench(args) = Cli::try_parse_from(args).unwrap().command;
+        args.plan()
+    }
+
+    fn rejected_flag(flags: &[&str]) -> &'static str {
+        match plan(flags) {
+            Err(CliError::Usage { flag, .. }) => flag,
+            Err(e) => panic!("{flags:?}: expected a usage error, got {e}"),
+            Ok(_) => panic!("{flags:?}: accepted"),
+        }
+    }
+
+    #[test]
+    fn durations_beyond_the_bound_are_usage_errors() {
+        // 1e20 s overflows a Duration (Duration::from_secs_f64 panicked on it).
+        assert_eq!(rejected_flag(&["--duration", "1e20"]), "duration");
+        assert_eq!(rejected_flag(&["--duration", "2592001"]), "duration");
+        assert_eq!(rejected_flag(&["--duration", "inf"]), "duration");
+        assert_eq!(rejected_flag(&["--duration", "0"]), "duration");
+        let err = plan(&["--duration", "1e20"]).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().starts_with("invalid --duration: "), "{err}");
+    }
+
+    #[test]
+    fn durations_within_the_bound_are_kept() {
+        let stop_after = |flags: &[&str]| plan(flags).unwrap().stop_after();
+        assert_eq!(
+            stop_after(&["--duration", "0.25"]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            stop_after(&["--duration", "2592000"]),
+            Some(Duration::from_secs(2_592_000))
+        );
+        assert_eq!(stop_after(&[]), Some(Duration::from_secs(5)));
+        assert_eq!(stop_after(&["--iterations", "10"]), None);
+    }
+
+    #[test]
+    fn worker_and_proxy_counts_are_bounded() {
+        // usize::MAX workers made Vec::with_capacity panic.
+        assert_eq!(
+            rejected_flag(&["--workers", &usize::MAX.to_string()]),
+            "workers"
+        );
+        assert_eq!(rejected_flag(&["--workers", "0"]), "workers");
+        assert_eq!(rejected_flag(&["--workers", "100001"]), "workers");
+        assert_eq!(
+            rejected_flag(&["--proxies", &usize::MAX.to_string()]),
+            "proxies"
+        );
+        assert_eq!(rejected_flag(&["--proxies", "10000001"]), "proxies");
+        let plan = plan(&["--workers", "100000", "--proxies", "10000000"]).unwrap();
+        assert_eq!((plan.workers, plan.proxies), (100_000, 10_000_000));
+    }
+
+    #[test]
+    fn a_deadline_past_the_clock_range_is_a_usage_error() {
+        let now = Instant::now();
+        match deadline(now, Some(Duration::MAX)) {
+            Err(CliError::Usage { flag, .. }) => assert_eq!(flag, "duration"),
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+        assert_eq!(deadline(now, None).unwrap(), None);
+        assert_eq!(
+            deadline(now, Some(Duration::from_secs(3))).unwrap(),
+            Some(now + Duration::from_secs(3))
+        );
     }
 }

@@ -13,17 +13,18 @@ use pharox::{
 use serde_json::json;
 
 use crate::error::CliError;
+use crate::limits;
 
 /// Flags of `pharox bench health`.
 #[derive(Debug, Args)]
 pub struct HealthBenchArgs {
-    /// Proxies in the swept pool.
+    /// Proxies in the swept pool (1 to 10,000,000).
     #[arg(long, default_value_t = 10_000)]
     proxies: usize,
     /// Sweeps over the whole pool.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Checks in flight at once.
+    /// Checks in flight at once (1 to 100,000).
     #[arg(long, default_value_t = 1000)]
     concurrency: usize,
     /// Latency of the simulated probe, in milliseconds.
@@ -36,17 +37,13 @@ pub struct HealthBenchArgs {
 
 /// Runs the health benchmark.
 pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
-    for (flag, value) in [
-        ("proxies", args.proxies),
-        ("rounds", args.rounds),
-        ("concurrency", args.concurrency),
-    ] {
-        if value == 0 {
-            return Err(CliError::Usage {
-                flag,
-                reason: "must be at least 1".into(),
-            });
-        }
+    limits::count("proxies", args.proxies, limits::MAX_PROXIES)?;
+    limits::count("concurrency", args.concurrency, limits::MAX_CONCURRENCY)?;
+    if args.rounds == 0 {
+        return Err(CliError::Usage {
+            flag: "rounds",
+            reason: "must be at least 1".into(),
+        });
     }
     let storage = Arc::new(MemoryStorage::new());
     let pool = storage.save_pool(&ProxyPool::new("bench-health")?).await?;

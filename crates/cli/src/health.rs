@@ -14,7 +14,9 @@ use pharox::{
 };
 use serde_json::json;
 
+use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
+use crate::limits;
 use crate::migrate::{open_checked, required_url};
 
 /// Flags of `pharox health`.
@@ -39,14 +41,14 @@ struct CheckArgs {
     pool: String,
     /// The database, as postgres://user:pass@host:5432/db
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Option<DatabaseUrl>,
     /// The URL fetched through each proxy.
     #[arg(long)]
     target: Option<String>,
-    /// Probes in flight at once.
+    /// Probes in flight at once (1 to 100,000).
     #[arg(long, default_value_t = pharox::health::DEFAULT_CONCURRENCY)]
     concurrency: usize,
-    /// Seconds each attempt may take.
+    /// Seconds each attempt may take (at most 3600).
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
     /// Attempts per proxy (1 to 5).
@@ -69,7 +71,7 @@ struct HistoryArgs {
     proxy_id: String,
     /// The database, as postgres://user:pass@host:5432/db
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Option<DatabaseUrl>,
     /// How many records, newest first.
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -87,14 +89,8 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
 }
 
 fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(CliError::Usage {
-            flag: "timeout",
-            reason: "must be a number of seconds > 0".into(),
-        });
-    }
     let mut options = HealthCheckOptions {
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: limits::seconds("timeout", args.timeout, limits::MAX_TIMEOUT_SECS)?,
         attempts: args.attempts,
         slow_threshold: Some(Duration::from_millis(args.slow_ms)),
         ..HealthCheckOptions::default()
@@ -108,8 +104,9 @@ fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
 
 async fn check(args: CheckArgs) -> Result<(), CliError> {
     let options = options(&args)?;
+    limits::count("concurrency", args.concurrency, limits::MAX_CONCURRENCY)?;
     let policy = HealthPolicy::new(args.failures_before_inactive)?;
-    let url = required_url(args.database_url.as_deref())?;
+    let url = required_url(args.database_url.as_ref())?;
     let connections = u32::try_from(args.concurrency.min(64))
         .unwrap_or(64)
         .saturating_add(2);
@@ -251,7 +248,7 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
         flag: "proxy-id",
         reason: "is not a UUID".into(),
     })?;
-    let url = required_url(args.database_url.as_deref())?;
+    let url = required_url(args.database_url.as_ref())?;
     let storage = open_checked(url, 2, false).await?;
     let proxy = storage.get_proxy(proxy_id).await?;
     let records = storage.list_health_records(proxy_id, args.limit).await?;
@@ -286,4 +283,47 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_args(timeout: f64) -> CheckArgs {
+        CheckArgs {
+            pool: "p".to_owned(),
+            database_url: None,
+            target: None,
+            concurrency: 8,
+            timeout,
+            attempts: 1,
+            slow_ms: 2000,
+            failures_before_inactive: 3,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn timeouts_out_of_range_are_usage_errors() {
+        // 1e20 s overflows a Duration (Duration::from_secs_f64 panicked on it).
+        for timeout in [1e20, 3600.5, f64::INFINITY, f64::NAN, 0.0, -2.0] {
+            match options(&check_args(timeout)) {
+                Err(CliError::Usage { flag, .. }) => assert_eq!(flag, "timeout", "{timeout}"),
+                Err(e) => panic!("{timeout}: expected a usage error, got {e}"),
+                Ok(_) => panic!("{timeout}: accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_in_range_are_kept() {
+        assert_eq!(
+            options(&check_args(1.5)).unwrap().timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            options(&check_args(3600.0)).unwrap().timeout,
+            Duration::from_secs(3600)
+        );
+    }
 }

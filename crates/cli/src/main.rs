@@ -9,9 +9,12 @@
 
 mod bench;
 mod bench_health;
+#[cfg(feature = "postgres")]
+mod database_url;
 mod error;
 #[cfg(all(feature = "postgres", feature = "http-probe"))]
 mod health;
+mod limits;
 #[cfg(feature = "postgres")]
 mod migrate;
 mod seed;
@@ -89,4 +92,48 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+#[cfg(feature = "postgres")]
+mod tests {
+    use super::*;
+
+    const URL: &str = "postgres://u:s3cret@db.example:5432/pharox?sslmode=disable";
+
+    fn debug_of(args: &[&str]) -> String {
+        format!("{:?}", Cli::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn debug_of_parsed_arguments_hides_the_database_url() {
+        #[allow(unused_mut)]
+        let mut cases = vec![
+            vec!["pharox", "bench", "--database-url", URL],
+            vec!["pharox", "bench", "--database-url", URL, "--migrate"],
+            vec!["pharox", "migrate", "--database-url", URL],
+            vec!["pharox", "migrate", "status", "--database-url", URL],
+        ];
+        #[cfg(feature = "http-probe")]
+        cases.extend([
+            vec![
+                "pharox",
+                "health",
+                "check",
+                "--pool",
+                "p",
+                "--database-url",
+                URL,
+            ],
+            vec!["pharox", "health", "history", "x", "--database-url", URL],
+        ]);
+        for args in cases {
+            let debug = debug_of(&args);
+            // The URL was parsed into the arguments...
+            assert!(debug.contains("DatabaseUrl("), "{args:?}: {debug}");
+            // ...and nothing of it shows.
+            assert!(!debug.contains("s3cret"), "{args:?}: {debug}");
+            assert!(!debug.contains("db.example"), "{args:?}: {debug}");
+        }
+    }
 }

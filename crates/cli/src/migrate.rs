@@ -7,6 +7,7 @@ use pharox::ProxyStorage;
 use pharox::postgres::{PostgresConfig, PostgresStorage};
 use pharox_migration::MigrationCommand;
 
+use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
 
 /// Flags of `pharox migrate`.
@@ -17,7 +18,7 @@ pub struct MigrateArgs {
     command: MigrationCommand,
     /// The database, as postgres://user:pass@host:5432/db?sslmode=...
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    database_url: Option<DatabaseUrl>,
 }
 
 fn parse_command(value: &str) -> Result<MigrationCommand, String> {
@@ -28,7 +29,7 @@ fn parse_command(value: &str) -> Result<MigrationCommand, String> {
 
 /// Runs a migration command under the migration advisory lock.
 pub async fn run(args: MigrateArgs) -> Result<(), CliError> {
-    let url = required_url(args.database_url.as_deref())?;
+    let url = required_url(args.database_url.as_ref())?;
     let storage = connect(url, 2).await?;
     let report = pharox_migration::run(storage.connection(), args.command)
         .await
@@ -54,7 +55,7 @@ fn list(names: &[String]) -> String {
 }
 
 /// The URL, or a usage error saying where it comes from.
-pub fn required_url(url: Option<&str>) -> Result<&str, CliError> {
+pub fn required_url(url: Option<&DatabaseUrl>) -> Result<&DatabaseUrl, CliError> {
     url.ok_or(CliError::Usage {
         flag: "database-url",
         reason: "is required (or set PHAROX_DATABASE_URL)".to_owned(),
@@ -62,8 +63,8 @@ pub fn required_url(url: Option<&str>) -> Result<&str, CliError> {
 }
 
 /// Connects with a pool of `max_connections`.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStorage, CliError> {
-    let config = PostgresConfig::from_dsn(url)
+pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<PostgresStorage, CliError> {
+    let config = PostgresConfig::from_dsn(url.expose())
         .map_err(|e| CliError::Usage {
             flag: "database-url",
             reason: e.to_string(),
@@ -74,7 +75,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStorage,
 
 /// Connects and checks (or, with `migrate`, applies) the schema.
 pub async fn open_checked(
-    url: &str,
+    url: &DatabaseUrl,
     max_connections: u32,
     migrate: bool,
 ) -> Result<PostgresStorage, CliError> {
@@ -95,7 +96,7 @@ pub async fn open_checked(
 /// The storage for `pharox bench --database-url`: one connection per worker
 /// and two to spare.
 pub async fn open_for_bench(
-    url: &str,
+    url: &DatabaseUrl,
     workers: usize,
     migrate: bool,
 ) -> Result<Arc<dyn ProxyStorage>, CliError> {

@@ -1,0 +1,483 @@
+//! The `pharox` binary, run as a user runs it: exit codes, stdout, stderr.
+//!
+//! The PostgreSQL tests give every test a freshly created, empty schema of
+//! its own (`?schema=` in the URL the binary gets) and drop it afterwards,
+//! even when the test fails. The server comes from
+//! `PHAROX_TEST_DATABASE_URL`, else `PHAROX_DATABASE_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/postgres`; when it cannot be reached
+//! the tests fail and say so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// What one run of the binary did.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `pharox args...` with `env` set and neither `PHAROX_DATABASE_URL`
+/// nor `RUST_LOG` inherited (a developer's `PHAROX_DATABASE_URL` would send
+/// the in-memory bench to PostgreSQL).
+fn pharox_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pharox"));
+    command
+        .args(args)
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("running the pharox binary");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+    }
+}
+
+fn pharox(args: &[&str]) -> Run {
+    pharox_with_env(args, &[])
+}
+
+/// The keys of `pharox bench --json`, whatever the storage.
+const BENCH_KEYS: [&str; 11] = [
+    "storage",
+    "workers",
+    "proxies",
+    "operations",
+    "ops_per_sec",
+    "hits",
+    "misses",
+    "errors",
+    "capacity",
+    "max_concurrent_leases_seen",
+    "latency_us",
+];
+
+/// Parses the one JSON object `bench --json` prints and checks its shape:
+/// exactly [`BENCH_KEYS`], and `latency_us` with exactly p50 <= p95 <= p99.
+fn bench_json(run: &Run) -> Value {
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 1, "one line of JSON: {run:?}");
+    let json: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let keys: BTreeSet<&str> = json
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, BTreeSet::from(BENCH_KEYS), "{run:?}");
+    let latency = json["latency_us"].as_object().expect("latency_us object");
+    let latency_keys: BTreeSet<&str> = latency.keys().map(String::as_str).collect();
+    assert_eq!(latency_keys, BTreeSet::from(["p50", "p95", "p99"]));
+    let [p50, p95, p99] = ["p50", "p95", "p99"].map(|q| latency[q].as_f64().expect("a number"));
+    assert!(
+        0.0 <= p50 && p50 <= p95 && p95 <= p99 && p99 > 0.0,
+        "{run:?}"
+    );
+    assert!(json["ops_per_sec"].as_f64().expect("a number") > 0.0);
+    json
+}
+
+#[test]
+fn memory_bench_prints_the_documented_json() {
+    let run = pharox(&["bench", "--json", "--iterations", "1000"]);
+    let json = bench_json(&run);
+    assert_eq!(json["storage"], "memory");
+    assert_eq!(json["workers"], 8);
+    assert_eq!(json["proxies"], 1000);
+    assert_eq!(json["capacity"], 1000);
+    assert_eq!(json["operations"], 1000);
+    assert_eq!(json["hits"], 1000);
+    assert_eq!(json["misses"], 0);
+    assert_eq!(json["errors"], 0);
+    let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
+    assert!((1..=8).contains(&seen), "{run:?}");
+}
+
+#[test]
+fn out_of_range_numbers_are_usage_errors_not_panics() {
+    for (args, flag) in [
+        (&["bench", "--duration", "1e20"][..], "--duration"),
+        (
+            &["bench", "--workers", "18446744073709551615"][..],
+            "--workers",
+        ),
+        (
+            &["bench", "--proxies", "18446744073709551615"][..],
+            "--proxies",
+        ),
+        (
+            &["bench", "health", "--concurrency", "18446744073709551615"][..],
+            "--concurrency",
+        ),
+    ] {
+        let run = pharox(args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.starts_with(&format!("error: invalid {flag}: ")),
+            "{args:?}: {run:?}"
+        );
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+    }
+}
+
+/// A password that must never be printed; nothing listens on port 1, and the
+/// timeouts make the refused connection fail fast.
+#[cfg(feature = "postgres")]
+const WRONG_PASSWORD_URL: &str =
+    "postgres://postgres:wrongpass@127.0.0.1:1/x?connect_timeout=0.5&acquire_timeout=0.5";
+
+#[cfg(feature = "postgres")]
+#[test]
+fn a_password_in_the_url_never_reaches_the_output() {
+    let unreachable = WRONG_PASSWORD_URL;
+    let malformed = "postgres://postgres:wrongpass@127.0.0.1:notaport/x";
+    let unknown_parameter = "postgres://postgres:wrongpass@127.0.0.1:1/x?bogus=1";
+    /// Arguments, environment, expected exit code.
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], i32);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["migrate", "status", "--database-url", unreachable],
+            &[],
+            1,
+        ),
+        (
+            vec!["migrate", "status"],
+            &[("PHAROX_DATABASE_URL", WRONG_PASSWORD_URL)],
+            1,
+        ),
+        (
+            vec!["bench", "--json", "--database-url", unreachable],
+            &[],
+            1,
+        ),
+        (
+            vec![
+                "health",
+                "history",
+                "0190b0a4-6f9c-7a3e-8b1d-2c4e6f8a0b1c",
+                "--database-url",
+                unreachable,
+            ],
+            &[],
+            1,
+        ),
+        (vec!["migrate", "--database-url", malformed], &[], 2),
+        (vec!["bench", "--database-url", unknown_parameter], &[], 2),
+    ];
+    for (args, env, code) in cases {
+        let run = pharox_with_env(&args, env);
+        assert_eq!(run.code, Some(code), "{args:?}: {run:?}");
+        assert!(run.stderr.starts_with("error: "), "{args:?}: {run:?}");
+        if code == 1 {
+            // The failure names where it tried to go, and says what to check.
+            assert!(run.stderr.contains("127.0.0.1:1"), "{args:?}: {run:?}");
+            assert!(run.stderr.contains("hint: "), "{args:?}: {run:?}");
+        } else {
+            assert!(
+                run.stderr.contains("invalid --database-url"),
+                "{args:?}: {run:?}"
+            );
+        }
+        assert!(!run.stderr.contains("wrongpass"), "{args:?}: {run:?}");
+        assert!(!run.stdout.contains("wrongpass"), "{args:?}: {run:?}");
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use pharox::postgres::testing::{TEST_SCHEMA_PREFIX, test_database_url};
+    use pharox::postgres::{PostgresConfig, PostgresStorage};
+    use pharox_migration::sea_orm_migration::sea_orm::sqlx::{self, AssertSqlSafe};
+
+    use super::*;
+
+    /// An empty schema of its own on the test server, dropped on drop.
+    struct FreshSchema {
+        name: String,
+        url: String,
+        admin: PostgresStorage,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl FreshSchema {
+        fn create() -> Self {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let base = test_database_url();
+            let mut config = PostgresConfig::from_dsn(&base)
+                .expect("the test database URL is not valid")
+                .with_max_connections(1);
+            config.connect_timeout = Duration::from_secs(5);
+            let admin = runtime
+                .block_on(PostgresStorage::connect(&config))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "the pharox-cli PostgreSQL tests need a server and could not reach \
+                         {config}: {e}. Start one (e.g. `docker run -d -p 5432:5432 \
+                         -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15`) or point \
+                         PHAROX_TEST_DATABASE_URL at one"
+                    )
+                });
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            // The adapter's test schemas' naming: its tests drop any left
+            // behind for more than an hour.
+            let name = format!(
+                "{TEST_SCHEMA_PREFIX}{secs}_{}",
+                uuid::Uuid::new_v4().simple()
+            );
+            runtime
+                .block_on(
+                    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+                        .execute(admin.pg_pool()),
+                )
+                .unwrap();
+            let separator = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{separator}schema={name}");
+            Self {
+                name,
+                url,
+                admin,
+                runtime,
+            }
+        }
+
+        fn url(&self) -> &str {
+            &self.url
+        }
+
+        /// Tables, indexes, sequences, types and domains in the schema.
+        fn objects(&self) -> i64 {
+            self.scalar(
+                "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n \
+                           ON n.oid = c.relnamespace WHERE n.nspname = $1) \
+                      + (SELECT count(*) FROM pg_type t JOIN pg_namespace n \
+                           ON n.oid = t.typnamespace WHERE n.nspname = $1)",
+            )
+        }
+
+        /// The schema's tables, sorted.
+        fn tables(&self) -> Vec<String> {
+            self.runtime
+                .block_on(
+                    sqlx::query_scalar(
+                        "SELECT table_name::text FROM information_schema.tables \
+                         WHERE table_schema = $1 ORDER BY 1",
+                    )
+                    .bind(&self.name)
+                    .fetch_all(self.admin.pg_pool()),
+                )
+                .unwrap()
+        }
+
+        /// `SELECT count(*) FROM <table>` in this schema, with `condition`.
+        fn count(&self, table: &str, condition: &str) -> i64 {
+            let sql = format!(
+                "SELECT count(*) FROM \"{}\".{table} WHERE {condition}",
+                self.name
+            );
+            self.runtime
+                .block_on(sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(self.admin.pg_pool()))
+                .unwrap()
+        }
+
+        fn scalar(&self, sql: &'static str) -> i64 {
+            self.runtime
+                .block_on(
+                    sqlx::query_scalar(sql)
+                        .bind(&self.name)
+                        .fetch_one(self.admin.pg_pool()),
+                )
+                .unwrap()
+        }
+    }
+
+    impl Drop for FreshSchema {
+        fn drop(&mut self) {
+            let drop = sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.name
+            )));
+            let dropped = self.runtime.block_on(drop.execute(self.admin.pg_pool()));
+            self.runtime.block_on(self.admin.close());
+            if let Err(e) = dropped
+                && !std::thread::panicking()
+            {
+                panic!("could not drop test schema {}: {e}", self.name);
+            }
+        }
+    }
+
+    /// The `applied:`, `pending:` and `migrate <command>:` lists of a
+    /// `pharox migrate` run (`none` and `nothing to do` are empty).
+    struct Report {
+        changed: Vec<String>,
+        applied: Vec<String>,
+        pending: Vec<String>,
+    }
+
+    fn report(command: &str, run: &Run) -> Report {
+        assert_eq!(run.code, Some(0), "migrate {command}: {run:?}");
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "migrate {command}: {run:?}");
+        let list = |line: &str, prefix: &str, empty: &str| -> Vec<String> {
+            let rest = line
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}: {run:?}"));
+            if rest == empty {
+                Vec::new()
+            } else {
+                rest.split(", ").map(str::to_owned).collect()
+            }
+        };
+        Report {
+            changed: list(lines[0], &format!("migrate {command}: "), "nothing to do"),
+            applied: list(lines[1], "applied: ", "none"),
+            pending: list(lines[2], "pending: ", "none"),
+        }
+    }
+
+    #[test]
+    fn migrate_status_up_down_and_fresh_on_a_new_schema() {
+        let schema = FreshSchema::create();
+        let url = schema.url();
+
+        // Status, with the URL from the environment: everything pending,
+        // nothing created.
+        let before = report(
+            "status",
+            &pharox_with_env(&["migrate", "status"], &[("PHAROX_DATABASE_URL", url)]),
+        );
+        assert!(before.changed.is_empty());
+        assert!(before.applied.is_empty());
+        let all = before.pending;
+        assert_eq!(
+            all.first().map(String::as_str),
+            Some("m0001_initial_schema")
+        );
+        assert_eq!(schema.objects(), 0, "status must create nothing");
+
+        // `migrate` alone is `up`: applies everything, oldest first.
+        let up = report("up", &pharox(&["migrate", "--database-url", url]));
+        assert_eq!(up.changed, all);
+        assert_eq!(up.applied, all);
+        assert!(up.pending.is_empty());
+        let tables = schema.tables();
+        for table in ["lease", "proxy", "proxy_pool", "seaql_migrations"] {
+            assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
+        }
+
+        let status = report(
+            "status",
+            &pharox(&["migrate", "status", "--database-url", url]),
+        );
+        assert!(status.changed.is_empty());
+        assert_eq!(status.applied, all);
+        assert!(status.pending.is_empty());
+
+        // Up again has nothing to do.
+        let again = report("up", &pharox(&["migrate", "up", "--database-url", url]));
+        assert!(again.changed.is_empty());
+        assert_eq!(again.applied, all);
+
+        // Down reverts the latest migration only.
+        let latest = all.last().unwrap().clone();
+        let down = report("down", &pharox(&["migrate", "down", "--database-url", url]));
+        assert_eq!(down.changed, std::slice::from_ref(&latest));
+        assert_eq!(down.applied, all[..all.len() - 1]);
+        assert_eq!(down.pending, [latest]);
+
+        // Fresh drops everything and applies every migration.
+        let fresh = report(
+            "fresh",
+            &pharox(&["migrate", "fresh", "--database-url", url]),
+        );
+        assert_eq!(fresh.changed, all);
+        assert_eq!(fresh.applied, all);
+        assert!(fresh.pending.is_empty());
+        assert_eq!(schema.tables(), tables);
+    }
+
+    #[test]
+    fn bench_needs_a_schema_or_migrate_and_removes_its_pool() {
+        let schema = FreshSchema::create();
+        let args = [
+            "bench",
+            "--database-url",
+            schema.url(),
+            "--iterations",
+            "200",
+            "--workers",
+            "4",
+            "--proxies",
+            "20",
+            "--json",
+        ];
+
+        // Unmigrated: a clear error, how to fix it, and nothing created.
+        let run = pharox(&args);
+        assert_eq!(run.code, Some(1), "{run:?}");
+        assert!(run.stdout.is_empty(), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("error: the database has no current pharox schema"),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains("pharox migrate up"), "{run:?}");
+        assert!(run.stderr.contains("--migrate"), "{run:?}");
+        assert_eq!(schema.objects(), 0, "a refused bench must create nothing");
+
+        // With --migrate: the schema, then the run.
+        let with_migrate: Vec<&str> = args.iter().copied().chain(["--migrate"]).collect();
+        let run = pharox(&with_migrate);
+        let json = bench_json(&run);
+        assert_eq!(json["storage"], "postgres");
+        assert_eq!(json["workers"], 4);
+        assert_eq!(json["proxies"], 20);
+        assert_eq!(json["capacity"], 20);
+        assert_eq!(json["operations"], 200);
+        assert_eq!(json["hits"], 200);
+        assert_eq!(json["misses"], 0);
+        assert_eq!(json["errors"], 0);
+        let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
+        assert!((1..=4).contains(&seen), "{run:?}");
+
+        // The schema is current now: no --migrate needed.
+        let run = pharox(&args);
+        assert_eq!(bench_json(&run)["hits"], 200);
+
+        // Both runs removed their pool, its proxies and its leases.
+        assert_eq!(schema.count("proxy_pool", "name LIKE 'bench-%'"), 0);
+        assert_eq!(schema.count("proxy", "true"), 0);
+        assert_eq!(schema.count("lease", "true"), 0);
+    }
+}
