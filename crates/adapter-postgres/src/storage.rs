@@ -1137,18 +1137,24 @@ mod tests {
 
     use crate::testing::TestSchema;
 
-    /// What `synchronous_commit` is when the release statement of a storage
-    /// has run, read inside that statement's transaction (the setting is
-    /// transaction-local, so the commit that follows uses it).
-    async fn commit_mode_of_release(storage: &super::PostgresStorage) -> String {
+    /// A new pool `name` holding one single-slot proxy.
+    async fn pool_of_one_proxy(storage: &super::PostgresStorage, name: &str) -> ProxyPool {
         let pool = storage
-            .save_pool(&ProxyPool::new("commit-mode").unwrap())
+            .save_pool(&ProxyPool::new(name).unwrap())
             .await
             .unwrap();
         let proxy = Proxy::builder(pool.id, "10.2.0.1", 9000, ProxyProtocol::Http)
             .build()
             .unwrap();
         storage.add_proxies(&[proxy]).await.unwrap();
+        pool
+    }
+
+    /// What `synchronous_commit` is when the release statement of a storage
+    /// has run, read inside that statement's transaction (the setting is
+    /// transaction-local, so the commit that follows uses it).
+    async fn commit_mode_of_release(storage: &super::PostgresStorage) -> String {
+        let pool = pool_of_one_proxy(storage, "commit-mode").await;
         let consumer = storage.ensure_consumer("c").await.unwrap();
         let request = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
         let lease = storage.acquire(&request).await.unwrap().unwrap();
@@ -1198,15 +1204,7 @@ mod tests {
     #[tokio::test]
     async fn stash_honours_test_before_acquire_idle_timeout_and_max_lifetime() {
         let schema = TestSchema::create().await.unwrap();
-        let pool = schema
-            .storage()
-            .save_pool(&ProxyPool::new("stash").unwrap())
-            .await
-            .unwrap();
-        let proxy = Proxy::builder(pool.id, "10.2.0.9", 9000, ProxyProtocol::Http)
-            .build()
-            .unwrap();
-        schema.storage().add_proxies(&[proxy]).await.unwrap();
+        let pool = pool_of_one_proxy(schema.storage(), "stash").await;
 
         let mut config = schema.config().clone();
         config.idle_timeout = Some(Duration::from_secs(30));

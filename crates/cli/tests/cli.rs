@@ -99,20 +99,27 @@ fn bench_json(run: &Run) -> Value {
     json
 }
 
+/// The bench's JSON, checked for a run on `storage` with `workers` workers
+/// on `proxies` single-slot proxies that did `operations` pairs, every one
+/// a hit, and never more leases at once than workers.
+fn assert_clean_bench(run: &Run, storage: &str, workers: u64, proxies: u64, operations: u64) {
+    let json = bench_json(run);
+    assert_eq!(json["storage"], storage, "{run:?}");
+    assert_eq!(json["workers"], workers, "{run:?}");
+    assert_eq!(json["proxies"], proxies, "{run:?}");
+    assert_eq!(json["capacity"], proxies, "{run:?}");
+    assert_eq!(json["operations"], operations, "{run:?}");
+    assert_eq!(json["hits"], operations, "{run:?}");
+    assert_eq!(json["misses"], 0, "{run:?}");
+    assert_eq!(json["errors"], 0, "{run:?}");
+    let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
+    assert!((1..=workers).contains(&seen), "{run:?}");
+}
+
 #[test]
 fn memory_bench_prints_the_documented_json() {
     let run = pharox(&["bench", "--json", "--iterations", "1000"]);
-    let json = bench_json(&run);
-    assert_eq!(json["storage"], "memory");
-    assert_eq!(json["workers"], 8);
-    assert_eq!(json["proxies"], 1000);
-    assert_eq!(json["capacity"], 1000);
-    assert_eq!(json["operations"], 1000);
-    assert_eq!(json["hits"], 1000);
-    assert_eq!(json["misses"], 0);
-    assert_eq!(json["errors"], 0);
-    let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
-    assert!((1..=8).contains(&seen), "{run:?}");
+    assert_clean_bench(&run, "memory", 8, 1000, 1000);
 }
 
 #[test]
@@ -459,17 +466,7 @@ mod postgres {
         // With --migrate: the schema, then the run.
         let with_migrate: Vec<&str> = args.iter().copied().chain(["--migrate"]).collect();
         let run = pharox(&with_migrate);
-        let json = bench_json(&run);
-        assert_eq!(json["storage"], "postgres");
-        assert_eq!(json["workers"], 4);
-        assert_eq!(json["proxies"], 20);
-        assert_eq!(json["capacity"], 20);
-        assert_eq!(json["operations"], 200);
-        assert_eq!(json["hits"], 200);
-        assert_eq!(json["misses"], 0);
-        assert_eq!(json["errors"], 0);
-        let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
-        assert!((1..=4).contains(&seen), "{run:?}");
+        assert_clean_bench(&run, "postgres", 4, 20, 200);
 
         // The schema is current now: no --migrate needed.
         let run = pharox(&args);
