@@ -109,19 +109,22 @@ fn redact(message: &str, url: &str) -> String {
 /// stays in it), and the password is the userinfo after its first `:` (a
 /// user name cannot hold one, a password can).
 fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let userinfo = rest[..authority_end].rsplit_once('@')?.0;
-    Some(userinfo.split_once(':')?.1)
+    password_before(url, &['/', '?', '#'])
 }
 
 /// The password as meant when it holds an unencoded `/` (which ends the
 /// authority for URL parsers, so the rest of the password lands in the
 /// path): the userinfo taken up to the last `@` before the query.
 fn password_with_slashes(url: &str) -> Option<&str> {
+    password_before(url, &['?'])
+}
+
+/// The password of the userinfo that ends at the last `@` before the first
+/// of `ends` after `://`.
+fn password_before<'u>(url: &'u str, ends: &[char]) -> Option<&'u str> {
     let rest = url.split_once("://")?.1;
-    let before_query = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let userinfo = before_query.rsplit_once('@')?.0;
+    let end = rest.find(ends).unwrap_or(rest.len());
+    let userinfo = rest[..end].rsplit_once('@')?.0;
     Some(userinfo.split_once(':')?.1)
 }
 

@@ -104,13 +104,15 @@ impl Stash {
     /// here; stale ones go back to the pool.
     fn take(&self) -> Option<HotConnection> {
         let mut idle = self.lock();
+        // One clock read for both limits: this runs on every acquire.
+        let now = Instant::now();
         while let Some(kept) = idle.pop() {
             let idle_too_long = self
                 .idle_timeout
-                .is_some_and(|limit| kept.used.elapsed() > limit);
+                .is_some_and(|limit| now.saturating_duration_since(kept.used) > limit);
             let kept_too_long = self
                 .max_lifetime
-                .is_some_and(|limit| kept.first_kept.elapsed() > limit);
+                .is_some_and(|limit| now.saturating_duration_since(kept.first_kept) > limit);
             if idle_too_long || kept_too_long {
                 continue; // dropped: sqlx tests it and pools or closes it
             }
