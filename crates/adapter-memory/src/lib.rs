@@ -184,6 +184,80 @@ impl MemoryStorage {
         }
     }
 
+    /// The locked part of acquire: reclaim, select and grant under the
+    /// pool's lock.
+    fn grant(&self, request: &AcquireRequest) -> StorageResult<Granted> {
+        let now = self.clock.now();
+        let expires_at = expiry(now, request.ttl)?;
+        let (now_us, expires_us) = (micros(now), micros(expires_at));
+        let filter_empty = request.filter.is_empty();
+        let predicates = !filter_empty && request.filter.has_predicate();
+
+        let catalog = self.catalog.read();
+        if !catalog.consumer_ids.contains(&request.consumer_id) {
+            return Err(StorageError::not_found("consumer", request.consumer_id));
+        }
+        let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
+            return Ok(Granted::Nothing);
+        };
+        let lease_id = request.lease_id.unwrap_or_else(|| new_lease_id(now_us));
+        // The catalog stays read-locked until the lease is granted, so the
+        // pool cannot be deleted meanwhile.
+        let mut state = cell.lock();
+        // Acquires of one pool are serialised by its lock, and a lease is
+        // indexed under it: a repeat with the same id sees the first one.
+        if request.lease_id.is_some() && !matches!(self.leases.find(lease_id), Found::Unknown) {
+            return Ok(Granted::Repeat(lease_id, cell.id));
+        }
+        self.reclaim(&mut state, cell, now, now_us);
+        let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
+        else {
+            return Ok(Granted::Nothing);
+        };
+        let proxy_id = state
+            .slot(idx)
+            .map(|slot| slot.proxy.id)
+            .ok_or_else(|| internal("selected slot is empty"))?;
+        let active = ActiveLease {
+            slot: idx,
+            proxy_id,
+            consumer_id: request.consumer_id,
+            acquired_at: now,
+            expires_at,
+            expires_us,
+        };
+        let proxy = state
+            .grant(idx, lease_id, active, request.selector)
+            .ok_or_else(|| internal("granted slot is empty"))?;
+        // Indexed under the pool lock, so a concurrent reclaim cannot finish
+        // the lease before the index knows it.
+        self.leases
+            .insert_active(lease_id, Arc::clone(cell), active);
+        let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
+        drop(state);
+        drop(catalog);
+        Ok(Granted::Lease(lease_from(
+            lease_id, &active, pool_id, pool_name, proxy,
+        )))
+    }
+
+    /// The lease an earlier acquire with the caller's `id` made, for a
+    /// repeated (idempotent) acquire; a conflict if it is not this request's.
+    async fn existing_lease(
+        &self,
+        id: LeaseId,
+        pool_id: PoolId,
+        request: &AcquireRequest,
+    ) -> StorageResult<Lease> {
+        let lease = self.get_lease(id).await?;
+        if lease.pool_id != pool_id || lease.consumer_id != request.consumer_id {
+            return Err(StorageError::Conflict(format!(
+                "lease id {id} is taken by another pool or consumer"
+            )));
+        }
+        Ok(lease)
+    }
+
     fn finished_lease(&self, id: LeaseId) -> StorageResult<Lease> {
         if let Found::Finished(lease) = self.leases.find(id)
             && let Some((name, proxy)) = self.finished_view(&lease)
@@ -272,6 +346,14 @@ fn new_lease_id(now_us: i64) -> LeaseId {
     let millis = u64::try_from(now_us / 1000).unwrap_or(0);
     let random: [u8; 10] = rand::rng().random();
     LeaseId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
+}
+
+/// What the locked part of acquire came to.
+enum Granted {
+    Lease(Lease),
+    Nothing,
+    /// A lease with the caller's id exists already (in this pool).
+    Repeat(LeaseId, PoolId),
 }
 
 fn internal(message: &str) -> StorageError {
@@ -512,53 +594,14 @@ impl ProxyStorage for MemoryStorage {
 
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
         request.validate()?;
-        let now = self.clock.now();
-        let expires_at = expiry(now, request.ttl)?;
-        let (now_us, expires_us) = (micros(now), micros(expires_at));
-        let filter_empty = request.filter.is_empty();
-        let predicates = !filter_empty && request.filter.has_predicate();
-
-        let catalog = self.catalog.read();
-        if !catalog.consumer_ids.contains(&request.consumer_id) {
-            return Err(StorageError::not_found("consumer", request.consumer_id));
+        match self.grant(request)? {
+            Granted::Lease(lease) => Ok(Some(lease)),
+            Granted::Nothing => Ok(None),
+            // An idempotent repeat (see the port), answered outside the locks.
+            Granted::Repeat(id, pool_id) => {
+                self.existing_lease(id, pool_id, request).await.map(Some)
+            }
         }
-        let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
-            return Ok(None);
-        };
-        // The catalog stays read-locked until the lease is granted, so the
-        // pool cannot be deleted meanwhile.
-        let lease_id = new_lease_id(now_us);
-        let mut state = cell.lock();
-        self.reclaim(&mut state, cell, now, now_us);
-        let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
-        else {
-            return Ok(None);
-        };
-        let proxy_id = state
-            .slot(idx)
-            .map(|slot| slot.proxy.id)
-            .ok_or_else(|| internal("selected slot is empty"))?;
-        let active = ActiveLease {
-            slot: idx,
-            proxy_id,
-            consumer_id: request.consumer_id,
-            acquired_at: now,
-            expires_at,
-            expires_us,
-        };
-        let proxy = state
-            .grant(idx, lease_id, active, request.selector)
-            .ok_or_else(|| internal("granted slot is empty"))?;
-        // Indexed under the pool lock, so a concurrent reclaim cannot finish
-        // the lease before the index knows it.
-        self.leases
-            .insert_active(lease_id, Arc::clone(cell), active);
-        let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
-        drop(state);
-        drop(catalog);
-        Ok(Some(lease_from(
-            lease_id, &active, pool_id, pool_name, proxy,
-        )))
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {

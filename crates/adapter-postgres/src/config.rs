@@ -146,6 +146,13 @@ pub struct PostgresConfig {
     /// Limit for getting a connection from the pool, including opening a new
     /// one (default 10 s).
     pub acquire_timeout: Duration,
+    /// Limit for one statement's round trip on the lease hot path (acquire,
+    /// release, renew), measured on the client (default 30 s). A connection
+    /// that stalls fails the call with a retryable
+    /// [`StorageError::Unavailable`](pharox_ports::StorageError::Unavailable)
+    /// within this time; an acquire whose outcome it leaves unknown is
+    /// resolved (see [`PostgresStorage::acquire`](crate::PostgresStorage)).
+    pub query_timeout: Duration,
     /// Close connections idle this long (default 10 min; `None`: never).
     pub idle_timeout: Option<Duration>,
     /// Close connections this old (default 30 min; `None`: never). acquire
@@ -216,6 +223,7 @@ impl PostgresConfig {
             min_connections: 0,
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             test_before_acquire: false,
@@ -255,7 +263,7 @@ impl PostgresConfig {
     /// (file paths, as in libpq), `application_name`, `schema` (or
     /// `search_path`, or `options=-csearch_path=...`), and the pool tuning
     /// `max_connections`, `min_connections`, `connect_timeout`,
-    /// `acquire_timeout`, `idle_timeout`, `max_lifetime` (seconds; `0` for
+    /// `acquire_timeout`, `query_timeout`, `idle_timeout`, `max_lifetime` (seconds; `0` for
     /// none on the last two), `test_before_acquire`, `durable_release`,
     /// `prefer_index_scans`, `sql_log` (off, error,
     /// warn, info, debug, trace). Unknown parameters are rejected.
@@ -329,7 +337,7 @@ impl PostgresConfig {
     ///   `PHAROX_PG_SSLKEY` (file paths);
     /// - on top of either: `PHAROX_PG_MAX_CONNECTIONS`,
     ///   `PHAROX_PG_MIN_CONNECTIONS`, `PHAROX_PG_CONNECT_TIMEOUT`,
-    ///   `PHAROX_PG_ACQUIRE_TIMEOUT`, `PHAROX_PG_IDLE_TIMEOUT`,
+    ///   `PHAROX_PG_ACQUIRE_TIMEOUT`, `PHAROX_PG_QUERY_TIMEOUT`, `PHAROX_PG_IDLE_TIMEOUT`,
     ///   `PHAROX_PG_MAX_LIFETIME` (seconds), `PHAROX_PG_TEST_BEFORE_ACQUIRE`,
     ///   `PHAROX_PG_DURABLE_RELEASE`, `PHAROX_PG_PREFER_INDEX_SCANS`,
     ///   `PHAROX_PG_SQL_LOG`,
@@ -369,6 +377,7 @@ impl PostgresConfig {
             ("PHAROX_PG_MIN_CONNECTIONS", "min_connections"),
             ("PHAROX_PG_CONNECT_TIMEOUT", "connect_timeout"),
             ("PHAROX_PG_ACQUIRE_TIMEOUT", "acquire_timeout"),
+            ("PHAROX_PG_QUERY_TIMEOUT", "query_timeout"),
             ("PHAROX_PG_IDLE_TIMEOUT", "idle_timeout"),
             ("PHAROX_PG_MAX_LIFETIME", "max_lifetime"),
             ("PHAROX_PG_TEST_BEFORE_ACQUIRE", "test_before_acquire"),
@@ -413,6 +422,7 @@ impl PostgresConfig {
             "min_connections" => self.min_connections = parse_num(key, value)?,
             "connect_timeout" => self.connect_timeout = parse_secs(key, value)?,
             "acquire_timeout" => self.acquire_timeout = parse_secs(key, value)?,
+            "query_timeout" => self.query_timeout = parse_secs(key, value)?,
             "idle_timeout" => {
                 self.idle_timeout = Some(parse_secs(key, value)?).filter(|d| !d.is_zero());
             }
@@ -467,10 +477,13 @@ impl PostgresConfig {
                 "must not exceed max_connections",
             ));
         }
-        if self.connect_timeout.is_zero() || self.acquire_timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.acquire_timeout.is_zero()
+            || self.query_timeout.is_zero()
+        {
             return Err(ConfigError::invalid(
                 "timeout",
-                "connect and acquire timeouts must be greater than zero",
+                "connect, acquire and query timeouts must be greater than zero",
             ));
         }
         if let Some(schema) = &self.schema
@@ -532,6 +545,7 @@ impl fmt::Debug for PostgresConfig {
             .field("min_connections", &self.min_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("query_timeout", &self.query_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("test_before_acquire", &self.test_before_acquire)

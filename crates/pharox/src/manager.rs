@@ -304,6 +304,7 @@ impl ProxyManager {
                 ttl,
                 filter: request.filter,
                 selector: request.selector,
+                lease_id: None,
             },
             consumer,
         })

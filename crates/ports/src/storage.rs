@@ -22,6 +22,10 @@ pub struct AcquireRequest {
     pub filter: ProxyFilter,
     /// How to choose among the qualifying proxies.
     pub selector: Selector,
+    /// The id the new lease gets, chosen by the caller so that the call is
+    /// idempotent (see [`ProxyStorage::acquire`]); `None` lets the storage
+    /// pick a fresh one.
+    pub lease_id: Option<LeaseId>,
 }
 
 impl AcquireRequest {
@@ -33,7 +37,17 @@ impl AcquireRequest {
             ttl,
             filter: ProxyFilter::default(),
             selector: Selector::default(),
+            lease_id: None,
         }
+    }
+
+    /// Sets the id the lease will have, making the call idempotent: a
+    /// repeated acquire with the same id returns the lease the first one
+    /// made instead of leasing a second proxy.
+    #[must_use]
+    pub fn with_lease_id(mut self, lease_id: LeaseId) -> Self {
+        self.lease_id = Some(lease_id);
+        self
     }
 
     /// Sets the filter.
@@ -112,6 +126,11 @@ impl ReleaseOutcome {
 ///   proxy, and a caller is never refused while a matching proxy has
 ///   capacity. Only active proxies are leased; `max_concurrency` is honoured
 ///   (`None` = unlimited).
+/// - **No lease behind an error.** A call that returns an error has created
+///   no lease, also when the backend's reply was lost (a broken connection,
+///   a timeout): the adapter resolves such an unknown outcome before it
+///   answers. [`acquire`](Self::acquire) with a caller-chosen
+///   [`AcquireRequest::lease_id`] is idempotent.
 /// - **Expiry never blocks.** A lease past `expires_at` holds no capacity:
 ///   acquire reclaims it (marks it released) in the same step, without
 ///   anyone calling [`cleanup_expired`](Self::cleanup_expired) first.
@@ -167,6 +186,20 @@ pub trait ProxyStorage: Send + Sync {
     /// Finds a matching proxy with capacity and leases it, atomically (see
     /// the trait docs). `Ok(None)` when nothing qualifies or the pool does
     /// not exist; not-found when the consumer does not exist.
+    ///
+    /// **Idempotent by lease id.** When `request.lease_id` is set, the new
+    /// lease gets that id, and if a lease with that id already exists the
+    /// call leases nothing and returns that lease as it is stored now
+    /// (released or expired, if it has been since): a caller that did not
+    /// learn the outcome of an earlier call repeats it with the same id. A
+    /// lease with that id in another pool or for another consumer is a
+    /// [`Conflict`](crate::StorageError::Conflict).
+    ///
+    /// **No lease behind an error.** If this returns an error, no lease was
+    /// created. An adapter whose reply can be lost after the backend acted
+    /// (a connection that breaks, a call that times out) must find out
+    /// whether the lease exists before it answers: return it if it does,
+    /// report the error only if it does not.
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>>;
 
     /// Releases a lease. Idempotent: releasing a released lease changes
