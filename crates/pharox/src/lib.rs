@@ -48,6 +48,7 @@ pub use health::{
 };
 pub use manager::{
     DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, PreparedRequest, ProxyManager,
+    default_release_retry,
 };
 pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
 

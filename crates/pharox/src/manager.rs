@@ -10,7 +10,9 @@ use pharox_domain::{
     ConsumerId, Lease, LeaseId, PoolStats, ProxyFilter, RetryPolicy, Selector, validate_name,
     validate_ttl,
 };
-use pharox_ports::{AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, SystemClock};
+use pharox_ports::{
+    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, SystemClock,
+};
 use tracing::Instrument;
 
 use crate::observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
@@ -20,6 +22,22 @@ use crate::{PharoxError, WithLeaseError};
 pub const DEFAULT_CONSUMER: &str = "default";
 /// The lease time-to-live used when a request sets none: 300 s.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// How [`ProxyManager::release`] and [`ProxyManager::renew`] try again
+/// after a retryable storage failure, by default: 10 attempts in all,
+/// waiting 20 ms, then twice as long each time up to 1 s (4.26 s of waiting
+/// at most). Both calls are idempotent, so trying again is always safe; a
+/// release that gives up leaves the lease to expire at its TTL.
+#[must_use]
+pub fn default_release_retry() -> RetryPolicy {
+    RetryPolicy::new(
+        10,
+        Duration::from_millis(20),
+        2.0,
+        Some(Duration::from_secs(1)),
+    )
+    .unwrap_or_default()
+}
 
 /// What to lease: a pool, and optionally who, for how long, which proxies
 /// and how to choose.
@@ -127,6 +145,7 @@ pub struct ManagerConfig {
     default_consumer: String,
     default_ttl: Duration,
     pool_stats_in_events: bool,
+    release_retry: RetryPolicy,
 }
 
 impl Default for ManagerConfig {
@@ -135,6 +154,7 @@ impl Default for ManagerConfig {
             default_consumer: DEFAULT_CONSUMER.to_owned(),
             default_ttl: DEFAULT_TTL,
             pool_stats_in_events: false,
+            release_retry: default_release_retry(),
         }
     }
 }
@@ -156,6 +176,13 @@ impl ManagerConfig {
     /// database it costs one query per acquire and release.
     pub fn with_pool_stats(mut self, enabled: bool) -> Self {
         self.pool_stats_in_events = enabled;
+        self
+    }
+
+    /// How release and renew retry retryable storage failures (default
+    /// [`default_release_retry`]); one attempt turns retrying off.
+    pub fn with_release_retry(mut self, policy: RetryPolicy) -> Self {
+        self.release_retry = policy;
         self
     }
 
@@ -372,7 +399,13 @@ impl ProxyManager {
             let outcome = match &prepared {
                 Some(ready) => self.acquire_prepared(ready).await,
                 None => match self.prepare(request.clone()).await {
-                    Ok(ready) => self.acquire_prepared(prepared.insert(ready)).await,
+                    Ok(mut ready) => {
+                        // One lease id for every attempt: an attempt whose
+                        // reply was lost left at most this lease, which the
+                        // next attempt gets back instead of a second one.
+                        ready.request.lease_id = Some(LeaseId::new());
+                        self.acquire_prepared(prepared.insert(ready)).await
+                    }
                     Err(e) => Err(e),
                 },
             };
@@ -392,6 +425,13 @@ impl ProxyManager {
 
     /// Releases a lease. Idempotent: a second release reports
     /// [`ReleaseOutcome::AlreadyReleased`].
+    ///
+    /// A retryable storage failure (a lost connection, a server restart) is
+    /// tried again per the config's release retry policy (see
+    /// [`default_release_retry`]) before its error is returned, so a
+    /// passing fault does not leave the proxy held until the lease's TTL.
+    /// When an attempt's reply was lost after it took effect, the next one
+    /// reports `AlreadyReleased`.
     pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome, PharoxError> {
         self.release_id(lease.id).await
     }
@@ -399,7 +439,9 @@ impl ProxyManager {
     /// Releases a lease by id (see [`release`](Self::release)).
     pub async fn release_id(&self, lease_id: LeaseId) -> Result<ReleaseOutcome, PharoxError> {
         let span = tracing::debug_span!("pharox.release", lease = %lease_id);
-        let outcome = self.storage.release(lease_id).instrument(span).await?;
+        let outcome = release_with_retry(&*self.storage, lease_id, &self.config.release_retry)
+            .instrument(span)
+            .await?;
         if let ReleaseOutcome::Released(released) = &outcome {
             tracing::debug!(lease = %lease_id, proxy = %released.proxy_id, "lease released");
             if !self.observers.is_empty() {
@@ -424,10 +466,15 @@ impl ProxyManager {
         Ok(outcome)
     }
 
-    /// Extends a lease to now + `ttl`.
+    /// Extends a lease to now + `ttl`. Retryable failures are tried again
+    /// as for [`release`](Self::release) (renewing twice is harmless).
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, PharoxError> {
         validate_ttl(ttl)?;
-        Ok(self.storage.renew(lease.id, ttl).await?)
+        let policy = &self.config.release_retry;
+        Ok(retry_storage(policy, "renew", lease.id, || {
+            self.storage.renew(lease.id, ttl)
+        })
+        .await?)
     }
 
     /// Leases a proxy, runs `task` with the lease, and releases it afterwards
@@ -455,6 +502,7 @@ impl ProxyManager {
         let mut guard = ReleaseOnDrop {
             storage: Arc::clone(&self.storage),
             lease_id,
+            retry: self.config.release_retry,
             armed: true,
         };
         let outcome = task(lease).await;
@@ -501,6 +549,7 @@ impl ProxyManager {
 struct ReleaseOnDrop {
     storage: Arc<dyn ProxyStorage>,
     lease_id: LeaseId,
+    retry: RetryPolicy,
     armed: bool,
 }
 
@@ -511,10 +560,11 @@ impl Drop for ReleaseOnDrop {
         }
         let lease_id = self.lease_id;
         let storage = Arc::clone(&self.storage);
+        let retry = self.retry;
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    if let Err(e) = storage.release(lease_id).await {
+                    if let Err(e) = release_with_retry(&*storage, lease_id, &retry).await {
                         tracing::warn!(lease = %lease_id, error = %e, "release after abandoned task failed");
                     }
                 });
@@ -522,6 +572,47 @@ impl Drop for ReleaseOnDrop {
             Err(_) => {
                 tracing::warn!(lease = %lease_id, "no runtime to release an abandoned lease; it will expire")
             }
+        }
+    }
+}
+
+/// A release, tried again per `policy` while it fails in a retryable way.
+async fn release_with_retry(
+    storage: &dyn ProxyStorage,
+    lease_id: LeaseId,
+    policy: &RetryPolicy,
+) -> Result<ReleaseOutcome, StorageError> {
+    retry_storage(policy, "release", lease_id, || storage.release(lease_id)).await
+}
+
+/// Runs an idempotent storage call on a lease until it succeeds, fails in a
+/// way that will not pass, or has had `policy.max_attempts()` attempts.
+async fn retry_storage<T, F, Fut>(
+    policy: &RetryPolicy,
+    what: &'static str,
+    lease_id: LeaseId,
+    mut call: F,
+) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StorageError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && attempt < policy.max_attempts() => {
+                let delay = policy.delay_after(attempt);
+                tracing::debug!(lease = %lease_id, attempt, ?delay, error = %e, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    tracing::warn!(lease = %lease_id, attempts = attempt, error = %e, "{what} gave up");
+                }
+                return Err(e);
+            }
+            Ok(value) => return Ok(value),
         }
     }
 }

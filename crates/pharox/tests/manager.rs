@@ -201,6 +201,134 @@ async fn retry_gives_up_after_max_attempts_and_never_retries_permanent_errors() 
     ));
 }
 
+#[tokio::test(start_paused = true)]
+async fn release_retries_retryable_failures_with_backoff() {
+    let mut storage = MockProxyStorage::new();
+    let granted = lease();
+    let outcome = released(&granted);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    storage.expect_release().times(3).returning(move |_| {
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(unavailable()),
+            1 => Err(StorageError::Transient {
+                message: "deadlock".into(),
+                source: None,
+            }),
+            _ => Ok(outcome.clone()),
+        }
+    });
+    let policy = RetryPolicy::new(4, Duration::from_millis(10), 3.0, None).unwrap();
+    let manager = ProxyManager::new(storage)
+        .with_config(ManagerConfig::default().with_release_retry(policy))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    assert!(manager.release(&granted).await.unwrap().was_released());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(10 + 30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_gives_up_within_its_policy_and_never_retries_permanent_errors() {
+    let mut storage = MockProxyStorage::new();
+    storage
+        .expect_release()
+        .times(3)
+        .returning(|_| Err(unavailable()));
+    let policy = RetryPolicy::new(3, Duration::from_millis(100), 2.0, None).unwrap();
+    let manager = ProxyManager::new(storage)
+        .with_config(ManagerConfig::default().with_release_retry(policy))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let err = manager.release(&lease()).await.unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+
+    let mut storage = MockProxyStorage::new();
+    storage
+        .expect_release()
+        .times(1)
+        .returning(|id| Err(StorageError::not_found("lease", id)));
+    let manager = ProxyManager::new(storage);
+    let err = manager.release(&lease()).await.unwrap_err();
+    assert!(matches!(
+        err,
+        PharoxError::Storage(StorageError::NotFound {
+            entity: "lease",
+            ..
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_release_retry_waits_a_bounded_time() {
+    let policy = pharox::default_release_retry();
+    let waited: Duration = (1..policy.max_attempts())
+        .map(|n| policy.delay_after(n))
+        .sum();
+    assert_eq!(waited, Duration::from_millis(4260));
+    let mut storage = MockProxyStorage::new();
+    storage
+        .expect_release()
+        .times(policy.max_attempts() as usize)
+        .returning(|_| Err(unavailable()));
+    let manager = ProxyManager::new(storage);
+    let start = tokio::time::Instant::now();
+    manager.release(&lease()).await.unwrap_err();
+    assert_eq!(start.elapsed(), waited);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_retries_retryable_failures() {
+    let mut storage = MockProxyStorage::new();
+    let granted = lease();
+    let renewed = granted.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    storage.expect_renew().times(2).returning(move |_, _| {
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(unavailable()),
+            _ => Ok(renewed.clone()),
+        }
+    });
+    let manager = ProxyManager::new(storage);
+    let lease = manager
+        .renew(&granted, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(lease.id, granted.id);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_with_retry_repeats_one_lease_id_so_a_lost_reply_cannot_lease_twice() {
+    let mut storage = mock_with_consumer();
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ids);
+    let granted = lease();
+    storage.expect_acquire().times(3).returning(move |request| {
+        let mut ids = seen.lock();
+        ids.push(request.lease_id);
+        match ids.len() {
+            1 => Err(unavailable()),
+            2 => Ok(None),
+            _ => Ok(Some(granted.clone())),
+        }
+    });
+    let manager = ProxyManager::new(storage);
+    let policy = RetryPolicy::new(3, Duration::from_millis(1), 1.0, None).unwrap();
+    assert!(
+        manager
+            .acquire_with_retry("eu", &policy)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let ids = ids.lock();
+    assert!(ids[0].is_some());
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
+
 #[tokio::test]
 async fn with_lease_releases_when_the_task_fails() {
     let mut storage = mock_with_consumer();
@@ -224,7 +352,7 @@ async fn with_lease_releases_when_the_task_fails() {
     assert!(matches!(err, WithLeaseError::Task("scrape failed")));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn with_lease_reports_a_failed_release_and_a_miss() {
     let mut storage = mock_with_consumer();
     let granted = lease();
@@ -232,9 +360,10 @@ async fn with_lease_reports_a_failed_release_and_a_miss() {
         .expect_acquire()
         .times(1)
         .returning(move |_| Ok(Some(granted.clone())));
+    // Every attempt of the default release retry fails: the last error is returned.
     storage
         .expect_release()
-        .times(1)
+        .times(pharox::default_release_retry().max_attempts() as usize)
         .returning(|_| Err(unavailable()));
     let manager = ProxyManager::new(storage);
     let err = manager
