@@ -110,6 +110,13 @@ fn classify(context: &'static str, err: &sqlx::Error) -> Class {
     }
 }
 
+/// Whether an acquire failed because a lease with its (caller-chosen) id
+/// exists already: the repeat of an earlier call, see
+/// `ProxyStorage::acquire`.
+pub(crate) fn is_duplicate_lease(e: &StorageError) -> bool {
+    matches!(e, StorageError::Conflict(message) if message.ends_with("(lease_pkey)"))
+}
+
 /// Maps a SeaORM error (used by the entity-based calls).
 pub(crate) fn map_db(context: &'static str, err: DbErr) -> StorageError {
     match err {

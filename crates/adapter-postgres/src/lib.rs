@@ -21,6 +21,7 @@
 mod config;
 pub mod entities;
 mod error;
+mod hot;
 mod rows;
 mod sql;
 mod storage;

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pharox_domain::{
@@ -15,8 +15,7 @@ use pharox_ports::{
     AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError, StorageResult,
 };
 use sea_orm::sea_query::OnConflict;
-use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sea_orm::sqlx::{self, AssertSqlSafe, ConnectOptions as _, Row};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseConnectionType, EntityTrait,
@@ -28,6 +27,7 @@ use uuid::Uuid;
 use crate::config::PostgresConfig;
 use crate::entities::proxy_pool;
 use crate::error::{map_db, map_sqlx, with_retry};
+use crate::hot::{Backend, HotConnection, Stash, Unresolved, is_lost_connection, timed};
 use crate::rows;
 use crate::sql::{self, Binds, Lock, Predicates};
 
@@ -42,125 +42,14 @@ pub struct PostgresStorage {
     db: DatabaseConnection,
     pool: PgPool,
     stash: Arc<Stash>,
+    unresolved: Arc<Unresolved>,
     /// [`sql::RELEASE`], or [`sql::RELEASE_DURABLE`] with `durable_release`.
     release_sql: &'static str,
-}
-
-/// Connections that acquire and release keep checked out between calls.
-///
-/// sqlx tests every connection that goes back to its pool with a round trip
-/// (a lone `Sync`, whatever `test_before_acquire` says), which doubles the
-/// round trips of a one-statement call and the server's work with them. The
-/// hot paths keep the connection they used here instead and take it again
-/// next time. A call that fails or is cancelled drops its connection, which
-/// then goes back to sqlx and is tested there. At most `capacity`
-/// connections wait here, so other calls always find pool connections; one
-/// left unused for the pool's idle timeout, or kept for the pool's
-/// `max_lifetime` since it first came here, is handed back to the pool
-/// (which closes it if it is too old). With `test_before_acquire` the stash
-/// keeps nothing, so every call gets a connection sqlx has just pinged.
-struct Stash {
-    idle: std::sync::Mutex<Vec<Kept>>,
-    capacity: usize,
-    idle_timeout: Option<Duration>,
-    max_lifetime: Option<Duration>,
-}
-
-/// A connection in the stash, with when it was last used and when it first
-/// came here (sqlx does not tell a pooled connection's age, so the stash
-/// counts from then: a connection leaves it at most `max_lifetime` after it
-/// left the pool).
-struct Kept {
-    conn: PoolConnection<Postgres>,
-    used: Instant,
-    first_kept: Instant,
-}
-
-impl Stash {
-    /// Keeps all but two of the pool's connections at most (none when the
-    /// pool tests connections before handing them out).
-    fn for_pool(pool: &PgPool) -> Self {
-        let options = pool.options();
-        let max = usize::try_from(options.get_max_connections()).unwrap_or(usize::MAX);
-        Self {
-            idle: std::sync::Mutex::new(Vec::new()),
-            capacity: if options.get_test_before_acquire() {
-                0
-            } else {
-                max.saturating_sub(2)
-            },
-            idle_timeout: options.get_idle_timeout(),
-            max_lifetime: options.get_max_lifetime(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A kept connection, most recently used first, and when it first came
-    /// here; stale ones go back to the pool.
-    fn take(&self) -> Option<HotConnection> {
-        let mut idle = self.lock();
-        // One clock read for both limits: this runs on every acquire.
-        let now = Instant::now();
-        while let Some(kept) = idle.pop() {
-            let idle_too_long = self
-                .idle_timeout
-                .is_some_and(|limit| now.saturating_duration_since(kept.used) > limit);
-            let kept_too_long = self
-                .max_lifetime
-                .is_some_and(|limit| now.saturating_duration_since(kept.first_kept) > limit);
-            if idle_too_long || kept_too_long {
-                continue; // dropped: sqlx tests it and pools or closes it
-            }
-            return Some(HotConnection {
-                conn: kept.conn,
-                first_kept: kept.first_kept,
-            });
-        }
-        None
-    }
-
-    /// Keeps a connection that just completed a call, if there is room.
-    fn put(&self, hot: HotConnection) {
-        let mut idle = self.lock();
-        if idle.len() < self.capacity {
-            idle.push(Kept {
-                conn: hot.conn,
-                used: Instant::now(),
-                first_kept: hot.first_kept,
-            });
-        }
-    }
-
-    /// Hands every kept connection back to the pool.
-    fn drain(&self) {
-        self.lock().clear();
-    }
-}
-
-/// A connection checked out for a hot-path call, from the stash or fresh
-/// from the pool (then `first_kept` is the checkout time).
-struct HotConnection {
-    conn: PoolConnection<Postgres>,
-    first_kept: Instant,
-}
-
-impl std::ops::Deref for HotConnection {
-    type Target = sqlx::PgConnection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.conn
-    }
-}
-
-impl std::ops::DerefMut for HotConnection {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.conn
-    }
+    /// [`PostgresConfig::query_timeout`].
+    query_timeout: Duration,
+    /// How long an acquire that lost its reply keeps trying to learn its
+    /// outcome ([`PostgresConfig::acquire_timeout`]).
+    resolve_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -280,8 +169,11 @@ impl PostgresStorage {
         Ok(Self {
             db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
             stash: Arc::new(Stash::for_pool(&pool)),
+            unresolved: Arc::default(),
             pool,
             release_sql: release_sql(config.durable_release),
+            query_timeout: config.query_timeout,
+            resolve_timeout: config.acquire_timeout,
         })
     }
 
@@ -299,11 +191,15 @@ impl PostgresStorage {
         }
         let pool = db.get_postgres_connection_pool().clone();
         let stash = Arc::new(Stash::for_pool(&pool));
+        let defaults = PostgresConfig::new("", "", "");
         Ok(Self {
             db,
             pool,
             stash,
+            unresolved: Arc::default(),
             release_sql: release_sql(false),
+            query_timeout: defaults.query_timeout,
+            resolve_timeout: defaults.acquire_timeout,
         })
     }
 
@@ -330,24 +226,24 @@ impl PostgresStorage {
 
     /// Closes every pooled connection (waits for checked-out ones).
     pub async fn close(&self) {
+        self.settle_unresolved().await;
         self.stash.drain();
         self.pool.close().await;
     }
 
-    /// A connection for a hot-path call: a kept one, else one from the pool.
-    /// Give it back with `self.stash.put` once the call has succeeded.
+    /// A connection for a hot-path call (see [`Stash::checkout`]). Give it
+    /// back with `self.stash.put` once the call has succeeded.
     async fn checkout(&self, context: &'static str) -> StorageResult<HotConnection> {
-        match self.stash.take() {
-            Some(hot) => Ok(hot),
-            None => Ok(HotConnection {
-                conn: self
-                    .pool
-                    .acquire()
-                    .await
-                    .map_err(|e| map_sqlx(context, e))?,
-                first_kept: Instant::now(),
-            }),
-        }
+        self.stash
+            .checkout(&self.pool, context, self.query_timeout)
+            .await
+    }
+
+    /// How many leases whose acquire lost its reply wait to be released
+    /// (see the crate README's section on faults); 0 in normal operation.
+    #[must_use]
+    pub fn unresolved_leases(&self) -> usize {
+        self.unresolved.len()
     }
 
     /// Every proxy of `pool_id` that `filter` selects in SQL, by id, with
@@ -388,28 +284,28 @@ impl PostgresStorage {
     /// The acquire of a filter with predicates: in one transaction, reclaim
     /// the pool's expired leases, lock candidates in batches (SQL selects a
     /// superset), test `ProxyFilter::matches` in Rust, lease the first that
-    /// passes.
+    /// passes. Runs on the call's hot connection.
     async fn acquire_with_predicates(
         &self,
+        conn: &mut HotConnection,
         request: &AcquireRequest,
+        lease_id: LeaseId,
     ) -> StorageResult<Option<Lease>> {
-        let mut lease = self
-            .acquire_with_predicates_locking(request, Lock::SkipLocked)
+        let lease = self
+            .acquire_with_predicates_locking(conn, request, lease_id, Lock::SkipLocked)
             .await?;
-        if lease.is_none() {
-            lease = self
-                .acquire_with_predicates_locking(request, Lock::Wait)
-                .await?;
+        if lease.is_some() {
+            return Ok(lease);
         }
-        if lease.is_none() {
-            self.check_consumer(request.consumer_id).await?;
-        }
-        Ok(lease)
+        self.acquire_with_predicates_locking(conn, request, lease_id, Lock::Wait)
+            .await
     }
 
     async fn acquire_with_predicates_locking(
         &self,
+        conn: &mut HotConnection,
         request: &AcquireRequest,
+        lease_id: LeaseId,
         lock: Lock,
     ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(3);
@@ -419,10 +315,9 @@ impl PostgresStorage {
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
         let batch = i64::try_from(PREDICATE_BATCH).unwrap_or(32);
-        with_retry!(async {
-            let mut tx = self
-                .pool
-                .begin()
+        let limit = self.query_timeout;
+        with_retry!(timed("acquire", limit, async {
+            let mut tx = sqlx::Connection::begin(&mut **conn)
                 .await
                 .map_err(|e| map_sqlx("acquire", e))?;
             sqlx::query(sql::RECLAIM_POOL)
@@ -454,7 +349,6 @@ impl PostgresStorage {
             };
             let lease = match chosen {
                 Some(proxy_id) => {
-                    let lease_id = LeaseId::new();
                     let row = sqlx::query(AssertSqlSafe(claim.clone()))
                         .bind(pool_name)
                         .bind(request.consumer_id.0)
@@ -473,7 +367,161 @@ impl PostgresStorage {
             };
             tx.commit().await.map_err(|e| map_sqlx("acquire", e))?;
             Ok(lease)
-        })
+        }))
+    }
+
+    /// The one-statement acquire (no predicates) on the call's connection:
+    /// the common statement, and the reclaiming one only when the common
+    /// one's pick is held by expired leases; skipping locked rows first,
+    /// then waiting for them.
+    async fn acquire_unfiltered_or_compiled(
+        &self,
+        conn: &mut HotConnection,
+        request: &AcquireRequest,
+        lease_id: LeaseId,
+    ) -> StorageResult<Option<Lease>> {
+        let mut binds = Binds::after(4);
+        let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
+        let ttl = ttl_micros(request.ttl);
+        let pool_name = request.pool_name.as_str();
+        let limit = self.query_timeout;
+        for lock in [Lock::SkipLocked, Lock::Wait] {
+            // The common path first; only when its pick is held by expired
+            // leases (a row without a lease) the statement that reclaims,
+            // built only then: it is not the hot path.
+            let builders: [fn(Selector, &str, Lock) -> String; 2] =
+                [sql::acquire_statement, sql::reclaiming_acquire_statement];
+            for (step, build) in builders.into_iter().enumerate() {
+                let statement: Arc<str> =
+                    if step == 0 && lock == Lock::SkipLocked && request.filter.is_empty() {
+                        sql::unfiltered_acquire_statement(request.selector)
+                    } else {
+                        Arc::from(build(request.selector, &filter_sql, lock))
+                    };
+                let row = with_retry!(timed("acquire", limit, async {
+                    let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
+                        .bind(pool_name)
+                        .bind(request.consumer_id.0)
+                        .bind(ttl)
+                        .bind(lease_id.0);
+                    binds
+                        .bind_to(query)
+                        .fetch_optional(&mut **conn)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))
+                }))?;
+                let Some(row) = row else { break };
+                if let Some(lease) = rows::acquired_lease(&row, lease_id, request)? {
+                    return Ok(Some(lease));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The lease a repeated acquire with the caller's id finds: the one an
+    /// earlier call made, if it belongs to this request's pool and consumer.
+    async fn repeated_lease(
+        &self,
+        lease_id: LeaseId,
+        request: &AcquireRequest,
+    ) -> StorageResult<Option<Lease>> {
+        let Some(lease) = self.fetch_lease(lease_id).await? else {
+            return Ok(None);
+        };
+        if *lease.pool_name != *request.pool_name || lease.consumer_id != request.consumer_id {
+            return Err(StorageError::Conflict(format!(
+                "lease id {lease_id} is taken by another pool or consumer"
+            )));
+        }
+        Ok(Some(lease))
+    }
+
+    /// What an acquire that lost its reply came to. Its connection's server
+    /// process is stopped first (see [`crate::hot::FENCE`]), then the lease
+    /// is looked up on another connection: `Ok(Some)` it exists, `Ok(None)`
+    /// it does not and never will. Tried again while the database is out of
+    /// reach, up to `resolve_timeout`; then `Err`: unknown.
+    async fn resolve_acquire(
+        &self,
+        lease_id: LeaseId,
+        backend: Backend,
+        request: &AcquireRequest,
+    ) -> Result<Option<Lease>, StorageError> {
+        let deadline = tokio::time::Instant::now() + self.resolve_timeout;
+        let mut attempt = 1;
+        loop {
+            let looked_up = timed("acquire", self.query_timeout, async {
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                backend
+                    .fence(&mut conn)
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                drop(conn);
+                self.repeated_lease(lease_id, request).await
+            })
+            .await;
+            match looked_up {
+                Err(e) if is_lost_connection(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(lease = %lease_id, attempt, error = %e, "acquire outcome unknown yet");
+                    crate::error::backoff(attempt.min(7)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Releases the leases whose acquire lost its reply and could not be
+    /// resolved then (see [`Unresolved`]). A load of one flag when there are
+    /// none.
+    async fn settle_unresolved(&self) {
+        if !self.unresolved.is_pending() {
+            return;
+        }
+        for lease_id in self.unresolved.take() {
+            let released = timed("release", self.query_timeout, async {
+                sqlx::query(AssertSqlSafe(self.release_sql))
+                    .bind(lease_id.0)
+                    .bind(sql::ACTIVE)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("release", e))
+            })
+            .await;
+            match released {
+                Ok(done) => tracing::info!(
+                    lease = %lease_id,
+                    released = done.rows_affected(),
+                    "released a lease whose acquire had lost its reply"
+                ),
+                Err(e) => {
+                    tracing::debug!(lease = %lease_id, error = %e, "unresolved lease not released yet");
+                    self.unresolved.push(lease_id);
+                }
+            }
+        }
+    }
+
+    /// The release statement on a hot connection: the released lease's row,
+    /// or none when it was not active.
+    async fn release_on(
+        &self,
+        conn: &mut HotConnection,
+        lease_id: LeaseId,
+    ) -> StorageResult<Option<PgRow>> {
+        with_retry!(timed("release", self.query_timeout, async {
+            sqlx::query(AssertSqlSafe(self.release_sql))
+                .bind(lease_id.0)
+                .bind(sql::ACTIVE)
+                .fetch_optional(&mut **conn)
+                .await
+                .map_err(|e| map_sqlx("release", e))
+        }))
     }
 
     async fn fetch_lease(&self, lease_id: LeaseId) -> StorageResult<Option<Lease>> {
@@ -828,74 +876,108 @@ impl ProxyStorage for PostgresStorage {
 
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
         request.validate()?;
-        if request.filter.has_predicate() {
-            return self.acquire_with_predicates(request).await;
-        }
-        let mut binds = Binds::after(4);
-        let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
-        let ttl = ttl_micros(request.ttl);
-        let pool_name = request.pool_name.as_str();
-        let mut conn = self.checkout("acquire").await?;
-        for lock in [Lock::SkipLocked, Lock::Wait] {
-            // The common path first; only when its pick is held by expired
-            // leases (a row without a lease) the statement that reclaims,
-            // built only then: it is not the hot path.
-            let builders: [fn(Selector, &str, Lock) -> String; 2] =
-                [sql::acquire_statement, sql::reclaiming_acquire_statement];
-            for (step, build) in builders.into_iter().enumerate() {
-                let statement: Arc<str> =
-                    if step == 0 && lock == Lock::SkipLocked && request.filter.is_empty() {
-                        sql::unfiltered_acquire_statement(request.selector)
-                    } else {
-                        Arc::from(build(request.selector, &filter_sql, lock))
-                    };
-                let (row, lease_id) = with_retry!(async {
-                    let lease_id = LeaseId::new();
-                    let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
-                        .bind(pool_name)
-                        .bind(request.consumer_id.0)
-                        .bind(ttl)
-                        .bind(lease_id.0);
-                    binds
-                        .bind_to(query)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map(|row| (row, lease_id))
-                        .map_err(|e| map_sqlx("acquire", e))
-                })?;
-                let Some(row) = row else { break };
-                if let Some(lease) = rows::acquired_lease(&row, lease_id, request)? {
+        self.settle_unresolved().await;
+        let lease_id = request.lease_id.unwrap_or_else(LeaseId::new);
+        // A lost connection costs one more try on a fresh one, after the
+        // first try's outcome is known (it may have leased).
+        let mut tried_again = false;
+        loop {
+            let mut conn = self.checkout("acquire").await?;
+            let backend = conn.backend;
+            let result = if request.filter.has_predicate() {
+                self.acquire_with_predicates(&mut conn, request, lease_id)
+                    .await
+            } else {
+                self.acquire_unfiltered_or_compiled(&mut conn, request, lease_id)
+                    .await
+            };
+            match result {
+                Ok(Some(lease)) => {
                     self.stash.put(conn);
                     return Ok(Some(lease));
                 }
+                Ok(None) => {
+                    self.stash.put(conn);
+                    // A caller-chosen id may name a lease an earlier call
+                    // made (whose reply it never got).
+                    if request.lease_id.is_some()
+                        && let Some(lease) = self.repeated_lease(lease_id, request).await?
+                    {
+                        return Ok(Some(lease));
+                    }
+                    self.check_consumer(request.consumer_id).await?;
+                    return Ok(None);
+                }
+                Err(e) if crate::error::is_duplicate_lease(&e) => {
+                    self.stash.put(conn);
+                    return match self.repeated_lease(lease_id, request).await? {
+                        Some(lease) => Ok(Some(lease)),
+                        None => Err(e),
+                    };
+                }
+                Err(e) if is_lost_connection(&e) => {
+                    drop(conn);
+                    self.stash.drain();
+                    match self.resolve_acquire(lease_id, backend, request).await {
+                        Ok(Some(lease)) => return Ok(Some(lease)),
+                        Ok(None) if !tried_again => {
+                            tracing::debug!(lease = %lease_id, error = %e, "acquire lost its connection; trying once more");
+                            tried_again = true;
+                        }
+                        Ok(None) => return Err(e),
+                        Err(unknown) => {
+                            tracing::warn!(
+                                lease = %lease_id,
+                                error = %unknown,
+                                "acquire lost its reply and its outcome stays unknown; \
+                                 the lease, if any, is released when the database answers"
+                            );
+                            self.unresolved.push(lease_id);
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.stash.put(conn);
-        self.check_consumer(request.consumer_id).await?;
-        Ok(None)
     }
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
-        let mut conn = self.checkout("release").await?;
-        let row = with_retry!(async {
-            sqlx::query(AssertSqlSafe(self.release_sql))
-                .bind(lease_id.0)
-                .bind(sql::ACTIVE)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| map_sqlx("release", e))
-        })?;
-        self.stash.put(conn);
+        self.settle_unresolved().await;
+        // Idempotent: a lost connection costs one more try on a fresh one.
+        let mut tried_again = false;
+        let row = loop {
+            let mut conn = self.checkout("release").await?;
+            match self.release_on(&mut conn, lease_id).await {
+                Ok(row) => {
+                    self.stash.put(conn);
+                    break row;
+                }
+                Err(e) if is_lost_connection(&e) => {
+                    drop(conn);
+                    self.stash.drain();
+                    if tried_again {
+                        return Err(e);
+                    }
+                    tracing::debug!(lease = %lease_id, error = %e, "release lost its connection; trying once more");
+                    tried_again = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if let Some(row) = row {
             return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
         }
         // Not active: released before (by a caller or a reclaim), or unknown.
         let released_at: Option<Option<OffsetDateTime>> =
-            sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
-                .bind(lease_id.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_sqlx("release", e))?;
+            timed("release", self.query_timeout, async {
+                sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
+                    .bind(lease_id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("release", e))
+            })
+            .await?;
         match released_at {
             Some(released_at) => Ok(ReleaseOutcome::AlreadyReleased {
                 lease_id,
@@ -914,15 +996,23 @@ impl ProxyStorage for PostgresStorage {
             sql::lease_columns("u"),
             sql::PROXY_COLUMNS
         );
-        let row = with_retry!(async {
-            sqlx::query(AssertSqlSafe(statement.as_str()))
-                .bind(lease_id.0)
-                .bind(ttl_micros(ttl))
-                .bind(sql::ACTIVE) // a parameter: see sql::ACTIVE
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_sqlx("renew", e))
-        })?;
+        // Renewing twice is harmless, so a lost connection costs one more
+        // try (sqlx hands out another connection).
+        let renew_once = || async {
+            with_retry!(timed("renew", self.query_timeout, async {
+                sqlx::query(AssertSqlSafe(statement.as_str()))
+                    .bind(lease_id.0)
+                    .bind(ttl_micros(ttl))
+                    .bind(sql::ACTIVE) // a parameter: see sql::ACTIVE
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("renew", e))
+            }))
+        };
+        let row = match renew_once().await {
+            Err(e) if is_lost_connection(&e) => renew_once().await?,
+            other => other?,
+        };
         if let Some(row) = row {
             return rows::lease(&row);
         }
