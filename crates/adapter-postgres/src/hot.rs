@@ -240,7 +240,7 @@ pub(crate) const FENCE: &str = "SELECT pg_terminate_backend(pid, 5000) FROM pg_s
      WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2";
 
 impl Backend {
-    /// Binds the [`FENCE`] parameters for this process.
+    /// Runs [`FENCE`] for this process.
     pub(crate) async fn fence(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(FENCE)
             .bind(self.pid)
@@ -254,26 +254,28 @@ impl Backend {
 /// Leases whose acquire lost its reply while the database stayed out of
 /// reach for longer than the resolution tries: their callers were told the
 /// acquire failed, so nobody holds them. The next hot-path call that finds
-/// the database again releases them (release is idempotent, and one never
-/// created is simply not found); until then each holds its proxy at most
-/// until its TTL.
+/// the database again fences the acquire's server process (its statement
+/// may still be on its way) and then releases the lease (release is
+/// idempotent, and one never created is simply not found); until then each
+/// holds its proxy at most until its TTL.
 #[derive(Default)]
 pub(crate) struct Unresolved {
     /// Read on every hot-path call: a load, no lock, when there is nothing.
     pending: AtomicBool,
-    ids: Mutex<Vec<LeaseId>>,
+    ids: Mutex<Vec<(LeaseId, Backend)>>,
 }
 
 impl Unresolved {
-    fn ids(&self) -> std::sync::MutexGuard<'_, Vec<LeaseId>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, Vec<(LeaseId, Backend)>> {
         self.ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Remembers a lease to release once the database answers.
-    pub(crate) fn push(&self, id: LeaseId) {
-        self.ids().push(id);
+    /// Remembers a lease to release once the database answers, with the
+    /// server process its acquire was sent to.
+    pub(crate) fn push(&self, id: LeaseId, backend: Backend) {
+        self.ids().push((id, backend));
         self.pending.store(true, Ordering::Release);
     }
 
@@ -283,7 +285,7 @@ impl Unresolved {
     }
 
     /// Takes every waiting id (put back the ones still unresolved).
-    pub(crate) fn take(&self) -> Vec<LeaseId> {
+    pub(crate) fn take(&self) -> Vec<(LeaseId, Backend)> {
         let mut ids = self.ids();
         self.pending.store(false, Ordering::Release);
         std::mem::take(&mut *ids)

@@ -239,6 +239,13 @@ impl PostgresStorage {
             .await
     }
 
+    /// How many connections the hot path keeps checked out between calls
+    /// right now (see the crate README).
+    #[must_use]
+    pub fn kept_connections(&self) -> usize {
+        self.stash.lock().len()
+    }
+
     /// How many leases whose acquire lost its reply wait to be released
     /// (see the crate README's section on faults); 0 in normal operation.
     #[must_use]
@@ -483,12 +490,21 @@ impl PostgresStorage {
         if !self.unresolved.is_pending() {
             return;
         }
-        for lease_id in self.unresolved.take() {
+        for (lease_id, backend) in self.unresolved.take() {
             let released = timed("release", self.query_timeout, async {
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| map_sqlx("release", e))?;
+                backend
+                    .fence(&mut conn)
+                    .await
+                    .map_err(|e| map_sqlx("release", e))?;
                 sqlx::query(AssertSqlSafe(self.release_sql))
                     .bind(lease_id.0)
                     .bind(sql::ACTIVE)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err(|e| map_sqlx("release", e))
             })
@@ -501,7 +517,7 @@ impl PostgresStorage {
                 ),
                 Err(e) => {
                     tracing::debug!(lease = %lease_id, error = %e, "unresolved lease not released yet");
-                    self.unresolved.push(lease_id);
+                    self.unresolved.push(lease_id, backend);
                 }
             }
         }
@@ -877,7 +893,7 @@ impl ProxyStorage for PostgresStorage {
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
         request.validate()?;
         self.settle_unresolved().await;
-        let lease_id = request.lease_id.unwrap_or_else(LeaseId::new);
+        let lease_id = request.lease_id.unwrap_or_default();
         // A lost connection costs one more try on a fresh one, after the
         // first try's outcome is known (it may have leased).
         let mut tried_again = false;
@@ -932,7 +948,7 @@ impl ProxyStorage for PostgresStorage {
                                 "acquire lost its reply and its outcome stays unknown; \
                                  the lease, if any, is released when the database answers"
                             );
-                            self.unresolved.push(lease_id);
+                            self.unresolved.push(lease_id, backend);
                             return Err(e);
                         }
                     }

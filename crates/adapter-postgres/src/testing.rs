@@ -11,6 +11,8 @@
 //! creates a fresh database per run and sets it), else `PHAROX_DATABASE_URL`,
 //! else `postgres://postgres@127.0.0.1:5432/postgres`.
 
+pub mod cluster;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pharox_ports::{StorageError, StorageResult};
@@ -160,6 +162,12 @@ pub struct TimeShift {
 }
 
 impl TimeShift {
+    /// Moves time for the database (and `search_path`) that `pool` is on.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
     /// Makes `by` pass for every lease of the schema.
     pub async fn advance(&self, by: Duration) -> StorageResult<()> {
         let micros = by.as_micros() as f64;
