@@ -100,11 +100,17 @@ fn finish(child: Child) -> Run {
     }
 }
 
-/// Runs `pharox args...` with a stdout nobody reads: the read end is
-/// closed before the binary writes anything.
+/// Runs `pharox args...` with a stdout nobody reads: the pipe's read end
+/// is closed before the binary starts, so its first write fails (EPIPE).
 fn with_closed_stdout(args: &[&str]) -> Run {
-    let mut child = spawn(args);
-    drop(child.stdout.take());
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let child = command(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the pharox binary");
     finish(child)
 }
 
@@ -799,6 +805,20 @@ mod postgres {
         assert!(failed.stderr.contains("boom"), "{failed:?}");
         assert!(failed.stderr.contains("hint: --allow-errors"), "{failed:?}");
         schema.assert_tidy("a failed run");
+
+        // A closed stdout does not hide the failure, nor add to it.
+        let unread = with_closed_stdout(&json);
+        assert_eq!(unread.code, Some(1), "{unread:?}");
+        assert!(
+            unread
+                .stderr
+                .starts_with("error: 10 benchmark operations failed"),
+            "{unread:?}"
+        );
+        assert!(!unread.stderr.contains("stdout"), "{unread:?}");
+        assert!(!unread.stderr.contains("Broken pipe"), "{unread:?}");
+        assert!(!unread.stderr.contains("panicked"), "{unread:?}");
+        schema.assert_tidy("a failed run with a closed stdout");
 
         let allowed: Vec<&str> = json.iter().copied().chain(["--allow-errors"]).collect();
         let run = pharox(&allowed);
