@@ -2,7 +2,7 @@
 //! they can; we report throughput, acquire latency and the highest number of
 //! simultaneous leases seen (which must never exceed the pool's capacity).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -12,13 +12,17 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use pharox::{
-    LeaseRequest, MemoryStorage, PreparedRequest, ProxyFilter, ProxyId, ProxyManager, ProxyPool,
-    ProxyStorage, Selector,
+    LeaseRequest, MemoryStorage, PharoxError, PreparedRequest, ProxyFilter, ProxyId, ProxyManager,
+    ProxyPool, ProxyStorage, Selector, StorageError,
 };
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::error::CliError;
+use crate::error::{CliError, error_kind};
 use crate::limits;
+use crate::output::{self, OutputError, errln, outln};
+use crate::signals::{Signal, Signals};
 
 /// The consumer the benchmark's leases are held by.
 const BENCH_CONSUMER: &str = "pharox-bench";
@@ -56,6 +60,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of the report.
     #[arg(long)]
     json: bool,
+    /// Exit 0 even if operations failed (they are counted and reported all
+    /// the same).
+    #[arg(long)]
+    allow_errors: bool,
     /// Run against PostgreSQL at this URL instead of in memory.
     #[cfg(feature = "postgres")]
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
@@ -149,48 +157,77 @@ fn deadline(started: Instant, after: Option<Duration>) -> Result<Option<Instant>
         .transpose()
 }
 
-/// Shared state of the workers.
-struct Run {
-    manager: ProxyManager,
-    request: PreparedRequest,
-    hold: Duration,
-    stop: AtomicBool,
-    progress: AtomicU64,
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
-    /// Leases held per proxy right now, to catch an over-leased proxy.
-    per_proxy: HashMap<ProxyId, AtomicU32, BuildHasherDefault<IdHasher>>,
-    max_concurrency: u32,
-    over_leased: AtomicU64,
-}
+/// How long stopped workers may take to finish the operation they are in
+/// (and release what they hold) before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
-struct WorkerReport {
-    hits: u64,
-    misses: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
+/// How long removing the seeded pool may take. Deleting it cascades to all
+/// its proxies and leases, so a big pool on a slow server takes a while;
+/// an unreachable server must not keep the command from ending.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the benchmark.
+///
+/// Whatever ends the run (it finished, an operation or the setup failed,
+/// SIGINT or SIGTERM arrived, stdout is closed), the pool it seeded is
+/// removed before the command returns, and with it its leases.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if let Some(BenchKind::Health(health)) = args.kind {
         return crate::bench_health::run(health).await;
     }
     let plan = args.plan()?;
-    let target = open_storage(&args, plan.workers).await?;
-    let outcome = bench(&plan, &target, args.json).await;
-    // Remove the seeded pool whatever happened, so runs do not pile up.
-    if target.drop_pool_after
-        && let Ok(pool) = target.storage.get_pool_by_name(&target.pool_name).await
-        && let Err(e) = target.storage.delete_pool(pool.id).await
-    {
-        eprintln!(
-            "warning: could not remove benchmark pool {}: {e}",
-            target.pool_name
-        );
+    // Before anything exists that would need tidying up: from here on
+    // SIGINT and SIGTERM reach the code below instead of ending the process.
+    let mut signals = Signals::install()?;
+    let target = tokio::select! {
+        target = open_storage(&args, plan.workers) => target?,
+        signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+    };
+    let outcome = bench(&plan, &target, &mut signals).await;
+    let cleanup = remove_pool(&target, &mut signals).await;
+    let mut failures = Vec::new();
+    match outcome {
+        Ok(Outcome::Measured(measured)) => {
+            let printed = if args.json {
+                print_json(&plan, &target, &measured)
+            } else {
+                print_report(&plan, &target, &measured)
+            };
+            failures.extend(measured.over_lease());
+            failures.extend(cleanup.err());
+            if measured.tally.errors > 0 && !args.allow_errors {
+                failures.push(CliError::OperationsFailed {
+                    errors: measured.tally.errors,
+                    first: measured.tally.first_error_message().to_owned(),
+                });
+            }
+            failures.extend(printed.err().map(CliError::from));
+        }
+        Ok(Outcome::Interrupted(signal)) => {
+            failures.push(CliError::Interrupted(signal));
+            failures.extend(cleanup.err());
+        }
+        Err(e) => {
+            failures.push(e);
+            failures.extend(cleanup.err());
+        }
     }
-    outcome
+    first_failure(failures)
+}
+
+/// The first of `failures` is the command's error; the others are said on
+/// stderr before it (but not a closed stdout, nor a second signal).
+fn first_failure(failures: Vec<CliError>) -> Result<(), CliError> {
+    let mut failures = failures.into_iter();
+    let Some(first) = failures.next() else {
+        return Ok(());
+    };
+    for also in failures {
+        if !also.is_quiet() && !matches!(also, CliError::Interrupted(_)) {
+            errln!("error: {also}");
+        }
+    }
+    Err(first)
 }
 
 /// Where the benchmark runs.
@@ -198,7 +235,6 @@ struct Target {
     storage: Arc<dyn ProxyStorage>,
     name: &'static str,
     pool_name: String,
-    drop_pool_after: bool,
 }
 
 async fn open_storage(args: &BenchArgs, workers: usize) -> Result<Target, CliError> {
@@ -212,7 +248,6 @@ async fn open_storage(args: &BenchArgs, workers: usize) -> Result<Target, CliErr
             // `lease.pool_name`): 48 random bits keep concurrent runs apart
             // and the rows as long as a real pool name makes them.
             pool_name: format!("bench-{:012x}", uuid::Uuid::new_v4().as_u128() >> 80),
-            drop_pool_after: true,
         });
     }
     let _ = (args, workers);
@@ -220,11 +255,161 @@ async fn open_storage(args: &BenchArgs, workers: usize) -> Result<Target, CliErr
         storage: Arc::new(MemoryStorage::new()),
         name: "memory",
         pool_name: "bench".to_owned(),
-        drop_pool_after: false,
     })
 }
 
-async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), CliError> {
+/// Removes the seeded pool (by name, so also when the run stopped before it
+/// knew the pool's id), within [`CLEANUP_TIMEOUT`]. A pool that is not
+/// there was never created. Another signal gives up on it at once.
+async fn remove_pool(target: &Target, signals: &mut Signals) -> Result<(), CliError> {
+    let storage = &target.storage;
+    let remove = async {
+        let pool = storage.get_pool_by_name(&target.pool_name).await?;
+        storage.delete_pool(pool.id).await
+    };
+    let failed = |reason: String| CliError::Cleanup {
+        pool: target.pool_name.clone(),
+        reason,
+    };
+    tokio::select! {
+        removed = tokio::time::timeout(CLEANUP_TIMEOUT, remove) => match removed {
+            Ok(Ok(()) | Err(StorageError::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed(format!(
+                "gave up after {} s",
+                CLEANUP_TIMEOUT.as_secs()
+            ))),
+        },
+        signal = signals.recv() => {
+            errln!("error: {}", failed(format!("{} came first", signal.name())));
+            Err(CliError::Interrupted(signal))
+        }
+    }
+}
+
+/// How a run ended, when nothing failed around it.
+enum Outcome {
+    /// It ran to its end (boxed: a histogram is big).
+    Measured(Box<Measurement>),
+    /// A signal stopped it; its workers are stopped.
+    Interrupted(Signal),
+}
+
+/// What a finished run measured.
+struct Measurement {
+    tally: Tally,
+    latency: Histogram<u64>,
+    elapsed: Duration,
+    capacity: u64,
+    max_seen: u64,
+    over_leased: u64,
+}
+
+impl Measurement {
+    /// The over-lease error, if the run saw one.
+    fn over_lease(&self) -> Option<CliError> {
+        let (seen, capacity, over) = (self.max_seen, self.capacity, self.over_leased);
+        (seen > capacity || over > 0).then(|| {
+            CliError::OverLease(format!(
+                "{seen} simultaneous leases for capacity {capacity}; {over} leases over a proxy's max_concurrency"
+            ))
+        })
+    }
+
+    /// Acquire attempts: a failed release belongs to a hit.
+    fn operations(&self) -> u64 {
+        let t = &self.tally;
+        t.hits + t.misses + t.errors - t.release_errors
+    }
+
+    /// Acquire+release pairs completed per second.
+    fn pairs_per_sec(&self) -> f64 {
+        (self.tally.hits - self.tally.release_errors) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The acquire latency at quantile `q`, in microseconds.
+    fn percentile_us(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Shared state of the workers.
+struct Run {
+    manager: ProxyManager,
+    request: PreparedRequest,
+    hold: Duration,
+    /// Set when the run is over; workers check it before every operation.
+    stop: AtomicBool,
+    /// The same, for workers holding a lease (`--hold-ms`) to wait on.
+    stopped: watch::Sender<bool>,
+    progress: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    /// Leases held per proxy right now, to catch an over-leased proxy.
+    per_proxy: HashMap<ProxyId, AtomicU32, BuildHasherDefault<IdHasher>>,
+    max_concurrency: u32,
+    capacity: u64,
+    over_leased: AtomicU64,
+}
+
+impl Run {
+    /// Tells every worker to stop after its current operation.
+    fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stopped.send_replace(true);
+    }
+}
+
+/// What workers counted.
+#[derive(Default)]
+struct Tally {
+    hits: u64,
+    misses: u64,
+    /// Failed acquires and failed releases.
+    errors: u64,
+    /// Of `errors`, the failed releases (each of a lease that was a hit).
+    release_errors: u64,
+    errors_by_kind: BTreeMap<&'static str, u64>,
+    /// The earliest failure: when, and its message.
+    first_error: Option<(Instant, String)>,
+}
+
+impl Tally {
+    fn record_error(&mut self, error: &PharoxError) {
+        self.errors += 1;
+        *self.errors_by_kind.entry(error_kind(error)).or_default() += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some((Instant::now(), error.to_string()));
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.errors += other.errors;
+        self.release_errors += other.release_errors;
+        for (kind, count) in other.errors_by_kind {
+            *self.errors_by_kind.entry(kind).or_default() += count;
+        }
+        self.first_error = match (self.first_error.take(), other.first_error) {
+            (Some(mine), Some(theirs)) => Some(if theirs.0 < mine.0 { theirs } else { mine }),
+            (mine, theirs) => mine.or(theirs),
+        };
+    }
+
+    fn first_error(&self) -> Option<&str> {
+        self.first_error
+            .as_ref()
+            .map(|(_, message)| message.as_str())
+    }
+
+    fn first_error_message(&self) -> &str {
+        self.first_error().unwrap_or("(none)")
+    }
+}
+
+/// Seeds the pool and prepares the request the workers send.
+async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
     let storage = &target.storage;
     let pool = storage
         .save_pool(&ProxyPool::new(target.pool_name.clone())?)
@@ -234,8 +419,6 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
         storage.add_proxies(chunk).await?;
     }
     let per_proxy = proxies.iter().map(|p| (p.id, AtomicU32::new(0))).collect();
-    let capacity = plan.proxies as u64 * u64::from(plan.max_concurrency);
-
     let manager = ProxyManager::from_arc(Arc::clone(storage));
     // Validated and with its consumer created before the clock starts; the
     // workers then acquire the way a worker loop should.
@@ -248,24 +431,32 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
                 .selector(plan.selector),
         )
         .await?;
-    let run = Arc::new(Run {
+    Ok(Run {
         manager,
         request,
         hold: plan.hold,
         stop: AtomicBool::new(false),
+        stopped: watch::Sender::new(false),
         progress: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
         per_proxy,
         max_concurrency: plan.max_concurrency,
+        capacity: plan.proxies as u64 * u64::from(plan.max_concurrency),
         over_leased: AtomicU64::new(0),
-    });
+    })
+}
 
+async fn bench(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<Outcome, CliError> {
+    let run = tokio::select! {
+        run = prepare(plan, target) => Arc::new(run?),
+        signal = signals.recv() => return Ok(Outcome::Interrupted(signal)),
+    };
     let empty_histogram = new_histogram()?;
     let progress = progress_bar(&plan.stop);
     let started = Instant::now();
     let deadline = deadline(started, plan.stop_after())?;
-    let mut workers = Vec::with_capacity(plan.workers);
+    let mut workers = JoinSet::new();
     for index in 0..plan.workers {
         let quota = match plan.stop {
             Stop::Iterations(total) => {
@@ -274,94 +465,139 @@ async fn bench(plan: &Plan, target: &Target, json_output: bool) -> Result<(), Cl
             }
             Stop::After(_) => None,
         };
-        workers.push(tokio::spawn(worker(
+        workers.spawn(worker(
             Arc::clone(&run),
             quota,
             deadline,
             empty_histogram.clone(),
-        )));
+        ));
     }
     let ticker = tokio::spawn(tick(Arc::clone(&run), plan.stop_after(), progress.clone()));
 
-    let mut report = WorkerReport::default();
-    let mut latency = empty_histogram.clone();
-    for handle in workers {
-        let (worker_report, histogram) = handle
-            .await
-            .map_err(|e| CliError::Other(format!("a benchmark worker failed: {e}")))?;
-        report.hits += worker_report.hits;
-        report.misses += worker_report.misses;
-        report.errors += worker_report.errors;
-        report.first_error = report.first_error.or(worker_report.first_error);
-        latency
-            .add(&histogram)
-            .map_err(|e| CliError::Other(format!("latency histogram: {e}")))?;
+    let mut tally = Tally::default();
+    let mut latency = empty_histogram;
+    let mut ended = Ok(None);
+    while let Ok(None) = ended {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                None => break,
+                Some(Ok((worker_tally, histogram))) => {
+                    tally.merge(worker_tally);
+                    if let Err(e) = latency.add(&histogram) {
+                        ended = Err(CliError::Other(format!("latency histogram: {e}")));
+                    }
+                }
+                Some(Err(e)) => {
+                    ended = Err(CliError::Other(format!("a benchmark worker failed: {e}")));
+                }
+            },
+            signal = signals.recv() => ended = Ok(Some(signal)),
+        }
     }
     let elapsed = started.elapsed();
-    run.stop.store(true, Ordering::Relaxed);
+    run.halt();
+    // Workers still running were stopped: they finish the operation they
+    // are in and release what they hold, or are aborted after the grace
+    // period (the pool's removal takes their leases with it).
+    let finishing = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(STOP_GRACE, finishing).await.is_err() {
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+    }
     ticker.abort();
     progress.finish_and_clear();
+    if let Some(signal) = ended? {
+        return Ok(Outcome::Interrupted(signal));
+    }
+    Ok(Outcome::Measured(Box::new(Measurement {
+        tally,
+        latency,
+        elapsed,
+        capacity: run.capacity,
+        max_seen: run.max_in_flight.load(Ordering::Relaxed),
+        over_leased: run.over_leased.load(Ordering::Relaxed),
+    })))
+}
 
-    let operations = report.hits + report.misses + report.errors;
-    let pairs_per_sec = report.hits as f64 / elapsed.as_secs_f64();
-    let max_seen = run.max_in_flight.load(Ordering::Relaxed);
-    let percentile_us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    if json_output {
-        let out = json!({
-            "storage": target.name,
-            "workers": plan.workers,
-            "proxies": plan.proxies,
-            "operations": operations,
-            "ops_per_sec": round2(pairs_per_sec),
-            "hits": report.hits,
-            "misses": report.misses,
-            "errors": report.errors,
-            "capacity": capacity,
-            "max_concurrent_leases_seen": max_seen,
-            "latency_us": {
-                "p50": round2(percentile_us(0.50)),
-                "p95": round2(percentile_us(0.95)),
-                "p99": round2(percentile_us(0.99)),
-            },
-        });
-        println!("{out}");
-    } else {
-        println!(
+/// `--json`: one object, on one line.
+fn print_json(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), OutputError> {
+    let out = json!({
+        "storage": target.name,
+        "workers": plan.workers,
+        "proxies": plan.proxies,
+        "operations": m.operations(),
+        "ops_per_sec": round2(m.pairs_per_sec()),
+        "hits": m.tally.hits,
+        "misses": m.tally.misses,
+        "errors": m.tally.errors,
+        "first_error": m.tally.first_error(),
+        "errors_by_kind": m.tally.errors_by_kind,
+        "capacity": m.capacity,
+        "max_concurrent_leases_seen": m.max_seen,
+        "latency_us": {
+            "p50": round2(m.percentile_us(0.50)),
+            "p95": round2(m.percentile_us(0.95)),
+            "p99": round2(m.percentile_us(0.99)),
+        },
+    });
+    output::print(|stdout| {
+        outln!(stdout, "{out}");
+        Ok(())
+    })
+}
+
+/// The report for people.
+fn print_report(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), OutputError> {
+    let t = &m.tally;
+    output::print(|stdout| {
+        outln!(
+            stdout,
             "pharox bench: {} storage, {} proxies x {} = capacity {}, {} workers, {}, {:.2} s",
             target.name,
             plan.proxies,
             plan.max_concurrency,
-            capacity,
+            m.capacity,
             plan.workers,
             plan.selector,
-            elapsed.as_secs_f64()
+            m.elapsed.as_secs_f64()
         );
-        println!(
+        outln!(
+            stdout,
             "  ops/s (acquire+release pairs per second): {:.0}",
-            pairs_per_sec
+            m.pairs_per_sec()
         );
-        println!(
-            "  operations {operations}: hits {}, misses {}, errors {}",
-            report.hits, report.misses, report.errors
+        outln!(
+            stdout,
+            "  operations {}: hits {}, misses {}, errors {}",
+            m.operations(),
+            t.hits,
+            t.misses,
+            t.errors
         );
-        println!(
+        outln!(
+            stdout,
             "  acquire latency: p50 {:.2} us, p95 {:.2} us, p99 {:.2} us",
-            percentile_us(0.50),
-            percentile_us(0.95),
-            percentile_us(0.99)
+            m.percentile_us(0.50),
+            m.percentile_us(0.95),
+            m.percentile_us(0.99)
         );
-        println!("  max simultaneous leases seen: {max_seen} of capacity {capacity}");
-        if let Some(e) = &report.first_error {
-            println!("  first error: {e}");
+        outln!(
+            stdout,
+            "  max simultaneous leases seen: {} of capacity {}",
+            m.max_seen,
+            m.capacity
+        );
+        if let Some(first) = t.first_error() {
+            let kinds: Vec<String> = t
+                .errors_by_kind
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            outln!(stdout, "  errors by kind: {}", kinds.join(", "));
+            outln!(stdout, "  first error: {first}");
         }
-    }
-    let over = run.over_leased.load(Ordering::Relaxed);
-    if max_seen > capacity || over > 0 {
-        return Err(CliError::OverLease(format!(
-            "{max_seen} simultaneous leases for capacity {capacity}; {over} leases over a proxy's max_concurrency"
-        )));
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Hashes a proxy id by its last eight bytes, which are random in a UUIDv7:
@@ -404,31 +640,30 @@ async fn worker(
     quota: Option<u64>,
     deadline: Option<Instant>,
     mut latency: Histogram<u64>,
-) -> (WorkerReport, Histogram<u64>) {
-    let mut report = WorkerReport::default();
+) -> (Tally, Histogram<u64>) {
+    let mut tally = Tally::default();
+    let mut stopped = run.stopped.subscribe();
     let mut done: u64 = 0;
     loop {
         if done > 0 && done.is_multiple_of(YIELD_EVERY) {
             run.progress.fetch_add(YIELD_EVERY, Ordering::Relaxed);
             tokio::task::yield_now().await;
         }
-        match quota {
-            Some(quota) if done >= quota => break,
-            None if run.stop.load(Ordering::Relaxed) => break,
-            _ => {}
+        if quota.is_some_and(|quota| done >= quota) || run.stop.load(Ordering::Relaxed) {
+            break;
         }
         let started = Instant::now();
         // The clock is read for the latency anyway: checking the deadline
         // here keeps timed runs exact whatever an operation costs.
         if deadline.is_some_and(|d| started >= d) {
-            run.stop.store(true, Ordering::Relaxed);
+            run.halt();
             break;
         }
         let outcome = run.manager.acquire_prepared(&run.request).await;
         latency.saturating_record(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
         match outcome {
             Ok(Some(lease)) => {
-                report.hits += 1;
+                tally.hits += 1;
                 let held = run.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 if held > run.max_in_flight.load(Ordering::Relaxed) {
                     run.max_in_flight.fetch_max(held, Ordering::Relaxed);
@@ -440,30 +675,40 @@ async fn worker(
                     run.over_leased.fetch_add(1, Ordering::Relaxed);
                 }
                 if !run.hold.is_zero() {
-                    tokio::time::sleep(run.hold).await;
+                    // A stop cuts the hold short: the lease is released
+                    // all the same.
+                    tokio::select! {
+                        () = tokio::time::sleep(run.hold) => {}
+                        () = until_stopped(&mut stopped) => {}
+                    }
                 }
                 if let Some(count) = on_proxy {
                     count.fetch_sub(1, Ordering::Relaxed);
                 }
                 run.in_flight.fetch_sub(1, Ordering::Relaxed);
+                // The manager retries what is worth retrying; what still
+                // fails is counted.
                 if let Err(e) = run.manager.release(&lease).await {
-                    report.errors += 1;
-                    report.first_error.get_or_insert_with(|| e.to_string());
+                    tally.release_errors += 1;
+                    tally.record_error(&e);
                 }
             }
             Ok(None) => {
-                report.misses += 1;
+                tally.misses += 1;
                 // Nothing free: let the holders run before asking again.
                 tokio::task::yield_now().await;
             }
-            Err(e) => {
-                report.errors += 1;
-                report.first_error.get_or_insert_with(|| e.to_string());
-            }
+            Err(e) => tally.record_error(&e),
         }
         done += 1;
     }
-    (report, latency)
+    (tally, latency)
+}
+
+/// Returns once the run is halted.
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // An error means the run is gone, which is a stop too.
+    let _ = stopped.wait_for(|stopped| *stopped).await;
 }
 
 impl Plan {
@@ -583,6 +828,82 @@ mod tests {
         assert_eq!(rejected_flag(&["--proxies", "10000001"]), "proxies");
         let plan = plan(&["--workers", "100000", "--proxies", "10000000"]).unwrap();
         assert_eq!((plan.workers, plan.proxies), (100_000, 10_000_000));
+    }
+
+    fn backend(message: &str) -> PharoxError {
+        PharoxError::Storage(StorageError::Backend {
+            message: message.to_owned(),
+            source: None,
+        })
+    }
+
+    #[test]
+    fn tallies_merge_counts_kinds_and_keep_the_earliest_error() {
+        let mut early = Tally::default();
+        early.record_error(&backend("early"));
+        let mut late = Tally {
+            hits: 5,
+            misses: 1,
+            ..Tally::default()
+        };
+        late.record_error(&backend("late"));
+        late.record_error(&PharoxError::Storage(StorageError::Conflict("c".into())));
+        late.release_errors = 1;
+
+        // Merged into a worker that saw no error, then the earlier one.
+        let mut total = Tally::default();
+        total.merge(late);
+        total.merge(early);
+        assert_eq!((total.hits, total.misses), (5, 1));
+        assert_eq!((total.errors, total.release_errors), (3, 1));
+        assert_eq!(
+            total.errors_by_kind,
+            BTreeMap::from([("backend", 2), ("conflict", 1)])
+        );
+        assert_eq!(total.first_error(), Some("storage backend error: early"));
+        assert_eq!(Tally::default().first_error(), None);
+    }
+
+    #[test]
+    fn a_failed_release_is_no_extra_operation_and_no_completed_pair() {
+        let tally = Tally {
+            hits: 10,
+            misses: 2,
+            errors: 4,
+            release_errors: 3,
+            ..Tally::default()
+        };
+        let measured = Measurement {
+            tally,
+            latency: new_histogram().unwrap(),
+            elapsed: Duration::from_secs(2),
+            capacity: 10,
+            max_seen: 10,
+            over_leased: 0,
+        };
+        // 10 hits + 2 misses + 1 failed acquire.
+        assert_eq!(measured.operations(), 13);
+        // 7 of the 10 leases were released.
+        assert_eq!(measured.pairs_per_sec(), 3.5);
+        assert!(measured.over_lease().is_none());
+        let over = Measurement {
+            max_seen: 11,
+            ..measured
+        };
+        assert!(matches!(over.over_lease(), Some(CliError::OverLease(_))));
+    }
+
+    #[test]
+    fn the_first_failure_is_the_error_of_the_command() {
+        assert!(first_failure(Vec::new()).is_ok());
+        let first = first_failure(vec![
+            CliError::Interrupted(Signal::Terminate),
+            CliError::Other("also".into()),
+        ]);
+        assert!(matches!(
+            first,
+            Err(CliError::Interrupted(Signal::Terminate))
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::error::CliError;
 use crate::limits;
+use crate::output::{self, outln};
 
 /// Flags of `pharox bench health`.
 #[derive(Debug, Args)]
@@ -72,7 +73,7 @@ pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let per_sec = checks as f64 / elapsed;
-    if args.json {
+    let printed = if args.json {
         let out = json!({
             "proxies": args.proxies,
             "rounds": args.rounds,
@@ -82,20 +83,32 @@ pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
             "checks_per_sec": (per_sec * 100.0).round() / 100.0,
             "elapsed_s": (elapsed * 1000.0).round() / 1000.0,
         });
-        println!("{out}");
+        output::print(|stdout| {
+            outln!(stdout, "{out}");
+            Ok(())
+        })
     } else {
-        println!(
-            "pharox bench health: {} proxies x {} rounds, concurrency {}, simulated probe {} ms",
-            args.proxies, args.rounds, args.concurrency, args.latency_ms
-        );
-        println!(
-            "  checks {checks} in {elapsed:.3} s: {per_sec:.0} checks/s (every result persisted)"
-        );
-    }
+        output::print(|stdout| {
+            outln!(
+                stdout,
+                "pharox bench health: {} proxies x {} rounds, concurrency {}, simulated probe {} ms",
+                args.proxies,
+                args.rounds,
+                args.concurrency,
+                args.latency_ms
+            );
+            outln!(
+                stdout,
+                "  checks {checks} in {elapsed:.3} s: {per_sec:.0} checks/s (every result persisted)"
+            );
+            Ok(())
+        })
+    };
+    // A failure outweighs a closed stdout.
     if failed > 0 {
         return Err(CliError::Other(format!(
             "{failed} results could not be persisted"
         )));
     }
-    Ok(())
+    Ok(printed?)
 }

@@ -18,6 +18,7 @@ use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
 use crate::limits;
 use crate::migrate::{open_checked, required_url};
+use crate::output::{self, OutputError, Stdout, outln};
 
 /// Flags of `pharox health`.
 #[derive(Debug, Args)]
@@ -142,11 +143,14 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     let address = |check: &HealthCheck| addresses.get(&check.proxy_id).map_or("?", String::as_str);
     checks.sort_by(|a, b| address(a).cmp(address(b)));
-    if args.json {
-        print_check_json(&args.pool, &checks, &address, &summary, &failures);
-    } else {
-        print_check_table(&checks, &address, &summary, &failures);
-    }
+    let printed = output::print(|out| {
+        if args.json {
+            print_check_json(out, &args.pool, &checks, &address, &summary, &failures)
+        } else {
+            print_check_table(out, &checks, &address, &summary, &failures)
+        }
+    });
+    // A failure outweighs a closed stdout.
     if !failures.is_empty() {
         return Err(CliError::Pharox(PharoxError::Storage(
             pharox::StorageError::Backend {
@@ -155,7 +159,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
             },
         )));
     }
-    Ok(())
+    Ok(printed?)
 }
 
 fn status_name(status: Option<pharox::ProxyStatus>) -> &'static str {
@@ -163,21 +167,28 @@ fn status_name(status: Option<pharox::ProxyStatus>) -> &'static str {
 }
 
 fn print_check_table<'a>(
+    out: &mut Stdout,
     checks: &'a [HealthCheck],
     address: &dyn Fn(&'a HealthCheck) -> &'a str,
     summary: &SweepSummary,
     failures: &[String],
-) {
-    println!(
+) -> Result<(), OutputError> {
+    outln!(
+        out,
         "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  error",
-        "proxy", "address", "before", "after", "latency"
+        "proxy",
+        "address",
+        "before",
+        "after",
+        "latency"
     );
     for check in checks {
         let latency = check
             .result
             .latency_ms
             .map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
-        println!(
+        outln!(
+            out,
             "{:<36}  {:<32}  {:<8}  {:<8}  {:>10}  {}",
             check.proxy_id,
             address(check),
@@ -188,14 +199,15 @@ fn print_check_table<'a>(
         );
     }
     for failure in failures {
-        println!("not persisted: {failure}");
+        outln!(out, "not persisted: {failure}");
     }
     let ms = |q| {
         summary
             .latency_percentile(q)
             .map_or("-".to_owned(), |v| format!("{v:.1} ms"))
     };
-    println!(
+    outln!(
+        out,
         "\n{} checked: {} active, {} slow, {} inactive, {} banned; latency p50 {}, p95 {}",
         summary.checked,
         summary.active,
@@ -205,15 +217,17 @@ fn print_check_table<'a>(
         ms(0.5),
         ms(0.95)
     );
+    Ok(())
 }
 
 fn print_check_json<'a>(
+    out: &mut Stdout,
     pool: &str,
     checks: &'a [HealthCheck],
     address: &dyn Fn(&'a HealthCheck) -> &'a str,
     summary: &SweepSummary,
     failures: &[String],
-) {
+) -> Result<(), OutputError> {
     let proxies: Vec<_> = checks
         .iter()
         .map(|c| {
@@ -229,7 +243,7 @@ fn print_check_json<'a>(
             })
         })
         .collect();
-    let out = json!({
+    let json = json!({
         "pool": pool,
         "checked": summary.checked,
         "active": summary.active,
@@ -240,7 +254,8 @@ fn print_check_json<'a>(
         "latency_ms": { "p50": summary.latency_percentile(0.5), "p95": summary.latency_percentile(0.95) },
         "proxies": proxies,
     });
-    println!("{out}");
+    outln!(out, "{json}");
+    Ok(())
 }
 
 async fn history(args: HistoryArgs) -> Result<(), CliError> {
@@ -253,23 +268,40 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
     let proxy = storage.get_proxy(proxy_id).await?;
     let records = storage.list_health_records(proxy_id, args.limit).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&records).map_err(|e| CliError::Other(e.to_string()))?
-        );
+        let json = serde_json::to_string(&records).map_err(|e| CliError::Other(e.to_string()))?;
+        output::print(|out| {
+            outln!(out, "{json}");
+            Ok(())
+        })?;
         return Ok(());
     }
-    println!(
+    output::print(|out| print_history(out, &proxy, &records))?;
+    Ok(())
+}
+
+fn print_history(
+    out: &mut Stdout,
+    proxy: &pharox::Proxy,
+    records: &[pharox::HealthRecord],
+) -> Result<(), OutputError> {
+    outln!(
+        out,
         "{proxy} is {}; {} records, newest first",
         proxy.status,
         records.len()
     );
-    println!(
+    outln!(
+        out,
         "{:<32}  {:<9}  {:>10}  {:<19}  {:>4}  error",
-        "checked at", "reachable", "latency", "status", "http"
+        "checked at",
+        "reachable",
+        "latency",
+        "status",
+        "http"
     );
-    for r in &records {
-        println!(
+    for r in records {
+        outln!(
+            out,
             "{:<32}  {:<9}  {:>10}  {:<19}  {:>4}  {}",
             r.checked_at
                 .format(&time::format_description::well_known::Rfc3339)

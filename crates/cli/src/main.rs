@@ -17,11 +17,15 @@ mod health;
 mod limits;
 #[cfg(feature = "postgres")]
 mod migrate;
+mod output;
 mod seed;
+mod signals;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::output::errln;
 
 /// Lease proxies from pools, safely and fast.
 #[derive(Debug, Parser)]
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -73,10 +77,17 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`| head`): nothing to say.
+        Err(e) if e.is_quiet() => ExitCode::from(e.exit_code()),
+        // Stopped on request: a note, not an error.
+        Err(e @ error::CliError::Interrupted(_)) => {
+            errln!("pharox: {e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
+                errln!("hint: {hint}");
             }
             ExitCode::from(e.exit_code())
         }

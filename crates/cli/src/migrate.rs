@@ -9,6 +9,7 @@ use pharox_migration::MigrationCommand;
 
 use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
+use crate::output::{self, outln};
 
 /// Flags of `pharox migrate`.
 #[derive(Debug, Args)]
@@ -39,10 +40,13 @@ pub async fn run(args: MigrateArgs) -> Result<(), CliError> {
     } else {
         report.changed.join(", ")
     };
-    println!("migrate {}: {changed}", report.command);
-    println!("applied: {}", list(&report.applied));
-    println!("pending: {}", list(&report.pending));
     storage.close().await;
+    output::print(|out| {
+        outln!(out, "migrate {}: {changed}", report.command);
+        outln!(out, "applied: {}", list(&report.applied));
+        outln!(out, "pending: {}", list(&report.pending));
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -10,7 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -31,28 +33,93 @@ impl std::fmt::Debug for Run {
     }
 }
 
-/// Runs `pharox args...` with `env` set and neither `PHAROX_DATABASE_URL`
-/// nor `RUST_LOG` inherited (a developer's `PHAROX_DATABASE_URL` would send
-/// the in-memory bench to PostgreSQL).
-fn pharox_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = output;
+        Self {
+            code: status.code(),
+            stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+/// `pharox args...` with neither `PHAROX_DATABASE_URL` nor `RUST_LOG`
+/// inherited (a developer's `PHAROX_DATABASE_URL` would send the in-memory
+/// bench to PostgreSQL).
+fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pharox"));
     command
         .args(args)
         .env_remove("PHAROX_DATABASE_URL")
         .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs `pharox args...` with `env` set (see [`command`]).
+fn pharox_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = command(args);
     for (key, value) in env {
         command.env(key, value);
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("running the pharox binary");
-    Run {
-        code: status.code(),
-        stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
+    command.output().expect("running the pharox binary").into()
+}
+
+/// Starts `pharox args...` with stdout and stderr piped.
+fn spawn(args: &[&str]) -> Child {
+    command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the pharox binary")
+}
+
+/// How long a run of the binary in these tests may take before it counts
+/// as hung.
+const HUNG_AFTER: Duration = Duration::from_secs(120);
+
+/// Waits for `child` to exit and collects what it printed; kills it and
+/// fails if it takes longer than [`HUNG_AFTER`].
+fn finish(child: Child) -> Run {
+    let pid = child.id();
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match exited.recv_timeout(HUNG_AFTER) {
+        Ok(output) => output.expect("waiting for pharox").into(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("pharox (pid {pid}) did not exit within {HUNG_AFTER:?}");
+        }
     }
+}
+
+/// Runs `pharox args...` with a stdout nobody reads: the pipe's read end
+/// is closed before the binary starts, so its first write fails (EPIPE).
+fn with_closed_stdout(args: &[&str]) -> Run {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let child = command(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the pharox binary");
+    finish(child)
+}
+
+/// A run that ended quietly: exit code 0, nothing on stderr.
+fn assert_quiet(args: &[&str], run: &Run) {
+    assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
+    assert!(!run.stderr.contains("Broken pipe"), "{args:?}: {run:?}");
+    assert_eq!(run.code, Some(0), "{args:?}: {run:?}");
+    assert!(run.stderr.is_empty(), "{args:?}: {run:?}");
 }
 
 fn pharox(args: &[&str]) -> Run {
@@ -60,7 +127,7 @@ fn pharox(args: &[&str]) -> Run {
 }
 
 /// The keys of `pharox bench --json`, whatever the storage.
-const BENCH_KEYS: [&str; 11] = [
+const BENCH_KEYS: [&str; 13] = [
     "storage",
     "workers",
     "proxies",
@@ -69,15 +136,24 @@ const BENCH_KEYS: [&str; 11] = [
     "hits",
     "misses",
     "errors",
+    "first_error",
+    "errors_by_kind",
     "capacity",
     "max_concurrent_leases_seen",
     "latency_us",
 ];
 
-/// Parses the one JSON object `bench --json` prints and checks its shape:
-/// exactly [`BENCH_KEYS`], and `latency_us` with exactly p50 <= p95 <= p99.
+/// Parses the one JSON object a successful `bench --json` prints and
+/// checks its shape (see [`bench_json_of`]).
 fn bench_json(run: &Run) -> Value {
     assert_eq!(run.code, Some(0), "{run:?}");
+    bench_json_of(run)
+}
+
+/// Parses the one JSON object `bench --json` printed and checks its shape:
+/// exactly [`BENCH_KEYS`], `latency_us` with exactly p50 <= p95 <= p99,
+/// and `errors_by_kind` counting every error.
+fn bench_json_of(run: &Run) -> Value {
     assert_eq!(run.stdout.lines().count(), 1, "one line of JSON: {run:?}");
     let json: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
     let keys: BTreeSet<&str> = json
@@ -96,6 +172,12 @@ fn bench_json(run: &Run) -> Value {
         "{run:?}"
     );
     assert!(json["ops_per_sec"].as_f64().expect("a number") > 0.0);
+    let by_kind = json["errors_by_kind"]
+        .as_object()
+        .expect("errors_by_kind object");
+    let counted: u64 = by_kind.values().map(|n| n.as_u64().expect("a count")).sum();
+    assert_eq!(json["errors"], counted, "{run:?}");
+    assert_eq!(json["first_error"].is_null(), counted == 0, "{run:?}");
     json
 }
 
@@ -112,6 +194,8 @@ fn assert_clean_bench(run: &Run, storage: &str, workers: u64, proxies: u64, oper
     assert_eq!(json["hits"], operations, "{run:?}");
     assert_eq!(json["misses"], 0, "{run:?}");
     assert_eq!(json["errors"], 0, "{run:?}");
+    assert_eq!(json["first_error"], Value::Null, "{run:?}");
+    assert_eq!(json["errors_by_kind"], serde_json::json!({}), "{run:?}");
     let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
     assert!((1..=workers).contains(&seen), "{run:?}");
 }
@@ -120,6 +204,78 @@ fn assert_clean_bench(run: &Run, storage: &str, workers: u64, proxies: u64, oper
 fn memory_bench_prints_the_documented_json() {
     let run = pharox(&["bench", "--json", "--iterations", "1000"]);
     assert_clean_bench(&run, "memory", 8, 1000, 1000);
+}
+
+#[test]
+fn commands_with_a_closed_stdout_end_quietly() {
+    for args in [
+        &["bench", "--iterations", "1000"][..],
+        &["bench", "--iterations", "1000", "--json"][..],
+        &["bench", "health", "--proxies", "100", "--rounds", "1"][..],
+        &["--help"][..],
+    ] {
+        assert_quiet(args, &with_closed_stdout(args));
+    }
+}
+
+/// Whether process `pid` has handlers for SIGINT and SIGTERM installed
+/// (the `SigCgt` mask of `/proc/PID/status`: bit n-1 for signal n).
+#[cfg(target_os = "linux")]
+fn catches_int_and_term(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let caught = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    let (sigint, sigterm) = (1u64 << (2 - 1), 1u64 << (15 - 1));
+    caught & sigint != 0 && caught & sigterm != 0
+}
+
+/// In memory there is nothing to look at from outside, so the test waits
+/// for the handlers; the bench seeds its pool only after installing them.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_in_memory_bench_stops_on_sigint_and_sigterm() {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        // Holding its leases for ten minutes: the signal cuts the hold short.
+        let mut child = spawn(&["bench", "--duration", "60", "--hold-ms", "600000"]);
+        let pid = child.id();
+        signal_when_running(&mut child, signal, || catches_int_and_term(pid));
+        let run = finish(child);
+        assert_eq!(run.code, Some(code), "{signal}: {run:?}");
+        assert!(run.stdout.is_empty(), "{signal}: {run:?}");
+        assert!(
+            run.stderr.starts_with("pharox: stopped by SIG"),
+            "{signal}: {run:?}"
+        );
+    }
+}
+
+/// Waits until `running` says the bench in `child` has got going (polling:
+/// the bench has no way to say so), then sends it `signal` (`-INT`, `-TERM`).
+fn signal_when_running(child: &mut Child, signal: &str, mut running: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + HUNG_AFTER;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("pharox exited ({status}) before it was sent {signal}");
+        }
+        if running() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not get going within {HUNG_AFTER:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} failed");
 }
 
 #[test]
@@ -317,6 +473,59 @@ mod postgres {
                 .unwrap()
         }
 
+        /// Runs `sql` (several statements, fully qualified) on the server.
+        fn execute(&self, sql: String) {
+            self.runtime
+                .block_on(sqlx::raw_sql(AssertSqlSafe(sql)).execute(self.admin.pg_pool()))
+                .unwrap();
+        }
+
+        /// Applies the schema with `pharox migrate`.
+        fn migrate(&self) {
+            let run = pharox(&["migrate", "--database-url", self.url()]);
+            assert_eq!(run.code, Some(0), "{run:?}");
+        }
+
+        /// Makes every third `event` (`INSERT`: an acquire, `UPDATE`: a
+        /// release) on `lease` in this schema fail for good: a trigger
+        /// raises 'boom' (not a lost race, so nothing retries it); a
+        /// sequence counts the writes, whatever rolls back.
+        fn fail_every_third_lease(&self, event: &str) {
+            let s = &self.name;
+            self.execute(format!(
+                "DROP TRIGGER IF EXISTS boom ON \"{s}\".lease; \
+                 DROP SEQUENCE IF EXISTS \"{s}\".lease_writes; \
+                 CREATE SEQUENCE \"{s}\".lease_writes; \
+                 CREATE OR REPLACE FUNCTION \"{s}\".boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN \
+                   IF nextval('\"{s}\".lease_writes') % 3 = 0 THEN \
+                     RAISE EXCEPTION 'boom'; \
+                   END IF; \
+                   RETURN NEW; \
+                 END $$; \
+                 CREATE TRIGGER boom BEFORE {event} ON \"{s}\".lease \
+                   FOR EACH ROW EXECUTE FUNCTION \"{s}\".boom();"
+            ));
+        }
+
+        /// Bench pools (by name).
+        fn bench_pools(&self) -> i64 {
+            self.count("proxy_pool", "name LIKE 'bench-%'")
+        }
+
+        /// Nothing of a bench is left: no pool, no proxy, no active lease
+        /// (nor any lease: they go with their proxies).
+        fn assert_tidy(&self, what: &str) {
+            assert_eq!(self.bench_pools(), 0, "{what}: a bench pool is left");
+            assert_eq!(self.count("proxy", "true"), 0, "{what}: proxies are left");
+            assert_eq!(
+                self.count("lease", "status = 'active'"),
+                0,
+                "{what}: an active lease is left"
+            );
+            assert_eq!(self.count("lease", "true"), 0, "{what}: leases are left");
+        }
+
         fn scalar(&self, sql: &'static str) -> i64 {
             self.runtime
                 .block_on(
@@ -476,5 +685,193 @@ mod postgres {
         assert_eq!(schema.count("proxy_pool", "name LIKE 'bench-%'"), 0);
         assert_eq!(schema.count("proxy", "true"), 0);
         assert_eq!(schema.count("lease", "true"), 0);
+    }
+
+    #[test]
+    fn bench_with_a_closed_stdout_exits_quietly_and_removes_its_pool() {
+        let schema = FreshSchema::create();
+        let args = [
+            "bench",
+            "--database-url",
+            schema.url(),
+            "--migrate",
+            "--iterations",
+            "200",
+            "--workers",
+            "2",
+            "--proxies",
+            "10",
+        ];
+        let json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        for args in [&args[..], &json[..]] {
+            assert_quiet(args, &with_closed_stdout(args));
+            schema.assert_tidy("closed stdout");
+        }
+    }
+
+    #[test]
+    fn migrate_status_with_a_closed_stdout_ends_quietly() {
+        let schema = FreshSchema::create();
+        let args = ["migrate", "status", "--database-url", schema.url()];
+        assert_quiet(&args, &with_closed_stdout(&args));
+        schema.migrate();
+        assert_quiet(&args, &with_closed_stdout(&args));
+    }
+
+    #[test]
+    fn sigint_and_sigterm_stop_the_bench_and_remove_its_pool() {
+        let schema = FreshSchema::create();
+        schema.migrate();
+        for (signal, code, hold_ms) in [
+            ("-INT", 130, "0"),
+            ("-TERM", 143, "0"),
+            ("-INT", 130, "600000"),
+        ] {
+            let args = [
+                "bench",
+                "--database-url",
+                schema.url(),
+                "--duration",
+                "60",
+                "--workers",
+                "2",
+                "--proxies",
+                "10",
+                "--hold-ms",
+                hold_ms,
+                "--json",
+            ];
+            let mut child = spawn(&args);
+            // Leasing: past the setup, the workers are running.
+            signal_when_running(&mut child, signal, || {
+                schema.bench_pools() == 1 && schema.count("lease", "true") > 0
+            });
+            let run = finish(child);
+            let what = format!("kill {signal}, --hold-ms {hold_ms}");
+            assert_eq!(run.code, Some(code), "{what}: {run:?}");
+            assert!(run.stdout.is_empty(), "{what}: {run:?}");
+            assert!(
+                run.stderr.starts_with("pharox: stopped by SIG"),
+                "{what}: {run:?}"
+            );
+            assert!(!run.stderr.contains("panicked"), "{what}: {run:?}");
+            schema.assert_tidy(&what);
+        }
+    }
+
+    #[test]
+    fn a_failing_run_exits_1_and_reports_its_errors_unless_they_are_allowed() {
+        let schema = FreshSchema::create();
+        schema.migrate();
+        schema.fail_every_third_lease("INSERT");
+        let args = [
+            "bench",
+            "--database-url",
+            schema.url(),
+            "--iterations",
+            "30",
+            "--workers",
+            "2",
+            "--proxies",
+            "5",
+        ];
+        let json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        // 30 acquires (never a miss: more proxies than workers), of which
+        // the 3rd, 6th, ... 30th fail.
+        let assert_counts = |run: &Run| {
+            let json = bench_json_of(run);
+            assert_eq!(json["operations"], 30, "{run:?}");
+            assert_eq!(json["hits"], 20, "{run:?}");
+            assert_eq!(json["misses"], 0, "{run:?}");
+            assert_eq!(json["errors"], 10, "{run:?}");
+            assert_eq!(
+                json["errors_by_kind"],
+                serde_json::json!({"backend": 10}),
+                "{run:?}"
+            );
+            let first = json["first_error"].as_str().expect("first_error is set");
+            assert!(first.contains("boom"), "{run:?}");
+        };
+
+        let failed = pharox(&json);
+        assert_eq!(failed.code, Some(1), "{failed:?}");
+        assert_counts(&failed);
+        assert!(
+            failed
+                .stderr
+                .starts_with("error: 10 benchmark operations failed, the first with: "),
+            "{failed:?}"
+        );
+        assert!(failed.stderr.contains("boom"), "{failed:?}");
+        assert!(failed.stderr.contains("hint: --allow-errors"), "{failed:?}");
+        schema.assert_tidy("a failed run");
+
+        // A closed stdout does not hide the failure, nor add to it.
+        let unread = with_closed_stdout(&json);
+        assert_eq!(unread.code, Some(1), "{unread:?}");
+        assert!(
+            unread
+                .stderr
+                .starts_with("error: 10 benchmark operations failed"),
+            "{unread:?}"
+        );
+        assert!(!unread.stderr.contains("stdout"), "{unread:?}");
+        assert!(!unread.stderr.contains("Broken pipe"), "{unread:?}");
+        assert!(!unread.stderr.contains("panicked"), "{unread:?}");
+        schema.assert_tidy("a failed run with a closed stdout");
+
+        let allowed: Vec<&str> = json.iter().copied().chain(["--allow-errors"]).collect();
+        let run = pharox(&allowed);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.stderr.is_empty(), "{run:?}");
+        assert_counts(&run);
+        schema.assert_tidy("a run with --allow-errors");
+
+        // The report for people says the same.
+        let allowed: Vec<&str> = args.iter().copied().chain(["--allow-errors"]).collect();
+        let run = pharox(&allowed);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(
+            run.stdout
+                .contains("  operations 30: hits 20, misses 0, errors 10\n"),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout.contains("  errors by kind: backend 10\n"),
+            "{run:?}"
+        );
+        assert!(run.stdout.contains("  first error: "), "{run:?}");
+        assert!(run.stdout.contains("boom"), "{run:?}");
+        schema.assert_tidy("a human report with --allow-errors");
+
+        // Failed releases: their acquires were hits, and the leases they
+        // leave active go with the pool. Enough proxies for those never to
+        // run out.
+        schema.fail_every_third_lease("UPDATE");
+        let many_proxies: Vec<&str> = json
+            .iter()
+            .map(|&arg| if arg == "5" { "30" } else { arg })
+            .collect();
+        let failed = pharox(&many_proxies);
+        assert_eq!(failed.code, Some(1), "{failed:?}");
+        let counts = bench_json_of(&failed);
+        assert_eq!(counts["operations"], 30, "{failed:?}");
+        assert_eq!(counts["hits"], 30, "{failed:?}");
+        assert_eq!(counts["errors"], 10, "{failed:?}");
+        assert_eq!(
+            counts["errors_by_kind"],
+            serde_json::json!({"backend": 10}),
+            "{failed:?}"
+        );
+        assert!(
+            counts["first_error"].as_str().unwrap().contains("boom"),
+            "{failed:?}"
+        );
+        schema.assert_tidy("failed releases");
+
+        // Without the trigger, the same run is clean again.
+        schema.execute(format!("DROP TRIGGER boom ON \"{}\".lease", schema.name));
+        assert_clean_bench(&pharox(&json), "postgres", 2, 5, 30);
+        schema.assert_tidy("a clean run");
     }
 }
