@@ -109,7 +109,8 @@ impl ConfigError {
 ///
 /// Build it with [`from_dsn`](Self::from_dsn), [`from_env`](Self::from_env)
 /// or [`new`](Self::new) and adjust the public fields. `Debug` and `Display`
-/// never show the password (`Display` gives the DSN with `***` for it).
+/// never show the password (`Display` gives the DSN with `***` for the user
+/// name and password).
 #[derive(Clone, PartialEq)]
 pub struct PostgresConfig {
     /// Host name or IP address (IPv6 without brackets).
@@ -290,11 +291,12 @@ impl PostgresConfig {
         Ok(config)
     }
 
-    /// `dsn` in a form safe to print or log: `postgres://user:***@host:5432/db`
-    /// (with `sslmode` and `schema` when the whole DSN parses).
+    /// `dsn` in a form safe to print or log: `postgres://***@host:5432/db`
+    /// (with `sslmode` and `schema` when the whole DSN parses), as
+    /// [`redacted_dsn`](Self::redacted_dsn) shows a configuration.
     ///
-    /// This is the one DSN redactor of the workspace (the CLI and xtask use
-    /// it too). The password is always `***`; a DSN that
+    /// This is the one DSN redactor of the workspace (xtask uses it too). No
+    /// part of the userinfo is returned, the user name neither; a DSN that
     /// [`from_dsn`](Self::from_dsn) finds malformed gives
     /// [`MALFORMED_DSN`] and nothing of the input, since in such a URL any
     /// part may hold pieces of the password.
@@ -545,7 +547,8 @@ impl PostgresConfig {
         Ok(())
     }
 
-    /// The DSN with the password replaced by `***`: safe to log.
+    /// The DSN with the user name and password replaced by `***`
+    /// (`postgres://***@host:5432/db?sslmode=prefer`): safe to log.
     #[must_use]
     pub fn redacted_dsn(&self) -> String {
         let mut dsn = self.redacted_base();
@@ -558,13 +561,11 @@ impl PostgresConfig {
         dsn
     }
 
-    /// `postgres://user:***@host:port/database`, without parameters.
+    /// `postgres://***@host:port/database`, without parameters. The whole
+    /// userinfo is `***`: the user name too, since in a mistyped URL the
+    /// "user name" may be a piece of the password.
     fn redacted_base(&self) -> String {
-        let auth = match self.password {
-            Some(_) => format!("{}:***", self.user),
-            None => self.user.clone(),
-        };
-        format!("postgres://{auth}@{}/{}", self.host_port(), self.database)
+        format!("postgres://***@{}/{}", self.host_port(), self.database)
     }
 
     /// `host:port`, with an IPv6 address in brackets: where [`PostgresStorage::connect`](crate::PostgresStorage::connect)
@@ -734,9 +735,11 @@ mod tests {
             assert!(!shown.contains("s@cr3t"), "{shown}");
             assert!(!shown.contains("s%40cr3t"), "{shown}");
         }
+        // Debug names the user; the DSN forms show no part of the userinfo.
+        assert!(!c.redacted_dsn().contains("alice"));
         assert_eq!(
             c.to_string(),
-            "postgres://alice:***@[::1]:6543/pharox?sslmode=require&schema=app"
+            "postgres://***@[::1]:6543/pharox?sslmode=require&schema=app"
         );
     }
 
@@ -1030,21 +1033,21 @@ mod tests {
             PostgresConfig::redact_dsn(
                 "postgresql://alice:S3cr3t@db.example:6543/pharox?sslmode=require&schema=app"
             ),
-            "postgres://alice:***@db.example:6543/pharox?sslmode=require&schema=app"
+            "postgres://***@db.example:6543/pharox?sslmode=require&schema=app"
         );
         assert_eq!(
             PostgresConfig::redact_dsn("postgres://alice:p%40ss@db.example/pharox"),
-            "postgres://alice:***@db.example:5432/pharox?sslmode=prefer"
+            "postgres://***@db.example:5432/pharox?sslmode=prefer"
         );
         assert_eq!(
             PostgresConfig::redact_dsn("postgres://alice@db.example/pharox"),
-            "postgres://alice@db.example:5432/pharox?sslmode=prefer"
+            "postgres://***@db.example:5432/pharox?sslmode=prefer"
         );
         // A parameter that does not parse (libpq's `password`, here) is left
         // out with all the others.
         assert_eq!(
             PostgresConfig::redact_dsn("postgres://alice:S3cr3t@h/db?password=S3cr3t&x=1"),
-            "postgres://alice:***@h:5432/db"
+            "postgres://***@h:5432/db"
         );
         assert_eq!(
             PostgresConfig::redact_dsn("no scheme S3cr3t"),
