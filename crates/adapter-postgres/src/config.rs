@@ -203,7 +203,7 @@ pub const ENV_DATABASE_URL: &str = "PHAROX_DATABASE_URL";
 
 /// What [`PostgresConfig::redact_dsn`] shows for a DSN it cannot read for
 /// sure.
-pub const MALFORMED_DSN: &str = "<malformed database URL, not shown>";
+const MALFORMED_DSN: &str = "<malformed database URL, not shown>";
 
 /// The advice every "malformed DSN" message ends with.
 const ENCODING_HINT: &str = "a user name or password holding `@`, `/`, `:`, `?` or `#` \
@@ -298,8 +298,8 @@ impl PostgresConfig {
     /// This is the one DSN redactor of the workspace (xtask uses it too). No
     /// part of the userinfo is returned, the user name neither; a DSN that
     /// [`from_dsn`](Self::from_dsn) finds malformed gives
-    /// [`MALFORMED_DSN`] and nothing of the input, since in such a URL any
-    /// part may hold pieces of the password.
+    /// `<malformed database URL, not shown>` and nothing of the input, since
+    /// in such a URL any part may hold pieces of the password.
     #[must_use]
     pub fn redact_dsn(dsn: &str) -> String {
         match Self::from_dsn(dsn) {
