@@ -18,9 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pharox_adapter_postgres::{PostgresConfig, PostgresStorage};
-use pharox_migration::sea_orm_migration::sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-};
+use pharox_migration::sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection};
 
 const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -31,101 +29,43 @@ const HOW_TO_GET_POSTGRES: &str = "no PostgreSQL server for the tests.
   - install the server binaries (initdb, pg_ctl on PATH or in /usr/lib/postgresql/*/bin) so a
     throwaway cluster can be started.";
 
-/// Connects with a short timeout and SQL logging off.
+/// Connects with a short timeout and SQL logging off, through the
+/// PostgreSQL adapter: its parser refuses a malformed URL without echoing
+/// it, and its errors say what happened (a refused port at once) without
+/// the password. (SeaORM's own `Database::connect` quotes the whole URL
+/// when it does not know the scheme.)
 pub async fn connect(url: &str) -> Result<DatabaseConnection, String> {
-    let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
-        .max_connections(2)
-        .sqlx_logging(false);
-    Database::connect(options).await.map_err(|e| {
-        format!(
-            "cannot connect to PostgreSQL: {}",
-            redact(&e.to_string(), url)
-        )
-    })
+    let mut config = PostgresConfig::from_dsn(url)
+        .map_err(|e| format!("database URL: {e}"))?
+        .with_max_connections(2);
+    config.connect_timeout = Duration::from_secs(5);
+    config.acquire_timeout = Duration::from_secs(5);
+    let storage = PostgresStorage::connect(&config)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    // The pool lives on in the SeaORM connection.
+    Ok(storage.connection().clone())
 }
 
 /// The settings `cargo xtask migrate` connects with: the URL read by the
 /// PostgreSQL adapter's own parser with a pool of two, exactly as
 /// `pharox migrate` reads it (`crates/cli/src/migrate.rs`). So `?schema=`,
 /// `sslmode` and the pool parameters mean the same in both tools, and an
-/// unknown parameter is an error instead of being dropped.
+/// unknown parameter is an error instead of being dropped. The parser's
+/// errors never echo the URL, so they need no redaction.
 pub fn migrate_config(url: &str) -> Result<PostgresConfig, String> {
     PostgresConfig::from_dsn(url)
         .map(|config| config.with_max_connections(2))
-        .map_err(|e| format!("database URL: {}", redact(&e.to_string(), url)))
+        .map_err(|e| format!("database URL: {e}"))
 }
 
-/// Opens the PostgreSQL adapter's storage for `config` (parsed from `url`),
-/// the way `pharox migrate` does.
-///
-/// The error does not show `config`: a password with an unencoded `/` ends
-/// up in its database name.
-pub async fn connect_storage(
-    config: &PostgresConfig,
-    url: &str,
-) -> Result<PostgresStorage, String> {
-    PostgresStorage::connect(config).await.map_err(|e| {
-        format!(
-            "cannot connect to PostgreSQL: {}",
-            redact_config(&e.to_string(), url, config)
-        )
-    })
-}
-
-/// Removes the password from a message, both as written in `url` and as
-/// `config` holds it (percent-decoded).
-pub fn redact_config(message: &str, url: &str, config: &PostgresConfig) -> String {
-    let message = redact(message, url);
-    match config.password.as_deref() {
-        Some(password) if !password.is_empty() => message.replace(password, "***"),
-        _ => message,
-    }
-}
-
-/// Removes the URL's password from a message: the password as URL parsers
-/// read it, and as it was meant if it holds an unencoded `/`.
-fn redact(message: &str, url: &str) -> String {
-    let mut message = message.to_owned();
-    // The longer reading first: it may contain the other.
-    for password in [password_with_slashes(url), password_of(url)]
-        .into_iter()
-        .flatten()
-    {
-        if !password.is_empty() {
-            message = message.replace(password, "***");
-        }
-    }
-    message
-}
-
-/// The password of a URL's userinfo, as written (not percent-decoded).
-///
-/// The authority runs from `://` to the first `/`, `?` or `#`; the userinfo
-/// is the authority up to its *last* `@` (URL parsers read
-/// `user:p@ss@host` as password `p@ss` on `host`, so a raw `@` in a password
-/// stays in it), and the password is the userinfo after its first `:` (a
-/// user name cannot hold one, a password can).
-fn password_of(url: &str) -> Option<&str> {
-    password_before(url, &['/', '?', '#'])
-}
-
-/// The password as meant when it holds an unencoded `/` (which ends the
-/// authority for URL parsers, so the rest of the password lands in the
-/// path): the userinfo taken up to the last `@` before the query.
-fn password_with_slashes(url: &str) -> Option<&str> {
-    password_before(url, &['?'])
-}
-
-/// The password of the userinfo that ends at the last `@` before the first
-/// of `ends` after `://`.
-fn password_before<'u>(url: &'u str, ends: &[char]) -> Option<&'u str> {
-    let rest = url.split_once("://")?.1;
-    let end = rest.find(ends).unwrap_or(rest.len());
-    let userinfo = rest[..end].rsplit_once('@')?.0;
-    Some(userinfo.split_once(':')?.1)
+/// Opens the PostgreSQL adapter's storage for `config`, the way
+/// `pharox migrate` does. Its errors never show the password (nor
+/// `config`).
+pub async fn connect_storage(config: &PostgresConfig) -> Result<PostgresStorage, String> {
+    PostgresStorage::connect(config)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))
 }
 
 /// A server the tests may use, and the cluster to stop if we started one.
@@ -184,7 +124,7 @@ impl Server {
                 cluster.port,
                 cluster.dir.display()
             ),
-            None => redact(&self.admin_url, &self.admin_url),
+            None => PostgresConfig::redact_dsn(&self.admin_url),
         }
     }
 
@@ -399,89 +339,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_rewritten_and_redacted() {
+    fn urls_are_rewritten() {
         assert_eq!(
             with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
             "postgres://u:p@h:5432/t1?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
-        assert_eq!(
-            redact(
-                "failed for postgres://u:s3cret@h/db",
-                "postgres://u:s3cret@h/db"
-            ),
-            "failed for postgres://u:***@h/db"
-        );
     }
 
     #[test]
-    fn password_of_takes_the_userinfo_up_to_the_last_at() {
-        // Plain.
-        assert_eq!(password_of("postgres://u:s3cret@h:5432/db"), Some("s3cret"));
-        // Raw '@' and ':' in the password: the host follows the last '@'.
+    fn the_admin_url_is_described_through_the_adapters_redactor() {
+        let server = |admin_url: &str| Server {
+            admin_url: admin_url.to_owned(),
+            cluster: None,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+        };
         assert_eq!(
-            password_of("postgres://u:p@ss:w@rd@h:5432/db?sslmode=disable"),
-            Some("p@ss:w@rd")
+            server("postgres://postgres:S3cr3t@127.0.0.1:5432/postgres").describe(),
+            "postgres://***@127.0.0.1:5432/postgres?sslmode=prefer"
         );
-        // An '@' after the authority (path, query) is not the userinfo's.
-        assert_eq!(
-            password_of("postgres://u:pw@h/db?application_name=a@b"),
-            Some("pw")
-        );
-        assert_eq!(password_of("postgres://h/db?application_name=a:b@c"), None);
-        // Percent-encoded: as written.
-        assert_eq!(password_of("postgres://u:p%40ss@h/db"), Some("p%40ss"));
-        // No password.
-        assert_eq!(password_of("postgres://u@h:5432/db"), None);
-        assert_eq!(password_of("postgres://u:@h/db"), Some(""));
-        // No userinfo.
-        assert_eq!(password_of("postgres://h:5432/db"), None);
-        assert_eq!(password_of("postgres://[::1]:5432/db"), None);
-        assert_eq!(password_of("postgres://h"), None);
-        assert_eq!(password_of("not a url"), None);
+        // A raw '@' in the password: nothing of the URL is shown.
+        let shown = server("postgres://postgres:a@b@127.0.0.1:5432/postgres").describe();
+        assert_eq!(shown, PostgresConfig::redact_dsn("postgres://x:a@b@h"));
+        assert!(!shown.contains("a@b"), "{shown}");
     }
 
     #[test]
-    fn redact_hides_the_whole_password() {
-        let url = "postgres://u:p@ss:w@rd@h:5432/db";
-        let shown = redact(&format!("cannot use {url}: p@ss:w@rd refused"), url);
-        assert_eq!(shown, "cannot use postgres://u:***@h:5432/db: *** refused");
-        assert!(!shown.contains("ss:w"), "{shown}");
-        assert_eq!(
-            redact(
-                "failed for postgres://u:s3cret@h/db",
-                "postgres://u:s3cret@h/db"
+    fn a_malformed_url_is_refused_without_being_echoed() {
+        for (url, secrets) in [
+            (
+                "postgres://postgres:4321/S3cr3t@127.0.0.1/db",
+                &["4321", "S3cr3t"][..],
             ),
-            "failed for postgres://u:***@h/db"
-        );
-        // Nothing to hide: the message is left alone.
-        for url in [
-            "postgres://u@h/db",
-            "postgres://u:@h/db",
-            "postgres://h:5432/db",
+            (
+                "postgres://u:p@ss#x@127.0.0.1/db",
+                &["p@ss", "ss#", "#x", "ss:"][..],
+            ),
+            ("postgres://u:p@ss:w@rd@h/db", &["p@ss", "ss:w", "w@rd"][..]),
+            ("postgres://u:12/s3cret@h/db", &["12/", "s3cret"][..]),
         ] {
-            assert_eq!(redact("failed for u@h: no", url), "failed for u@h: no");
+            let e = migrate_config(url).unwrap_err();
+            assert!(e.contains("percent-encoded"), "{url}: {e}");
+            let connected = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(connect(url))
+                .map(|_| ())
+                .unwrap_err();
+            for secret in secrets {
+                assert!(!e.contains(secret), "{url}: {secret:?} in {e}");
+                assert!(
+                    !connected.contains(secret),
+                    "{url}: {secret:?} in {connected}"
+                );
+            }
         }
-        // An unencoded '/' in the password: parsers take `u` for the host and
-        // put the password's tail in the path; both parts are hidden.
-        let url = "postgres://u:12/s3cret@h/db";
-        assert_eq!(password_of(url), None);
-        assert_eq!(password_with_slashes(url), Some("12/s3cret"));
-        assert_eq!(
-            redact(&format!("bad {url}"), url),
-            "bad postgres://u:***@h/db"
-        );
-        let url = "postgres://u:x@y/z@h/db";
-        assert_eq!(
-            redact(&format!("bad {url}: x"), url),
-            "bad postgres://u:***@h/db: ***"
-        );
-        // Server::describe shows the admin URL through redact.
-        let url = "postgres://postgres:a@b@127.0.0.1:5432/postgres";
-        assert_eq!(
-            redact(url, url),
-            "postgres://postgres:***@127.0.0.1:5432/postgres"
-        );
     }
 
     #[test]
@@ -509,8 +424,8 @@ mod tests {
             );
         }
         assert_eq!(migrate_config("postgres://h/db").unwrap().schema, None);
-        // A raw '@' in the password: read as the redaction reads it.
-        let config = migrate_config("postgres://u:p@ss:w@rd@h/db").unwrap();
+        // A percent-encoded '@' and ':' in the password.
+        let config = migrate_config("postgres://u:p%40ss%3Aw%40rd@h/db").unwrap();
         assert_eq!(config.password.as_deref(), Some("p@ss:w@rd"));
         assert_eq!(config.host, "h");
         // A misspelt parameter fails instead of migrating the default
@@ -520,12 +435,5 @@ mod tests {
         assert!(!e.contains("s3cret"), "{e}");
         let e = migrate_config("mysql://u:s3cret@h/db").unwrap_err();
         assert!(!e.contains("s3cret"), "{e}");
-    }
-
-    #[test]
-    fn redact_config_hides_the_decoded_password_too() {
-        let url = "postgres://u:p%40ss@h/db";
-        let config = migrate_config(url).unwrap();
-        assert_eq!(redact_config("p%40ss or p@ss", url, &config), "*** or ***");
     }
 }

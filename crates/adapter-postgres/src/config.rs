@@ -109,7 +109,8 @@ impl ConfigError {
 ///
 /// Build it with [`from_dsn`](Self::from_dsn), [`from_env`](Self::from_env)
 /// or [`new`](Self::new) and adjust the public fields. `Debug` and `Display`
-/// never show the password (`Display` gives the DSN with `***` for it).
+/// never show the password (`Display` gives the DSN with `***` for the user
+/// name and password).
 #[derive(Clone, PartialEq)]
 pub struct PostgresConfig {
     /// Host name or IP address (IPv6 without brackets).
@@ -200,6 +201,14 @@ pub struct PostgresConfig {
 /// The environment variable with a full DSN.
 pub const ENV_DATABASE_URL: &str = "PHAROX_DATABASE_URL";
 
+/// What [`PostgresConfig::redact_dsn`] shows for a DSN it cannot read for
+/// sure.
+const MALFORMED_DSN: &str = "<malformed database URL, not shown>";
+
+/// The advice every "malformed DSN" message ends with.
+const ENCODING_HINT: &str = "a user name or password holding `@`, `/`, `:`, `?` or `#` \
+     must be percent-encoded (%40, %2F, %3A, %3F, %23); the URL is not shown, it may hold a password";
+
 impl PostgresConfig {
     /// Settings for `user@host/database` with the default pool tuning.
     pub fn new(
@@ -267,9 +276,49 @@ impl PostgresConfig {
     /// none on the last two), `test_before_acquire`, `durable_release`,
     /// `prefer_index_scans`, `sql_log` (off, error,
     /// warn, info, debug, trace). Unknown parameters are rejected.
+    ///
+    /// A URL whose parts cannot be told apart for sure is rejected rather
+    /// than guessed at: an `@` after the host (in the path or query), a `#`,
+    /// more than one `@`, or a port that is not a number. Those are what a
+    /// password with an unencoded `@`, `/`, `:`, `?` or `#` turns into, and a
+    /// guess would connect to (and print) a "host" made of pieces of the
+    /// password. No error echoes any part of the input.
     pub fn from_dsn(dsn: &str) -> Result<Self, ConfigError> {
+        let (mut config, url) = Self::parse_dsn_structure(dsn)?;
+        for (key, value) in url.query_pairs() {
+            config.apply_param(&key, &value)?;
+        }
+        Ok(config)
+    }
+
+    /// `dsn` in a form safe to print or log: `postgres://***@host:5432/db`
+    /// (with `sslmode` and `schema` when the whole DSN parses), as
+    /// [`redacted_dsn`](Self::redacted_dsn) shows a configuration.
+    ///
+    /// This is the one DSN redactor of the workspace (xtask uses it too). No
+    /// part of the userinfo is returned, the user name neither; a DSN that
+    /// [`from_dsn`](Self::from_dsn) finds malformed gives
+    /// `<malformed database URL, not shown>` and nothing of the input, since
+    /// in such a URL any part may hold pieces of the password.
+    #[must_use]
+    pub fn redact_dsn(dsn: &str) -> String {
+        match Self::from_dsn(dsn) {
+            Ok(config) => config.redacted_dsn(),
+            // The parts are unambiguous, only a parameter is wrong: the
+            // parameters may be what is wrong (or hold a secret), so they are
+            // left out.
+            Err(_) => match Self::parse_dsn_structure(dsn) {
+                Ok((config, _)) => config.redacted_base(),
+                Err(_) => MALFORMED_DSN.to_owned(),
+            },
+        }
+    }
+
+    /// The scheme, user, password, host, port and database of a DSN, and
+    /// the parsed URL for its query; rejects every ambiguous shape.
+    fn parse_dsn_structure(dsn: &str) -> Result<(Self, url::Url), ConfigError> {
         let dsn = dsn.trim();
-        let (scheme, _) = dsn.split_once("://").ok_or_else(|| {
+        let (scheme, rest) = dsn.split_once("://").ok_or_else(|| {
             ConfigError::invalid("dsn", "must look like postgres://user:pass@host:5432/db")
         })?;
         let base_scheme = scheme.split('+').next().unwrap_or(scheme);
@@ -279,17 +328,21 @@ impl PostgresConfig {
                 "scheme must be postgres:// or postgresql://",
             ));
         }
+        check_unambiguous(rest)?;
         // Normalise the scheme so the URL parser treats it the same way.
-        let normalised = format!("postgres{}", &dsn[scheme.len()..]);
+        let normalised = format!("postgres://{rest}");
         let url = url::Url::parse(&normalised).map_err(|e| {
-            // url's messages never echo the input.
-            ConfigError::invalid("dsn", format!("is not a valid URL ({e})"))
+            // url's messages are fixed words: they never echo the input.
+            ConfigError::invalid("dsn", format!("is not a valid URL ({e}); {ENCODING_HINT}"))
         })?;
         let host = match url.host() {
             Some(url::Host::Ipv6(addr)) => addr.to_string(),
             Some(host) => host.to_string(),
             None => return Err(ConfigError::invalid("dsn.host", "is missing")),
         };
+        if host.is_empty() {
+            return Err(ConfigError::invalid("dsn.host", "is missing"));
+        }
         let decode = |part: &str, field: &str| {
             percent_decode_str(part)
                 .decode_utf8()
@@ -316,10 +369,7 @@ impl PostgresConfig {
         if let Some(port) = url.port() {
             config.port = port;
         }
-        for (key, value) in url.query_pairs() {
-            config.apply_param(&key, &value)?;
-        }
-        Ok(config)
+        Ok((config, url))
     }
 
     /// Reads the process environment (see [`from_lookup`](Self::from_lookup)).
@@ -497,27 +547,36 @@ impl PostgresConfig {
         Ok(())
     }
 
-    /// The DSN with the password replaced by `***`: safe to log.
+    /// The DSN with the user name and password replaced by `***`
+    /// (`postgres://***@host:5432/db?sslmode=prefer`): safe to log.
     #[must_use]
     pub fn redacted_dsn(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let auth = match self.password {
-            Some(_) => format!("{}:***", self.user),
-            None => self.user.clone(),
-        };
-        let mut dsn = format!(
-            "postgres://{auth}@{host}:{}/{}?sslmode={}",
-            self.port, self.database, self.ssl_mode
-        );
+        let mut dsn = self.redacted_base();
+        dsn.push_str("?sslmode=");
+        dsn.push_str(self.ssl_mode.as_str());
         if let Some(schema) = &self.schema {
             dsn.push_str("&schema=");
             dsn.push_str(schema);
         }
         dsn
+    }
+
+    /// `postgres://***@host:port/database`, without parameters. The whole
+    /// userinfo is `***`: the user name too, since in a mistyped URL the
+    /// "user name" may be a piece of the password.
+    fn redacted_base(&self) -> String {
+        format!("postgres://***@{}/{}", self.host_port(), self.database)
+    }
+
+    /// `host:port`, with an IPv6 address in brackets: where [`PostgresStorage::connect`](crate::PostgresStorage::connect)
+    /// connects to, for messages.
+    #[must_use]
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -554,6 +613,69 @@ impl fmt::Debug for PostgresConfig {
             .field("sql_logging", &self.sql_logging)
             .field("sql_log_level", &self.sql_log_level)
             .finish()
+    }
+}
+
+/// Rejects the DSN shapes (after `scheme://`) whose parts cannot be told
+/// apart for sure. Every message names the part and gives the encoding hint;
+/// none quotes the input.
+fn check_unambiguous(rest: &str) -> Result<(), ConfigError> {
+    let malformed = |field: &str, what: &str| {
+        ConfigError::invalid(field, format!("is malformed: {what}; {ENCODING_HINT}"))
+    };
+    if rest.contains('#') {
+        // A DSN has no fragment: a `#` can only be part of a password.
+        return Err(malformed("dsn", "it contains a `#`"));
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    if after.contains('@') {
+        // The userinfo ends before the host: an `@` further on means the
+        // password held a `/` or `?` that ended the authority early.
+        return Err(malformed(
+            "dsn",
+            "an `@` follows the host (in the path or query)",
+        ));
+    }
+    let host_port = match authority.split_once('@') {
+        Some((_, host_port)) if host_port.contains('@') => {
+            return Err(malformed("dsn", "it has more than one `@` before the host"));
+        }
+        Some((_, host_port)) => host_port,
+        None => authority,
+    };
+    let port = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (_, tail) = bracketed
+            .split_once(']')
+            .ok_or_else(|| malformed("dsn.host", "an IPv6 address lacks its closing `]`"))?;
+        match tail.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if tail.is_empty() => None,
+            None => return Err(malformed("dsn.host", "text follows the IPv6 address")),
+        }
+    } else {
+        let mut pieces = host_port.splitn(3, ':');
+        let _host = pieces.next();
+        let port = pieces.next();
+        if pieces.next().is_some() {
+            return Err(malformed(
+                "dsn.port",
+                "the host is followed by more than one `:`",
+            ));
+        }
+        port
+    };
+    match port {
+        // `host:` is the default port, as URL parsers read it.
+        None | Some("") => Ok(()),
+        Some(port) if !port.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(malformed("dsn.port", "is not a number"))
+        }
+        Some(port) if port.parse::<u16>().is_err() => Err(ConfigError::invalid(
+            "dsn.port",
+            "must be between 1 and 65535",
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -613,9 +735,11 @@ mod tests {
             assert!(!shown.contains("s@cr3t"), "{shown}");
             assert!(!shown.contains("s%40cr3t"), "{shown}");
         }
+        // Debug names the user; the DSN forms show no part of the userinfo.
+        assert!(!c.redacted_dsn().contains("alice"));
         assert_eq!(
             c.to_string(),
-            "postgres://alice:***@[::1]:6543/pharox?sslmode=require&schema=app"
+            "postgres://***@[::1]:6543/pharox?sslmode=require&schema=app"
         );
     }
 
@@ -760,5 +884,175 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("PHAROX_PG_MAX_CONNECTIONS"), "{e}");
         assert!(!e.to_string().contains("pw-from-url"), "{e}");
+    }
+
+    /// Whether `shown` contains `fragment`: as a substring, or as a whole
+    /// word when the fragment is short enough to occur inside ordinary
+    /// words ("ss" in "password").
+    fn leaks(shown: &str, fragment: &str) -> bool {
+        if fragment.len() > 3 || !fragment.chars().all(char::is_alphanumeric) {
+            shown.contains(fragment)
+        } else {
+            shown
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|word| word == fragment)
+        }
+    }
+
+    #[test]
+    fn ambiguous_dsns_are_refused_without_echoing_them() {
+        // (DSN, field, pieces of its userinfo that must not be shown)
+        let cases: &[(&str, &str, &[&str])] = &[
+            // An unencoded `/` in the password: URL parsers read host
+            // "postgres", port 4321 and the password's tail as the path.
+            (
+                "postgres://postgres:4321/S3cr3t@127.0.0.1/db",
+                "dsn",
+                &["4321", "S3cr3t", "postgres:"],
+            ),
+            // `@` and `#`: host "ss", the rest a fragment.
+            (
+                "postgres://u:p@ss#x@127.0.0.1/db",
+                "dsn",
+                &["p@ss", "ss", "ss#x", "#x"],
+            ),
+            // `#` alone: the password's tail as a fragment.
+            (
+                "postgres://u:S3cr3t#x@127.0.0.1/db",
+                "dsn",
+                &["S3cr3t", "#x"],
+            ),
+            // Two `@`: which one ends the userinfo is a guess.
+            (
+                "postgres://u:p@ss@127.0.0.1/db",
+                "dsn",
+                &["p@ss", "ss", "u:p"],
+            ),
+            // `?`: the password's tail as the query.
+            ("postgres://u:S3?cr3t@127.0.0.1/db", "dsn", &["S3", "cr3t"]),
+            // An `@` in a query value, also when the userinfo is fine.
+            (
+                "postgres://u:S3cr3t@127.0.0.1/db?application_name=a@b",
+                "dsn",
+                &["S3cr3t"],
+            ),
+            // No host at all: user and password read as host and port.
+            (
+                "postgres://admin:S3cr3t/db",
+                "dsn.port",
+                &["admin", "S3cr3t"],
+            ),
+            ("postgres://admin:S3cr3t", "dsn.port", &["admin", "S3cr3t"]),
+            // Two ports.
+            (
+                "postgres://u:S3cr3t@127.0.0.1:1:2/db",
+                "dsn.port",
+                &["S3cr3t", "1:2"],
+            ),
+            // A bracket left open.
+            ("postgres://u:S3cr3t@[::1/db", "dsn.host", &["S3cr3t"]),
+            ("postgres://u:S3cr3t@[::1]x/db", "dsn.host", &["S3cr3t"]),
+        ];
+        for &(dsn, field, secrets) in cases {
+            let e = PostgresConfig::from_dsn(dsn).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                matches!(&e, ConfigError::Invalid { field: f, .. } if f == field),
+                "{dsn}: {shown}"
+            );
+            assert!(shown.contains("percent-encoded"), "{dsn}: {shown}");
+            let redacted = PostgresConfig::redact_dsn(dsn);
+            assert_eq!(redacted, MALFORMED_DSN, "{dsn}");
+            // Through the environment the field gets the variable's name,
+            // and still no piece of the input.
+            let env = PostgresConfig::from_lookup(|name| {
+                (name == ENV_DATABASE_URL).then(|| dsn.to_owned())
+            })
+            .unwrap_err();
+            let env_shown = format!("{env} {env:?}");
+            assert!(env_shown.contains(ENV_DATABASE_URL), "{env_shown}");
+            for secret in secrets {
+                for text in [&shown, &env_shown] {
+                    assert!(!leaks(text, secret), "{dsn}: {secret:?} in {text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn url_parser_errors_do_not_echo_the_input_either() {
+        for dsn in [
+            "postgres://u:S3cr3t@ho st/db",
+            "postgres://u:S3cr3t@[::zz]/db",
+            "postgres://u:S3cr3t@999.1.1.1.1:5432/db",
+            "postgres://u:S3cr3t@h:99999/db",
+            "postgres://u:S3cr3t@/db",
+            "S3cr3t://u:S3cr3t@h/db",
+            "u:S3cr3t@h/db",
+        ] {
+            if let Err(e) = PostgresConfig::from_dsn(dsn) {
+                let shown = format!("{e} {e:?}");
+                assert!(!shown.contains("S3cr3t"), "{dsn}: {shown}");
+            }
+            let redacted = PostgresConfig::redact_dsn(dsn);
+            assert!(!redacted.contains("S3cr3t"), "{dsn}: {redacted}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_and_unambiguous_dsns_still_parse() {
+        let c = PostgresConfig::from_dsn("postgres://u:p%40ss%23x%2F%3F%3A@127.0.0.1/db").unwrap();
+        assert_eq!(c.password.as_deref(), Some("p@ss#x/?:"));
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 5432));
+        // A `:` in the password is unambiguous: the user name cannot hold one.
+        let c = PostgresConfig::from_dsn("postgres://u:a:b@h:6000/db").unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_deref(), c.port),
+            ("u", Some("a:b"), 6000)
+        );
+        // `host:` is the default port, as URL parsers read it.
+        assert_eq!(
+            PostgresConfig::from_dsn("postgres://h:/db").unwrap().port,
+            5432
+        );
+        let c = PostgresConfig::from_dsn("postgres://u@[::1]:7000").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 7000));
+        assert_eq!(c.host_port(), "[::1]:7000");
+        assert_eq!(
+            PostgresConfig::from_dsn("postgres://h/db?application_name=a%40b")
+                .unwrap()
+                .application_name
+                .as_deref(),
+            Some("a@b")
+        );
+    }
+
+    #[test]
+    fn redact_dsn_shows_where_but_never_the_password() {
+        assert_eq!(
+            PostgresConfig::redact_dsn(
+                "postgresql://alice:S3cr3t@db.example:6543/pharox?sslmode=require&schema=app"
+            ),
+            "postgres://***@db.example:6543/pharox?sslmode=require&schema=app"
+        );
+        assert_eq!(
+            PostgresConfig::redact_dsn("postgres://alice:p%40ss@db.example/pharox"),
+            "postgres://***@db.example:5432/pharox?sslmode=prefer"
+        );
+        assert_eq!(
+            PostgresConfig::redact_dsn("postgres://alice@db.example/pharox"),
+            "postgres://***@db.example:5432/pharox?sslmode=prefer"
+        );
+        // A parameter that does not parse (libpq's `password`, here) is left
+        // out with all the others.
+        assert_eq!(
+            PostgresConfig::redact_dsn("postgres://alice:S3cr3t@h/db?password=S3cr3t&x=1"),
+            "postgres://***@h:5432/db"
+        );
+        assert_eq!(
+            PostgresConfig::redact_dsn("no scheme S3cr3t"),
+            MALFORMED_DSN
+        );
+        assert_eq!(PostgresConfig::redact_dsn(""), MALFORMED_DSN);
     }
 }
