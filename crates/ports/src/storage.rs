@@ -1,3 +1,7 @@
+//! The storage port: [`ProxyStorage`], the contract every storage adapter
+//! keeps (its docs are the contract the `pharox-contract-tests` suite
+//! checks), and the request and outcome types of its calls.
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -130,24 +134,40 @@ impl ReleaseOutcome {
 ///   no lease, also when the backend's reply was lost (a broken connection,
 ///   a timeout): the adapter resolves such an unknown outcome before it
 ///   answers. [`acquire`](Self::acquire) with a caller-chosen
-///   [`AcquireRequest::lease_id`] is idempotent.
-/// - **Expiry never blocks.** A lease past `expires_at` holds no capacity:
-///   acquire reclaims it (marks it released) in the same step, without
-///   anyone calling [`cleanup_expired`](Self::cleanup_expired) first.
+///   [`AcquireRequest::lease_id`] is idempotent, also when repeats race.
+/// - **Expiry never blocks.** A lease holds its proxy while now is before
+///   `expires_at`; from `expires_at` itself on it holds no capacity (expiry
+///   is exclusive, as in [`Lease::is_expired_at`]). Acquire reclaims such
+///   a lease (marks it released) in the same step, without anyone calling
+///   [`cleanup_expired`](Self::cleanup_expired) first; `find_available`,
+///   `pool_stats` and `renew` treat it as ended whether or not it has been
+///   reclaimed yet. Until it is, [`get_lease`](Self::get_lease) may still
+///   read it as active (with its `expires_at` in the past).
 /// - **Storage-owned fields.** `current_leases` is kept by the storage;
-///   `save_proxy` ignores the caller's value. On update it also keeps
-///   `checked_at` and `health`, which only
-///   [`apply_health_result`](Self::apply_health_result) changes.
-/// - **Not found.** Admin calls on unknown ids give
-///   [`StorageError::NotFound`](crate::StorageError::NotFound); an acquire
-///   on an unknown pool gives `Ok(None)`.
+///   `save_proxy` and `add_proxies` ignore the caller's value. On update
+///   they also keep `created_at`, `checked_at` and `health`; only
+///   [`apply_health_result`](Self::apply_health_result) changes the last
+///   two. (What an insert does with a caller's `checked_at` and `health`
+///   is not specified: set them with `apply_health_result`.)
+/// - **Not found.** Calls on an unknown id or name give
+///   [`StorageError::NotFound`](crate::StorageError::NotFound): get and
+///   delete of a pool or proxy, `get_pool_by_name`, `list_proxies` and
+///   `pool_stats` of an unknown pool, `save_proxy`/`add_proxies` into one,
+///   `release`, `renew` and `get_lease` of an unknown lease (also one whose
+///   proxy or pool was deleted), `acquire` for an unknown consumer. An
+///   acquire or `find_available` on an unknown pool gives `Ok(None)`; the
+///   health calls on an unknown proxy give `Ok(None)` or no records.
+/// - **Exact names.** Pool and consumer names are compared exactly:
+///   case-sensitive, neither trimmed nor normalised. `eu` and `EU` are two
+///   pools (no conflict), and no lookup by name folds case.
 /// - **Copies.** Returned values are copies; mutating them changes nothing
 ///   stored.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ProxyStorage: Send + Sync {
     /// Inserts or updates a pool (by id). A name used by another pool is a
-    /// conflict.
+    /// conflict (names are exact: see the trait docs). An update keeps the
+    /// stored `created_at`.
     async fn save_pool(&self, pool: &ProxyPool) -> StorageResult<ProxyPool>;
 
     /// The pool with this id.
@@ -156,44 +176,62 @@ pub trait ProxyStorage: Send + Sync {
     /// The pool with this name.
     async fn get_pool_by_name(&self, name: &str) -> StorageResult<ProxyPool>;
 
-    /// Every pool, by name.
+    /// Every pool, ordered by name (names that differ only in case come in
+    /// the backend's collation order).
     async fn list_pools(&self) -> StorageResult<Vec<ProxyPool>>;
 
-    /// Deletes a pool with its proxies, their leases and health history.
+    /// Deletes a pool with everything under it: its proxies, their leases
+    /// (active or ended) and their health history. Afterwards every read of
+    /// them is not-found (the health history reads as empty), and the name
+    /// and the proxy ids are free to be used again, starting clean. Unknown
+    /// pool: not found.
     async fn delete_pool(&self, id: PoolId) -> StorageResult<()>;
 
     /// Inserts or updates a proxy (by id). Its pool must exist (else
     /// not-found for the pool); moving a proxy to another pool is a conflict.
+    /// The storage-owned fields (see the trait docs) are the storage's.
     async fn save_proxy(&self, proxy: &Proxy) -> StorageResult<Proxy>;
 
-    /// Inserts or updates many proxies, all or nothing: if any is invalid or
-    /// its pool is missing, none is written.
+    /// Inserts or updates many proxies, each as
+    /// [`save_proxy`](Self::save_proxy) would, all or nothing: if any is
+    /// invalid, its pool is missing or it would move to another pool, none
+    /// is written.
     async fn add_proxies(&self, proxies: &[Proxy]) -> StorageResult<Vec<Proxy>>;
 
     /// The proxy with this id.
     async fn get_proxy(&self, id: ProxyId) -> StorageResult<Proxy>;
 
-    /// The proxies of a pool, by id. Unknown pool: not found.
+    /// The proxies of a pool, ordered by id. Unknown pool: not found.
     async fn list_proxies(&self, pool_id: PoolId) -> StorageResult<Vec<Proxy>>;
 
-    /// Deletes a proxy with its leases and health history.
+    /// Deletes a proxy with its leases (active or ended) and its health
+    /// history: reads of those leases are then not-found and the history
+    /// reads as empty; saving the same id again makes a new, clean proxy.
+    /// Unknown proxy: not found.
     async fn delete_proxy(&self, id: ProxyId) -> StorageResult<()>;
 
     /// The id of the consumer named `name`, creating it on first use.
-    /// Idempotent and safe to race.
+    /// Idempotent and safe to race; names are exact (see the trait docs).
     async fn ensure_consumer(&self, name: &str) -> StorageResult<ConsumerId>;
 
     /// Finds a matching proxy with capacity and leases it, atomically (see
-    /// the trait docs). `Ok(None)` when nothing qualifies or the pool does
-    /// not exist; not-found when the consumer does not exist.
+    /// the trait docs). The lease is active, `acquired_at` is now,
+    /// `expires_at` is `acquired_at + ttl`, and its `proxy` snapshot counts
+    /// this lease in `current_leases`. `Ok(None)` when nothing qualifies or
+    /// the pool does not exist; not-found when the consumer does not exist
+    /// (checked first, so also on an unknown pool).
     ///
     /// **Idempotent by lease id.** When `request.lease_id` is set, the new
     /// lease gets that id, and if a lease with that id already exists the
     /// call leases nothing and returns that lease as it is stored now
-    /// (released or expired, if it has been since): a caller that did not
-    /// learn the outcome of an earlier call repeats it with the same id. A
-    /// lease with that id in another pool or for another consumer is a
-    /// [`Conflict`](crate::StorageError::Conflict).
+    /// (released or expired, if it has been since; never renewed, whatever
+    /// TTL, filter or selector the repeat carries): a caller that did not
+    /// learn the outcome of an earlier call repeats it with the same id.
+    /// Repeats may race (a retry sent while the call it retries still
+    /// runs): one lease is made, and every call returns it. A lease with
+    /// that id in another pool or for another consumer is a
+    /// [`Conflict`](crate::StorageError::Conflict), also once it is
+    /// released, and the conflicting call leases nothing.
     ///
     /// **No lease behind an error.** If this returns an error, no lease was
     /// created. An adapter whose reply can be lost after the backend acted
@@ -202,19 +240,30 @@ pub trait ProxyStorage: Send + Sync {
     /// report the error only if it does not.
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>>;
 
-    /// Releases a lease. Idempotent: releasing a released lease changes
-    /// nothing and says so. Unknown lease: not found.
+    /// Releases a lease (also one past its expiry that nothing has reclaimed
+    /// yet) and gives its proxy the capacity back. Idempotent: releasing a
+    /// released or reclaimed lease changes nothing and says so, with when it
+    /// was released. Unknown lease: not found.
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome>;
 
-    /// Extends an active, unexpired lease to `now + ttl`. A released or
-    /// expired lease gives [`LeaseNotActive`](crate::StorageError::LeaseNotActive).
+    /// Extends an active lease that has not reached its `expires_at` to
+    /// `now + ttl`. A released lease, or one at or past its `expires_at`,
+    /// gives [`LeaseNotActive`](crate::StorageError::LeaseNotActive); an
+    /// invalid TTL is rejected and changes nothing. Unknown lease: not found.
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease>;
 
-    /// The lease with this id, with the proxy as it is now.
+    /// The lease with this id, with the proxy as it is now (a lease handed
+    /// out earlier keeps the snapshot it was given). Unknown lease: not
+    /// found.
     async fn get_lease(&self, lease_id: LeaseId) -> StorageResult<Lease>;
 
-    /// The proxy [`acquire`](Self::acquire) would choose now, without leasing
-    /// it (and without advancing a round-robin cursor).
+    /// The proxy [`acquire`](Self::acquire) would choose now, by the same
+    /// filter and selector, without leasing it (and without advancing a
+    /// round-robin cursor). So never a proxy at its `max_concurrency` (`None`
+    /// when every match is full), but a proxy freed only by expiry is
+    /// offered, and its `current_leases` does not count expired leases.
+    /// `Ok(None)` also when the pool does not exist. Whether it reclaims
+    /// expired leases on the way is the adapter's choice.
     async fn find_available(
         &self,
         pool_name: &str,
@@ -222,28 +271,33 @@ pub trait ProxyStorage: Send + Sync {
         selector: Selector,
     ) -> StorageResult<Option<Proxy>>;
 
-    /// Releases every active lease past its expiry; returns how many.
+    /// Releases every active lease at or past its `expires_at`; returns how
+    /// many it released (leases released before do not count).
     async fn cleanup_expired(&self) -> StorageResult<u64>;
 
     /// Applies a health result under `policy`, atomically: updates status,
     /// `checked_at` and health, and appends a health record. Returns the
-    /// updated proxy, or `Ok(None)` if the proxy no longer exists.
+    /// updated proxy, or `Ok(None)` if the proxy no longer exists. An invalid
+    /// result is rejected and recorded nowhere.
     async fn apply_health_result(
         &self,
         result: &HealthCheckResult,
         policy: &HealthPolicy,
     ) -> StorageResult<Option<Proxy>>;
 
-    /// The newest health record of a proxy, if any.
+    /// The newest health record of a proxy; `None` when it has none, also
+    /// when the proxy does not exist.
     async fn last_health_result(&self, proxy_id: ProxyId) -> StorageResult<Option<HealthRecord>>;
 
-    /// Up to `limit` health records of a proxy, newest first.
+    /// Up to `limit` health records of a proxy, newest first; none for an
+    /// unknown proxy.
     async fn list_health_records(
         &self,
         proxy_id: ProxyId,
         limit: usize,
     ) -> StorageResult<Vec<HealthRecord>>;
 
-    /// Occupancy of a pool. Unknown pool: not found.
+    /// Occupancy of a pool now: leases at or past their expiry do not count
+    /// (see [`PoolStats`]). Unknown pool: not found.
     async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats>;
 }
