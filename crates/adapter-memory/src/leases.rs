@@ -192,6 +192,19 @@ impl LeaseIndex {
         // nothing (ids are never reused).
     }
 
+    /// Forgets every finished lease `gone` selects (their proxy or pool was
+    /// deleted), so a proxy saved again under the same id does not bring
+    /// them back. Walks the whole history: deletes are rare.
+    pub(crate) fn forget_finished(&self, gone: impl Fn(&FinishedLease) -> bool) {
+        for shard in &self.shards {
+            shard
+                .0
+                .lock()
+                .map
+                .retain(|_, entry| !matches!(entry, Entry::Finished(f) if gone(f)));
+        }
+    }
+
     /// What the index knows about a lease.
     pub(crate) fn find(&self, id: LeaseId) -> Found {
         match self.shard(id).lock().map.get(&id) {

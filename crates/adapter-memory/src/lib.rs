@@ -466,6 +466,8 @@ impl ProxyStorage for MemoryStorage {
         for lease in state.clear() {
             self.leases.forget(lease);
         }
+        drop(state);
+        self.leases.forget_finished(|f| f.pool_id == id);
         Ok(())
     }
 
@@ -569,6 +571,7 @@ impl ProxyStorage for MemoryStorage {
         for lease in gone {
             self.leases.forget(lease);
         }
+        self.leases.forget_finished(|f| f.proxy_id == id);
         Ok(())
     }
 

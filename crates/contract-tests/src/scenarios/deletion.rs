@@ -108,6 +108,13 @@ pub async fn delete_proxy_removes_its_leases_and_history(fx: &ContractFixture) {
         .await
         .expect("saving a deleted proxy's id again");
     assert_eq!(reborn.current_leases, 0, "the old leases do not count");
+    for lease in [active.id, ended.id] {
+        expect_not_found(
+            store(fx).get_lease(lease).await,
+            "lease",
+            "a lease of a deleted proxy, after its id was saved again",
+        );
+    }
     let last = store(fx)
         .last_health_result(doomed.id)
         .await
