@@ -16,7 +16,7 @@ Standard output, one JSON object per line:
    ``find_available_proxy`` per selector) and every call that raised;
 2. ``{"event": "working"}``: the workers start now;
 3. ``{"event": "stopped", ...}``: the workers' counts (acquired, released,
-   abandoned, lost to expiry, misses, ``ProxyUnavailableError``) and errors,
+   misses, ``ProxyUnavailableError``) and errors,
    and the leases ``list_leases`` validated afterwards (Rust's included).
 
 Exception messages are reduced to their type and first line (pydantic's to
@@ -31,7 +31,6 @@ import json
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional
 
 from pydantic import ValidationError
@@ -200,15 +199,8 @@ async def work(
     workers: int,
     seconds: float,
     lease_seconds: int,
-    abandon_every: int,
 ) -> Dict[str, Any]:
-    """Acquire, read and release in a loop on every worker until the deadline.
-
-    With ``abandon_every`` N > 0, the first lease and every Nth after it (of
-    all workers together) are left to expire instead, as by a worker that
-    died holding them; Python's cleanup (run before each acquire) and Rust's
-    reclaim then race to take them back.
-    """
+    """Acquire, read and release in a loop on every worker until the deadline."""
     counts: Counter = Counter()
     errors: List[str] = []
     selectors = [s for s in SelectorStrategy if s not in BROKEN_IN_PYTHON]
@@ -242,19 +234,11 @@ async def work(
                 continue
             counts["acquired"] += 1
             counts[f"acquired_{selector.value}"] += 1
-            if abandon_every and (counts["acquired"] - 1) % abandon_every == 0:
-                counts["abandoned"] += 1
-                continue
             try:
                 held = await asyncio.to_thread(storage.get_lease, str(lease.id))
                 if held is None or held.status != LeaseStatus.ACTIVE:
-                    if held is not None and lease.expires_at <= datetime.now(timezone.utc):
-                        # Expired while held and taken back by a cleanup or
-                        # a reclaim: the release below changes nothing.
-                        counts["lost"] += 1
-                    else:
-                        counts["errors"] += 1
-                        errors.append(f"held lease {lease.id} does not read as active")
+                    counts["errors"] += 1
+                    errors.append(f"held lease {lease.id} does not read as active")
                 await release_proxy_async(manager, lease)
                 counts["released"] += 1
             except Exception as error:  # noqa: BLE001
@@ -270,7 +254,6 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--lease-seconds", type=int, default=60)
-    parser.add_argument("--abandon-every", type=int, default=0)
     parser.add_argument("--rust-consumer", required=True)
     args = parser.parse_args()
     passwords: Dict[str, str] = json.load(sys.stdin).get("passwords", {})
@@ -298,7 +281,6 @@ def main() -> int:
             args.workers,
             args.seconds,
             args.lease_seconds,
-            args.abandon_every,
         )
     )
 
