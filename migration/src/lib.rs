@@ -52,6 +52,7 @@ mod m0003_lean_lease_indexes;
 mod m0004_lease_consumer_without_fk;
 mod m0005_proxy_checks_as_domains;
 mod m0006_max_concurrency_default;
+mod m0007_proxy_checked_at_for_python;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -71,6 +72,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_lease_consumer_without_fk::Migration),
             Box::new(m0005_proxy_checks_as_domains::Migration),
             Box::new(m0006_max_concurrency_default::Migration),
+            Box::new(m0007_proxy_checked_at_for_python::Migration),
         ]
     }
 }

@@ -148,16 +148,39 @@ fn all_migrations() -> usize {
 
 /// The column default of `proxy.max_concurrency`, as PostgreSQL prints it.
 async fn max_concurrency_default(db: &DatabaseConnection) -> Option<String> {
+    proxy_column_default(db, "max_concurrency").await
+}
+
+/// The default of a column of `proxy`, as PostgreSQL prints it.
+async fn proxy_column_default(db: &DatabaseConnection, column: &str) -> Option<String> {
     db.query_one_raw(Statement::from_string(
         db.get_database_backend(),
-        "SELECT column_default::text AS d FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = 'proxy' \
-           AND column_name = 'max_concurrency'",
+        format!(
+            "SELECT column_default::text AS d FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'proxy' \
+               AND column_name = '{column}'"
+        ),
     ))
     .await
     .unwrap()
     .unwrap()
     .try_get::<Option<String>>("", "d")
+    .unwrap()
+}
+
+/// `proxy.checked_at` of one proxy, as text in UTC (NULL as `None`).
+async fn checked_at(db: &DatabaseConnection, id: &str) -> Option<String> {
+    db.query_one_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!(
+            "SELECT to_char(checked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS t \
+             FROM proxy WHERE id = '{id}'"
+        ),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<Option<String>>("", "t")
     .unwrap()
 }
 
@@ -181,6 +204,18 @@ async fn down_then_up_and_fresh() {
         Some("1"),
         "m0006"
     );
+    assert_eq!(
+        proxy_column_default(&db, "checked_at").await.as_deref(),
+        Some("now()"),
+        "m0007"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(
+        down.changed,
+        ["m0007_proxy_checked_at_for_python"],
+        "{down:?}"
+    );
+    assert_eq!(proxy_column_default(&db, "checked_at").await, None);
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0006_max_concurrency_default"], "{down:?}");
     assert_eq!(max_concurrency_default(&db).await, None, "down drops it");
@@ -303,6 +338,14 @@ async fn python_style_inserts_still_work() {
         .unwrap();
     assert_eq!(defaults.try_get::<i32>("", "max_concurrency").unwrap(), 1);
     assert_eq!(defaults.try_get::<i32>("", "current_leases").unwrap(), 1);
+    // And a checked_at, as Python's own schema gives it (its model requires
+    // one), without naming the column.
+    assert!(
+        checked_at(&db, "00000000-0000-0000-0000-0000000000a3")
+            .await
+            .is_some_and(|t| !t.starts_with("1970")),
+        "checked_at defaults to now()"
+    );
     // The CHECKs (table CHECKs and the column domains of m0005) hold the
     // line on bad values, under the same constraint names.
     for (bad, check) in [
@@ -336,5 +379,49 @@ async fn python_style_inserts_still_work() {
         let err = db.execute_unprepared(bad).await.expect_err(bad);
         assert!(err.to_string().contains(check), "{bad}: {err}");
     }
+    drop_schema(&name).await;
+}
+
+#[tokio::test]
+async fn m0007_gives_never_checked_proxies_the_epoch_and_down_takes_it_back() {
+    use pharox_migration::Migrator;
+    use pharox_migration::sea_orm_migration::MigratorTrait;
+
+    let (name, db) = fresh_schema().await;
+    Migrator::up(&db, Some(6)).await.unwrap();
+    // Rows as the Rust adapter wrote them before m0007: NULL = never checked.
+    db.execute_unprepared(
+        "INSERT INTO proxy_pool (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'p'); \
+         INSERT INTO proxy (id, pool_id, host, port, protocol, status, checked_at) VALUES \
+           ('00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-000000000001', \
+            '10.0.0.1', 8080, 'http', 'active', NULL), \
+           ('00000000-0000-0000-0000-0000000000a2', '00000000-0000-0000-0000-000000000001', \
+            '10.0.0.2', 8080, 'http', 'active', '2026-01-02 03:04:05+00');",
+    )
+    .await
+    .unwrap();
+    let up = run(&db, MigrationCommand::Up).await.unwrap();
+    assert_eq!(up.changed, ["m0007_proxy_checked_at_for_python"], "{up:?}");
+    let never = "00000000-0000-0000-0000-0000000000a1";
+    let checked = "00000000-0000-0000-0000-0000000000a2";
+    assert_eq!(
+        checked_at(&db, never).await.as_deref(),
+        Some("1970-01-01 00:00:00")
+    );
+    assert_eq!(
+        checked_at(&db, checked).await.as_deref(),
+        Some("2026-01-02 03:04:05")
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0007_proxy_checked_at_for_python"]);
+    assert_eq!(
+        checked_at(&db, never).await,
+        None,
+        "NULL again for older code"
+    );
+    assert_eq!(
+        checked_at(&db, checked).await.as_deref(),
+        Some("2026-01-02 03:04:05")
+    );
     drop_schema(&name).await;
 }

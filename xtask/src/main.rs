@@ -1,12 +1,14 @@
 //! Workspace automation, run as `cargo xtask <command>`:
 //!
 //! - `test`: every test of the workspace plus the storage contract suite on
-//!   every adapter, against a real PostgreSQL (see [`postgres`]), with a
+//!   every adapter, against a real PostgreSQL (see [`postgres`]) and with
+//!   Python pharox 0.11 for the interop test (see [`python`]), with a
 //!   summary of which adapters passed.
 //! - `migrate [up|down|status|fresh] [--database-url URL]`: the schema.
 //! - `tidy`: checks the workspace layout rules (also run by `cargo test`).
 
 mod postgres;
+mod python;
 mod tidy;
 
 use std::process::{Command, ExitCode};
@@ -57,16 +59,36 @@ fn test(extra: &[String]) -> Result<(), String> {
 
     let mut summary = Vec::new();
     let mut failed = false;
+    // Python pharox 0.11 for the adapter's interop test; without it that
+    // test fails (never skips), and so does this run.
+    let python = python::prepare(&workspace_root());
+    if let Err(e) = &python {
+        failed = true;
+        summary.push((
+            "Python pharox 0.11 for the interop test".to_owned(),
+            Err(e.clone()),
+        ));
+    }
+    let envs: Vec<(&str, &std::path::Path)> = python
+        .iter()
+        .map(|p| (python::ENV_PYTHON, p.as_path()))
+        .collect();
     for (adapter, package) in ADAPTERS {
         let outcome = cargo_test(
             &["-p", package, "--test", "contract"],
             extra,
             database.url(),
+            &envs,
         );
         failed |= outcome.is_err();
         summary.push((format!("contract suite on {adapter}"), outcome));
     }
-    let outcome = cargo_test(&["--workspace", "--all-features"], extra, database.url());
+    let outcome = cargo_test(
+        &["--workspace", "--all-features"],
+        extra,
+        database.url(),
+        &envs,
+    );
     failed |= outcome.is_err();
     summary.push(("workspace tests".to_owned(), outcome));
 
@@ -86,9 +108,14 @@ fn test(extra: &[String]) -> Result<(), String> {
     }
 }
 
-/// Runs `cargo test` with the database URL in the environment; returns the
-/// summed counts from libtest's result lines.
-fn cargo_test(args: &[&str], extra: &[String], database_url: &str) -> Result<String, String> {
+/// Runs `cargo test` with the database URL (and `envs`) in the environment;
+/// returns the summed counts from libtest's result lines.
+fn cargo_test(
+    args: &[&str],
+    extra: &[String],
+    database_url: &str,
+    envs: &[(&str, &std::path::Path)],
+) -> Result<String, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     println!("xtask: cargo test {}", args.join(" "));
     let output = Command::new(cargo)
@@ -96,6 +123,7 @@ fn cargo_test(args: &[&str], extra: &[String], database_url: &str) -> Result<Str
         .args(args)
         .args(extra)
         .env("PHAROX_TEST_DATABASE_URL", database_url)
+        .envs(envs.iter().copied())
         .current_dir(workspace_root())
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -14,6 +14,17 @@ use uuid::Uuid;
 
 use crate::error::bad_row;
 
+/// What `proxy.checked_at` holds for a proxy never health-checked: the Unix
+/// epoch, not NULL.
+///
+/// Python pharox 0.11 requires a time in that column (its model raises on
+/// NULL, and its first_available puts NULLs first, so one such row failed
+/// every Python acquire from the pool). The epoch sorts before every real
+/// check, so "never checked first" orderings are unchanged; it reads back
+/// as `checked_at: None`, and so does a NULL (rows from before `m0007`).
+/// `m0007` turned the stored NULLs into this value.
+pub(crate) const NEVER_CHECKED: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
+
 /// The columns of a row in the order the SQL lists them, read by position.
 ///
 /// By position, not by name: a name lookup hashes and compares the name for
@@ -121,7 +132,9 @@ fn proxy_at(row: &PgRow, base: usize) -> Result<Proxy, StorageError> {
             .transpose()
             .map_err(|_| bad_row("proxy.max_concurrency"))?,
         current_leases: u32::try_from(current_leases.max(0)).unwrap_or(0),
-        checked_at: c.get(16, "checked_at")?,
+        checked_at: c
+            .get::<Option<OffsetDateTime>>(16, "checked_at")?
+            .filter(|t| *t != NEVER_CHECKED),
         created_at: c.get(17, "created_at")?,
         health: ProxyHealth {
             consecutive_failures: u32::try_from(consecutive_failures.max(0)).unwrap_or(0),

@@ -676,7 +676,26 @@ impl PostgresStorage {
         let mut asns = Vec::with_capacity(proxies.len());
         let mut limits = Vec::with_capacity(proxies.len());
         let mut created = Vec::with_capacity(proxies.len());
-        for p in proxies {
+        for (i, p) in proxies.iter().enumerate() {
+            // Python pharox 0.11 workers reading the row refuse a password
+            // that is only whitespace (the domain refuses only an empty
+            // one): such a proxy would fail every Python acquire that
+            // reaches it, so it is not written.
+            if p.credentials
+                .as_ref()
+                .is_some_and(|c| c.password.chars().all(char::is_whitespace))
+            {
+                let error = ValidationError::new(
+                    "credentials.password",
+                    "must not be only whitespace (Python pharox workers sharing the \
+                     database cannot read such a proxy)",
+                );
+                return Err(StorageError::Invalid(if context == "add_proxies" {
+                    error.within(&format!("proxies[{i}]"))
+                } else {
+                    error
+                }));
+            }
             ids.push(p.id.0);
             pool_ids.push(p.pool_id.0);
             hosts.push(p.host.clone());
@@ -710,10 +729,11 @@ impl PostgresStorage {
         }
         let statement = format!(
             "INSERT INTO proxy AS p (id, pool_id, host, port, protocol, status, credentials, source, \
-               country, city, latitude, longitude, isp, asn, max_concurrency, current_leases, created_at) \
+               country, city, latitude, longitude, isp, asn, max_concurrency, current_leases, created_at, \
+               checked_at) \
              SELECT t.id, t.pool_id, t.host, t.port, t.protocol, t.status, t.credentials::json, \
                t.source, t.country, t.city, t.latitude, t.longitude, t.isp, t.asn, t.max_concurrency, \
-               0, t.created_at \
+               0, t.created_at, $17::timestamptz \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[], \
                $7::text[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], \
                $13::text[], $14::int8[], $15::int4[], $16::timestamptz[]) \
@@ -749,6 +769,10 @@ impl PostgresStorage {
                 .bind(&asns)
                 .bind(&limits)
                 .bind(&created)
+                // A new proxy is never checked: the stored marker for that,
+                // which Python can read (see `rows::NEVER_CHECKED`). An
+                // update keeps the stored `checked_at`.
+                .bind(rows::NEVER_CHECKED)
                 .fetch_all(&mut *tx)
                 .await;
             let found = match result {
