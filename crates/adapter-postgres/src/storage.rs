@@ -1287,7 +1287,10 @@ impl ProxyStorage for PostgresStorage {
             .bind(result.proxy_id.0)
             .bind(checked_at)
             .bind(result.reachable)
-            .bind(result.latency_ms)
+            // Whole milliseconds: Python pharox 0.11 reads this column as an
+            // integer and rejects a fraction (the proxy row keeps the exact
+            // figure in last_latency_ms).
+            .bind(result.latency_ms.map(f64::round))
             .bind(result.protocol.as_str())
             .bind(before.status.as_str())
             .bind(after.status.as_str())
