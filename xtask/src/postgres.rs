@@ -12,11 +12,9 @@
 //! Each run then creates a database with a unique name and drops it at the
 //! end, so runs never see each other's data.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use pharox_adapter_postgres::testing::cluster::Cluster;
 use pharox_adapter_postgres::{PostgresConfig, PostgresStorage};
 use pharox_migration::sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection};
 
@@ -105,7 +103,8 @@ impl Server {
 
     fn throwaway(runtime: tokio::runtime::Runtime) -> Result<Self, String> {
         let cluster = Cluster::start().map_err(|e| format!("{e}\n{HOW_TO_GET_POSTGRES}"))?;
-        let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+        let admin_url = cluster.url();
+        println!("xtask: started a throwaway PostgreSQL cluster on port {}", cluster.port());
         runtime
             .block_on(connect(&admin_url))
             .map_err(|e| format!("the throwaway cluster does not answer: {e}"))?;
@@ -121,8 +120,8 @@ impl Server {
         match &self.cluster {
             Some(cluster) => format!(
                 "throwaway cluster on port {} in {}",
-                cluster.port,
-                cluster.dir.display()
+                cluster.port(),
+                cluster.dir().display()
             ),
             None => PostgresConfig::redact_dsn(&self.admin_url),
         }
@@ -198,140 +197,6 @@ impl Drop for TestDatabase<'_> {
             eprintln!("xtask: could not drop test database {}: {e}", self.name);
         }
     }
-}
-
-/// A cluster started by us, stopped and deleted on drop.
-struct Cluster {
-    dir: PathBuf,
-    port: u16,
-    pg_ctl: PathBuf,
-    run_as_postgres: bool,
-}
-
-impl Cluster {
-    fn start() -> Result<Self, String> {
-        let initdb = find_binary("initdb").ok_or("initdb not found")?;
-        let pg_ctl = find_binary("pg_ctl").ok_or("pg_ctl not found")?;
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("pharox-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        // PostgreSQL refuses to run as root: hand the folder to `postgres`.
-        let run_as_postgres = is_root();
-        if run_as_postgres {
-            run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir),
-                false,
-            )?;
-        }
-        let data = dir.join("data");
-        let cluster = Self {
-            dir,
-            port,
-            pg_ctl,
-            run_as_postgres,
-        };
-        run(
-            Command::new(&initdb)
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-                .arg(&data),
-            run_as_postgres,
-        )?;
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            cluster.dir.display()
-        );
-        run(
-            Command::new(&cluster.pg_ctl)
-                .args(["-w", "-t", "30", "-D"])
-                .arg(&data)
-                .args(["-l"])
-                .arg(cluster.dir.join("server.log"))
-                .args(["-o", &options, "start"]),
-            run_as_postgres,
-        )?;
-        println!("xtask: started a throwaway PostgreSQL cluster on port {port}");
-        Ok(cluster)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let stopped = run(
-            Command::new(&self.pg_ctl)
-                .args(["-w", "-m", "fast", "-D"])
-                .arg(self.dir.join("data"))
-                .arg("stop"),
-            self.run_as_postgres,
-        );
-        if let Err(e) = stopped {
-            eprintln!("xtask: could not stop the throwaway cluster: {e}");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-/// Runs a command (as `postgres` when asked), failing with its output.
-fn run(command: &mut Command, as_postgres: bool) -> Result<(), String> {
-    let mut command = if as_postgres {
-        // runuser lives in /usr/sbin, which a minimal PATH may lack.
-        let runuser = find_binary("runuser").unwrap_or_else(|| PathBuf::from("/usr/sbin/runuser"));
-        let mut wrapped = Command::new(runuser);
-        wrapped
-            .args(["-u", "postgres", "--"])
-            .arg(command.get_program())
-            .args(command.get_args());
-        wrapped
-    } else {
-        std::mem::replace(command, Command::new("true"))
-    };
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{:?} failed: {}{}",
-            command.get_program(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    on_path.or_else(|| {
-        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-            .filter(|p| Path::new(p).is_file())
-            .collect();
-        versions.sort();
-        versions.pop()
-    })
 }
 
 #[cfg(test)]

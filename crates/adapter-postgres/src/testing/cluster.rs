@@ -86,6 +86,12 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The folder holding its data, socket and log.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The port it listens on.
     #[must_use]
     pub fn port(&self) -> u16 {
