@@ -104,7 +104,10 @@ impl Server {
     fn throwaway(runtime: tokio::runtime::Runtime) -> Result<Self, String> {
         let cluster = Cluster::start().map_err(|e| format!("{e}\n{HOW_TO_GET_POSTGRES}"))?;
         let admin_url = cluster.url();
-        println!("xtask: started a throwaway PostgreSQL cluster on port {}", cluster.port());
+        println!(
+            "xtask: started a throwaway PostgreSQL cluster on port {}",
+            cluster.port()
+        );
         runtime
             .block_on(connect(&admin_url))
             .map_err(|e| format!("the throwaway cluster does not answer: {e}"))?;

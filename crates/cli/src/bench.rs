@@ -303,6 +303,10 @@ struct Measurement {
     capacity: u64,
     max_seen: u64,
     over_leased: u64,
+    /// Active leases in the pool once every worker had stopped, before the
+    /// pool was removed (a release that never succeeded leaves one); `None`
+    /// when the pool's stats could not be read.
+    leases_left: Option<u64>,
 }
 
 impl Measurement {
@@ -509,7 +513,15 @@ async fn bench(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<Ou
     if let Some(signal) = ended? {
         return Ok(Outcome::Interrupted(signal));
     }
+    let leases_left = match target.storage.pool_stats(&target.pool_name).await {
+        Ok(stats) => Some(stats.total_leases),
+        Err(e) => {
+            errln!("warning: cannot count the leases left after the run: {e}");
+            None
+        }
+    };
     Ok(Outcome::Measured(Box::new(Measurement {
+        leases_left,
         tally,
         latency,
         elapsed,
@@ -534,6 +546,7 @@ fn print_json(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), Outpu
         "errors_by_kind": m.tally.errors_by_kind,
         "capacity": m.capacity,
         "max_concurrent_leases_seen": m.max_seen,
+        "leases_left": m.leases_left,
         "latency_us": {
             "p50": round2(m.percentile_us(0.50)),
             "p95": round2(m.percentile_us(0.95)),
@@ -587,6 +600,9 @@ fn print_report(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), Out
             m.max_seen,
             m.capacity
         );
+        if let Some(left) = m.leases_left {
+            outln!(stdout, "  active leases left after the run: {left}");
+        }
         if let Some(first) = t.first_error() {
             let kinds: Vec<String> = t
                 .errors_by_kind

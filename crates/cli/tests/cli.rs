@@ -127,7 +127,7 @@ fn pharox(args: &[&str]) -> Run {
 }
 
 /// The keys of `pharox bench --json`, whatever the storage.
-const BENCH_KEYS: [&str; 13] = [
+const BENCH_KEYS: [&str; 14] = [
     "storage",
     "workers",
     "proxies",
@@ -140,6 +140,7 @@ const BENCH_KEYS: [&str; 13] = [
     "errors_by_kind",
     "capacity",
     "max_concurrent_leases_seen",
+    "leases_left",
     "latency_us",
 ];
 
@@ -198,6 +199,7 @@ fn assert_clean_bench(run: &Run, storage: &str, workers: u64, proxies: u64, oper
     assert_eq!(json["errors_by_kind"], serde_json::json!({}), "{run:?}");
     let seen = json["max_concurrent_leases_seen"].as_u64().unwrap();
     assert!((1..=workers).contains(&seen), "{run:?}");
+    assert_eq!(json["leases_left"], 0, "{run:?}");
 }
 
 #[test]
