@@ -69,6 +69,16 @@ pub(crate) struct HotConnection {
     pub(crate) first_kept: Instant,
 }
 
+impl HotConnection {
+    /// Closes a connection whose call broke or timed out instead of handing
+    /// it back to sqlx: it is dead or mid-reply, so sqlx's ping on return
+    /// would only fail or wait, and a stalled one must not be reused (its
+    /// server process may be fenced next).
+    pub(crate) fn discard(self) {
+        drop(self.conn.detach());
+    }
+}
+
 impl std::ops::Deref for HotConnection {
     type Target = sqlx::PgConnection;
 
@@ -192,7 +202,7 @@ impl Stash {
                     });
                 }
                 Err(e) if is_lost_connection(&e) => {
-                    drop(conn);
+                    drop(conn.detach());
                     self.drain();
                     last = Some(e);
                 }

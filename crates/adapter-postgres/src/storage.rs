@@ -1057,7 +1057,7 @@ impl ProxyStorage for PostgresStorage {
                     };
                 }
                 Err(e) if is_lost_connection(&e) => {
-                    drop(conn);
+                    conn.discard();
                     self.stash.drain();
                     match self.resolve_acquire(lease_id, backend, request).await {
                         Ok(Some(lease)) => return Ok(Some(lease)),
@@ -1095,7 +1095,7 @@ impl ProxyStorage for PostgresStorage {
                     break row;
                 }
                 Err(e) if is_lost_connection(&e) => {
-                    drop(conn);
+                    conn.discard();
                     self.stash.drain();
                     if tried_again {
                         return Err(e);

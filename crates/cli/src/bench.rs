@@ -896,6 +896,7 @@ mod tests {
             capacity: 10,
             max_seen: 10,
             over_leased: 0,
+            leases_left: Some(3),
         };
         // 10 hits + 2 misses + 1 failed acquire.
         assert_eq!(measured.operations(), 13);
