@@ -573,14 +573,15 @@ pub fn parse_proxy_json_values(
 /// proxies and the parsed entries without touching storage.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ImportPlan {
-    /// Proxies to write: new ones with fresh ids, updated ones with their
+    /// Proxies to write: new ones with fresh ids, changed ones with their
     /// stored ids. Each key appears once.
     pub proxies: Vec<Proxy>,
     /// How many of `proxies` are new.
     pub added: usize,
-    /// How many of `proxies` update a proxy already in the pool.
+    /// How many of `proxies` change a proxy already in the pool.
     pub updated: usize,
-    /// Entries superseded by a later line with the same [`ProxyKey`].
+    /// Entries that change nothing: superseded by a later line with the
+    /// same [`ProxyKey`], or naming a proxy that is already as they say.
     pub skipped: usize,
     /// Entries that could not be turned into a valid proxy.
     pub invalid: Vec<InvalidLine>,
@@ -592,42 +593,49 @@ pub struct ImportPlan {
 /// An entry whose key is in the pool updates that proxy, keeping its id (so
 /// its leases and health history stay); otherwise it adds a proxy. When
 /// several entries have one key, the last one wins and the earlier ones are
-/// counted as skipped. When the pool already holds several proxies with
-/// one key, the first of `existing` is updated.
+/// counted as skipped. An update that would change nothing is skipped too,
+/// so that re-importing a list rewrites (and locks) only the proxies it
+/// changes. When the pool already holds several proxies with one key, the
+/// first of `existing` is the one updated.
 #[must_use]
 pub fn plan_import(pool_id: PoolId, existing: &[Proxy], entries: &[ParsedLine]) -> ImportPlan {
     let mut stored: HashMap<ProxyKey, &Proxy> = HashMap::with_capacity(existing.len());
     for proxy in existing {
         stored.entry(ProxyKey::of(proxy)).or_insert(proxy);
     }
-    // The last line of each key wins; keep the winners in input order.
-    let mut winner: HashMap<ProxyKey, usize> = HashMap::with_capacity(entries.len());
-    for (i, parsed) in entries.iter().enumerate() {
-        winner.insert(parsed.entry.key(), i);
+    let keys: Vec<ProxyKey> = entries.iter().map(|p| p.entry.key()).collect();
+    // The last line of each key wins; the winners are written in input order.
+    let mut winner: HashMap<&ProxyKey, usize> = HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        winner.insert(key, i);
     }
     let mut plan = ImportPlan {
         proxies: Vec::with_capacity(winner.len()),
         skipped: entries.len() - winner.len(),
         ..ImportPlan::default()
     };
-    for (i, parsed) in entries.iter().enumerate() {
-        let key = parsed.entry.key();
-        if winner.get(&key) != Some(&i) {
+    for (i, (parsed, key)) in entries.iter().zip(&keys).enumerate() {
+        if winner.get(key) != Some(&i) {
             continue;
         }
-        let (result, is_update) = match stored.get(&key) {
-            Some(proxy) => (parsed.entry.apply_to(proxy), true),
-            None => (parsed.entry.to_new_proxy(pool_id), false),
+        let result = match stored.get(key) {
+            Some(proxy) => parsed.entry.apply_to(proxy).map(|updated| {
+                if updated == **proxy {
+                    plan.skipped += 1;
+                    None
+                } else {
+                    plan.updated += 1;
+                    Some(updated)
+                }
+            }),
+            None => parsed.entry.to_new_proxy(pool_id).map(|added| {
+                plan.added += 1;
+                Some(added)
+            }),
         };
         match result {
-            Ok(proxy) => {
-                plan.proxies.push(proxy);
-                if is_update {
-                    plan.updated += 1;
-                } else {
-                    plan.added += 1;
-                }
-            }
+            Ok(Some(proxy)) => plan.proxies.push(proxy),
+            Ok(None) => {}
             Err(error) => plan.invalid.push(InvalidLine {
                 line: parsed.line,
                 error,
@@ -647,9 +655,10 @@ pub fn plan_import(pool_id: PoolId, existing: &[Proxy], entries: &[ParsedLine]) 
 pub struct ImportReport {
     /// Proxies added to the pool.
     pub added: usize,
-    /// Proxies already in the pool that were updated.
+    /// Proxies already in the pool that were changed.
     pub updated: usize,
-    /// Lines superseded by a later line for the same proxy.
+    /// Lines that changed nothing: superseded by a later line for the same
+    /// proxy, or naming a proxy that was already as they say.
     pub skipped: usize,
     /// Lines rejected, in line order.
     pub invalid: Vec<InvalidLine>,
@@ -1756,6 +1765,21 @@ mod tests {
         );
         assert_eq!(plan.proxies[1].host, "10.0.0.3");
         assert_eq!(plan.proxies[2].host, "10.0.0.2");
+    }
+
+    #[test]
+    fn a_line_that_changes_nothing_is_skipped_not_rewritten() {
+        let pool = PoolId::new();
+        let list = parse("10.0.0.1:80:u:pw\n10.0.0.2:80\n", ProxyListFormat::Text);
+        let first = plan_import(pool, &[], &list.entries);
+        assert_eq!((first.added, first.updated, first.skipped), (2, 0, 0));
+        let again = plan_import(pool, &first.proxies, &list.entries);
+        assert_eq!((again.added, again.updated, again.skipped), (0, 0, 2));
+        assert!(again.proxies.is_empty());
+        let changed = parse("10.0.0.1:80:u:new\n10.0.0.2:80\n", ProxyListFormat::Text);
+        let plan = plan_import(pool, &first.proxies, &changed.entries);
+        assert_eq!((plan.added, plan.updated, plan.skipped), (0, 1, 1));
+        assert_eq!(plan.proxies[0].id, first.proxies[0].id);
     }
 
     #[test]
