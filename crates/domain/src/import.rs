@@ -671,6 +671,7 @@ fn nil_pool() -> PoolId {
     PoolId(Uuid::nil())
 }
 
+/// Serialises an error as its message (`invalid port: ...`).
 fn display<S: Serializer>(error: &ValidationError, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(error)
 }
