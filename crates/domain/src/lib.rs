@@ -26,6 +26,7 @@ mod error;
 mod filter;
 mod health;
 mod ids;
+mod import;
 mod lease;
 mod names;
 mod pool;
@@ -44,6 +45,11 @@ pub use health::{
     MAX_HEALTH_ATTEMPTS, ProxyHealth,
 };
 pub use ids::{ConsumerId, HealthRecordId, LeaseId, PoolId, ProxyId};
+pub use import::{
+    IMPORT_COLUMNS, ImportDefaults, ImportPlan, ImportReport, InvalidLine, MaxConcurrency,
+    ParsedLine, ParsedList, ProxyEntry, ProxyKey, ProxyListFormat, parse_asn, parse_proxy_json,
+    parse_proxy_json_values, parse_proxy_list, plan_import,
+};
 pub use lease::{Lease, LeaseStatus, MAX_LEASE_TTL, now_micros, truncate_to_micros, validate_ttl};
 pub use names::{MAX_NAME_CHARS, validate_name};
 pub use pool::{Consumer, ProxyPool};

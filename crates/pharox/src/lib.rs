@@ -1,9 +1,9 @@
 //! pharox: lease proxies from named pools to workers, safely and fast.
 //!
 //! This is the crate applications depend on. It holds the application layer
-//! ([`ProxyManager`] for leasing, [`HealthOrchestrator`] for health checks)
-//! and re-exports the domain types, the ports and, behind cargo features,
-//! the adapters:
+//! ([`ProxyManager`] for leasing, [`HealthOrchestrator`] for health checks,
+//! [`import_proxies`] for loading proxy lists) and re-exports the domain
+//! types, the ports and, behind cargo features, the adapters:
 //!
 //! | feature | adapter |
 //! |---|---|
@@ -37,11 +37,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod error;
 pub mod health;
 mod manager;
 pub mod observe;
 
+pub use admin::{ImportOptions, import_proxies};
 pub use error::{PharoxError, WithLeaseError};
 pub use health::{
     HealthCheck, HealthOrchestrator, HealthOrchestratorBuilder, SimulatedProbe, Sweep, SweepSummary,
@@ -57,6 +59,10 @@ pub use pharox_domain::{
     ConsumerId, Credentials, HealthCheckOptions, HealthCheckResult, HealthPolicy, HealthRecord,
     Lease, LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
     ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
+};
+pub use pharox_domain::{
+    ImportDefaults, ImportReport, InvalidLine, MaxConcurrency, ParsedLine, ParsedList, ProxyEntry,
+    ProxyListFormat, parse_proxy_json, parse_proxy_json_values, parse_proxy_list,
 };
 pub use pharox_ports as ports;
 pub use pharox_ports::{
