@@ -43,12 +43,12 @@ async fn a_target_that_answers_passes_and_one_that_does_not_is_explained() {
     assert!(refused.0.contains("refused"), "{refused}");
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_target_that_never_answers_times_out() {
     let hole = BlackHole::start().await.unwrap();
     let probe = HttpProbe::new().unwrap();
     let mut opts = options(format!("http://{}/", hole.addr()));
-    opts.timeout = Duration::from_secs(2);
+    opts.timeout = Duration::from_millis(300);
     let err = probe.check_target(&opts).await.unwrap_err();
     assert!(err.0.contains("timed out"), "{err}");
 }

@@ -80,7 +80,10 @@ impl HeldLock for MemoryLock {
 impl Drop for MemoryLock {
     fn drop(&mut self) {
         let mut held = self.shared.held.lock();
-        if held.get(&self.key).is_some_and(|(token, _)| *token == self.token) {
+        if held
+            .get(&self.key)
+            .is_some_and(|(token, _)| *token == self.token)
+        {
             held.remove(&self.key);
         }
     }

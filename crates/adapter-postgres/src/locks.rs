@@ -32,7 +32,13 @@ const MAX_APPLICATION_NAME: usize = 63;
 fn application_name(holder: &str) -> String {
     let mut name: String = holder
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     name.truncate(MAX_APPLICATION_NAME);
     name
@@ -79,7 +85,9 @@ impl TaskLocks for PostgresStorage {
         .await
         .map_err(|e| map_sqlx("looking up a task lock's holder", e))?;
         Ok(row.map(|(name, pid, addr)| {
-            let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| "a session".to_owned());
+            let name = name
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "a session".to_owned());
             match addr {
                 Some(addr) => format!("{name} (PostgreSQL backend {pid}, client {addr})"),
                 None => format!("{name} (PostgreSQL backend {pid})"),
@@ -173,7 +181,10 @@ mod tests {
             .unwrap();
         assert!(other.try_lock(&key, "second").await.unwrap().is_none());
         let holder = other.holder(&key).await.unwrap().unwrap();
-        assert!(holder.starts_with("first sweep, pid 1 (PostgreSQL backend "), "{holder}");
+        assert!(
+            holder.starts_with("first sweep, pid 1 (PostgreSQL backend "),
+            "{holder}"
+        );
         // Another key is free.
         let second = other.try_lock(&unique_key(), "second").await.unwrap();
         assert!(second.is_some());

@@ -316,7 +316,9 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     let stopped = stopped_by.is_some();
     let printed = output::print(|out| {
         if args.json {
-            print_check_json(out, &args.pool, &checks, &address, &summary, &failures, stopped)
+            print_check_json(
+                out, &args.pool, &checks, &address, &summary, &failures, stopped,
+            )
         } else {
             print_check_table(out, &checks, &address, &summary, &failures, stopped)
         }

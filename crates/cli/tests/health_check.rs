@@ -14,9 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pharox::postgres::testing::{TestSchema, test_database_url};
-use pharox::{
-    AcquireRequest, PoolId, Proxy, ProxyPool, ProxyProtocol, ProxyStatus, ProxyStorage,
-};
+use pharox::{AcquireRequest, PoolId, Proxy, ProxyPool, ProxyProtocol, ProxyStatus, ProxyStorage};
 use pharox_test_proxies::{BlackHole, HttpProxy, TargetServer, TestCa, closed_port};
 use serde_json::Value;
 
@@ -88,7 +86,9 @@ fn finish(child: Child) -> Run {
     match exited.recv_timeout(HUNG_AFTER) {
         Ok(output) => output.unwrap().into(),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("pharox (pid {pid}) did not exit within {HUNG_AFTER:?}");
         }
     }
@@ -189,8 +189,14 @@ async fn the_summary_counts_failures_and_transitions_and_fail_on_error_exits_1()
     logged.env("RUST_LOG", "info");
     let run: Run = logged.output().unwrap().into();
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(!run.stderr.contains('\u{1b}'), "ANSI colours in a pipe: {run:?}");
-    assert!(run.stderr.contains("sweep finished"), "logs at info: {run:?}");
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "ANSI colours in a pipe: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("sweep finished"),
+        "logs at info: {run:?}"
+    );
     let json = run.json();
     assert_eq!(json["checked"], 2, "{run:?}");
     assert_eq!(json["failed"], 1, "{run:?}");
@@ -205,17 +211,22 @@ async fn the_summary_counts_failures_and_transitions_and_fail_on_error_exits_1()
     let run = pharox(&fixture.args(&url, &["--json", "--fail-on-error"]));
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(
-        run.stderr.contains("error: 1 of 2 probes failed (--fail-on-error)"),
+        run.stderr
+            .contains("error: 1 of 2 probes failed (--fail-on-error)"),
         "{run:?}"
     );
     let json = run.json();
-    assert_eq!((json["failed"].clone(), json["became"]["inactive"].clone()), (1.into(), 0.into()));
+    assert_eq!(
+        (json["failed"].clone(), json["became"]["inactive"].clone()),
+        (1.into(), 0.into())
+    );
 
     // The table says the same in words.
     let run = pharox(&fixture.args(&url, &[]));
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
-        run.stdout.contains("2 checked, 1 failed; became inactive 0, slow 0, active 0"),
+        run.stdout
+            .contains("2 checked, 1 failed; became inactive 0, slow 0, active 0"),
         "{run:?}"
     );
     // Without the dead proxy nothing fails and --fail-on-error exits 0.
@@ -250,7 +261,12 @@ async fn a_dead_target_is_refused_before_any_proxy_is_marked() {
     // Skipped on request: the sweep runs and the proxy fails.
     let run = pharox(&fixture.args(
         &dead_target,
-        &["--failures-before-inactive", "1", "--no-target-check", "--json"],
+        &[
+            "--failures-before-inactive",
+            "1",
+            "--no-target-check",
+            "--json",
+        ],
     ));
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.json()["failed"], 1, "{run:?}");
@@ -270,7 +286,10 @@ async fn wait_until<F: Future<Output = bool>>(
         if let Some(status) = child.try_wait().unwrap() {
             panic!("pharox exited ({status}) before {what}");
         }
-        assert!(Instant::now() < deadline, "not {what} within {HUNG_AFTER:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {HUNG_AFTER:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -281,7 +300,10 @@ async fn wait_until<F: Future<Output = bool>>(
 fn watch_stderr(
     child: &mut Child,
     needle: &'static str,
-) -> (std::sync::mpsc::Receiver<()>, std::thread::JoinHandle<String>) {
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
     use std::io::BufRead;
     let stderr = child.stderr.take().unwrap();
     let (seen, saw) = std::sync::mpsc::channel();
@@ -327,7 +349,11 @@ async fn a_second_sweep_is_refused_and_ctrl_c_prints_the_partial_summary() {
     assert!(second.stderr.contains(&format!("pid {pid}")), "{second:?}");
     assert!(second.stderr.contains("--wait"), "{second:?}");
     assert!(second.stdout.is_empty(), "{second:?}");
-    assert_eq!(fixture.records(&good).await, 1, "the second one probed nothing");
+    assert_eq!(
+        fixture.records(&good).await,
+        1,
+        "the second one probed nothing"
+    );
 
     // A waiting one gets its turn when the first ends.
     let mut waiting = spawn(&fixture.args(&url, &["--json", "--wait", "--timeout", "1"]));
@@ -356,7 +382,10 @@ async fn a_second_sweep_is_refused_and_ctrl_c_prints_the_partial_summary() {
     waited.stderr = stderr.join().unwrap();
     assert_eq!(waited.code, Some(0), "{waited:?}");
     let json = waited.json();
-    assert_eq!((json["checked"].clone(), json["failed"].clone()), (2.into(), 1.into()));
+    assert_eq!(
+        (json["checked"].clone(), json["failed"].clone()),
+        (2.into(), 1.into())
+    );
     fixture.drop_schema().await;
 }
 
@@ -381,7 +410,10 @@ async fn a_crashed_sweep_leaves_its_pool_free() {
         if run.code != Some(1) || !run.stderr.contains("another health check") {
             break run;
         }
-        assert!(Instant::now() < deadline, "the killed sweep's lock stayed: {run:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the killed sweep's lock stayed: {run:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -398,7 +430,11 @@ async fn skip_leased_leaves_exclusively_leased_proxies_alone() {
     let worker = fixture.storage().ensure_consumer("worker").await.unwrap();
     let lease = fixture
         .storage()
-        .acquire(&AcquireRequest::new("edge", worker, Duration::from_secs(600)))
+        .acquire(&AcquireRequest::new(
+            "edge",
+            worker,
+            Duration::from_secs(600),
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -408,7 +444,10 @@ async fn skip_leased_leaves_exclusively_leased_proxies_alone() {
     let run = pharox(&fixture.args(&url, &["--skip-leased", "--json"]));
     assert_eq!(run.code, Some(0), "{run:?}");
     let json = run.json();
-    assert_eq!((json["skipped"].clone(), json["checked"].clone()), (1.into(), 1.into()));
+    assert_eq!(
+        (json["skipped"].clone(), json["checked"].clone()),
+        (1.into(), 1.into())
+    );
     assert_eq!(fixture.records(&leased).await, 0);
     assert_eq!(fixture.records(&shared).await, 1);
     // Without the flag it is checked too.
@@ -442,10 +481,16 @@ async fn ca_file_trusts_a_private_ca_and_a_bad_one_is_a_usage_error() {
     assert_eq!(run.json()["failed"], 0, "{run:?}");
     assert_eq!(fixture.records(&proxy).await, 1);
 
-    for path in [bad.to_str().unwrap(), dir.join("missing.pem").to_str().unwrap()] {
+    for path in [
+        bad.to_str().unwrap(),
+        dir.join("missing.pem").to_str().unwrap(),
+    ] {
         let run = pharox(&fixture.args(&url, &["--ca-file", path]));
         assert_eq!(run.code, Some(2), "{run:?}");
-        assert!(run.stderr.starts_with("error: invalid --ca-file: "), "{run:?}");
+        assert!(
+            run.stderr.starts_with("error: invalid --ca-file: "),
+            "{run:?}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
     fixture.drop_schema().await;
@@ -456,12 +501,23 @@ fn help_shows_the_default_target_and_messages_name_the_flags() {
     let run = pharox(&["health", "check", "--help"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
-        run.stdout.contains("[default: https://www.gstatic.com/generate_204]"),
+        run.stdout
+            .contains("[default: https://www.gstatic.com/generate_204]"),
         "{run:?}"
     );
-    let run = pharox(&["health", "check", "--pool", "p", "--target", "ftp://nowhere"]);
+    let run = pharox(&[
+        "health",
+        "check",
+        "--pool",
+        "p",
+        "--target",
+        "ftp://nowhere",
+    ]);
     assert_eq!(run.code, Some(2), "{run:?}");
-    assert!(run.stderr.starts_with("error: invalid --target: "), "{run:?}");
+    assert!(
+        run.stderr.starts_with("error: invalid --target: "),
+        "{run:?}"
+    );
     assert!(!run.stderr.contains("health.target_url"), "{run:?}");
     let run = pharox(&["health", "history", "not-a-uuid"]);
     assert_eq!(run.code, Some(2), "{run:?}");

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use pharox::{
     AcquireRequest, HealthCheckOptions, HealthCheckResult, HealthOrchestrator, HealthPolicy,
-    HealthProbe, MemoryStorage, PoolId, Proxy, ProxyPool, ProxyProtocol, ProxyStatus,
-    ProxyStorage, SimulatedProbe,
+    HealthProbe, MemoryStorage, PoolId, Proxy, ProxyPool, ProxyProtocol, ProxyStatus, ProxyStorage,
+    SimulatedProbe,
 };
 
 async fn seeded(n: usize, max_concurrency: u32) -> (Arc<MemoryStorage>, PoolId, Vec<Proxy>) {
@@ -21,10 +21,15 @@ async fn seeded(n: usize, max_concurrency: u32) -> (Arc<MemoryStorage>, PoolId, 
         .unwrap();
     let proxies: Vec<Proxy> = (0..n)
         .map(|i| {
-            Proxy::builder(pool.id, format!("10.2.0.{}", i + 1), 8080, ProxyProtocol::Http)
-                .max_concurrency(max_concurrency)
-                .build()
-                .unwrap()
+            Proxy::builder(
+                pool.id,
+                format!("10.2.0.{}", i + 1),
+                8080,
+                ProxyProtocol::Http,
+            )
+            .max_concurrency(max_concurrency)
+            .build()
+            .unwrap()
         })
         .collect();
     let proxies = storage.add_proxies(&proxies).await.unwrap();
@@ -55,7 +60,9 @@ impl HealthProbe for OddFails {
                 .probe(proxy, options)
                 .await
         } else {
-            SimulatedProbe::new(Duration::ZERO).probe(proxy, options).await
+            SimulatedProbe::new(Duration::ZERO)
+                .probe(proxy, options)
+                .await
         }
     }
 }
@@ -77,7 +84,10 @@ async fn the_summary_counts_this_sweeps_failures_and_transitions() {
     let first = orchestrator.sweep(proxies.clone()).summarize().await;
     // Two failures, but one is not a streak: nobody became inactive yet.
     assert_eq!((first.total, first.checked, first.failed), (4, 4, 2));
-    assert_eq!((first.became_inactive, first.inactive, first.active), (0, 0, 4));
+    assert_eq!(
+        (first.became_inactive, first.inactive, first.active),
+        (0, 0, 4)
+    );
     let second = orchestrator
         .sweep(storage.list_proxies(pool).await.unwrap())
         .summarize()
@@ -124,7 +134,10 @@ async fn stop_abandons_probes_in_flight_and_ends_the_stream() {
     while let Some(item) = sweep.next().await {
         summary.record(&item);
     }
-    assert_eq!((summary.total, summary.checked, summary.unchecked()), (4, 2, 2));
+    assert_eq!(
+        (summary.total, summary.checked, summary.unchecked()),
+        (4, 2, 2)
+    );
     for proxy in storage.list_proxies(pool).await.unwrap() {
         let records = storage.list_health_records(proxy.id, 5).await.unwrap();
         let checked = !proxy.host.ends_with(['1', '3']);
@@ -137,7 +150,11 @@ async fn skip_leased_leaves_exclusively_leased_proxies_alone() {
     let (storage, pool, proxies) = seeded(1, 1).await;
     let worker = storage.ensure_consumer("w").await.unwrap();
     storage
-        .acquire(&AcquireRequest::new("health", worker, Duration::from_secs(60)))
+        .acquire(&AcquireRequest::new(
+            "health",
+            worker,
+            Duration::from_secs(60),
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -148,7 +165,11 @@ async fn skip_leased_leaves_exclusively_leased_proxies_alone() {
         .unwrap();
     storage.save_proxy(&shared).await.unwrap();
     storage
-        .acquire(&AcquireRequest::new("health", worker, Duration::from_secs(60)))
+        .acquire(&AcquireRequest::new(
+            "health",
+            worker,
+            Duration::from_secs(60),
+        ))
         .await
         .unwrap()
         .unwrap();
