@@ -193,6 +193,49 @@ impl HttpProbe {
         HttpProbeBuilder::default()
     }
 
+    /// Fetches the target directly, without any proxy, with the same
+    /// timeout, attempts, headers, redirect and TLS settings as a probe:
+    /// whether the target itself answers as a probe expects. A sweep
+    /// against a target that does not would fail every proxy (and mark the
+    /// pool inactive), so run this first.
+    pub async fn check_target(
+        &self,
+        options: &HealthCheckOptions,
+    ) -> Result<TargetCheck, TargetError> {
+        options
+            .validate()
+            .map_err(|e| TargetError(format!("invalid health check options: {e}")))?;
+        let target = reqwest::Url::parse(&options.target_url)
+            .map_err(|_| TargetError("is not a valid URL".to_owned()))?;
+        let client = self
+            .client(None, options)
+            .map_err(|f| TargetError(f.message))?;
+        let mut made = 0;
+        loop {
+            made += 1;
+            let start = Instant::now();
+            let sent =
+                tokio::time::timeout(options.timeout, client.get(target.clone()).send()).await;
+            let failure = match sent {
+                Err(_) => Failure::timeout(options.timeout),
+                Ok(Err(e)) => classify(&e, options.timeout, false),
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    if options.is_expected(status) {
+                        return Ok(TargetCheck {
+                            http_status: status,
+                            latency: start.elapsed(),
+                        });
+                    }
+                    Failure::new(FailureKind::Status, format!("unexpected status {status}"))
+                }
+            };
+            if !failure.kind.retryable() || made >= options.attempts {
+                return Err(TargetError(failure.message));
+            }
+        }
+    }
+
     /// The proxy URL handed to reqwest: the proxy's connect URL (credentials
     /// included) with the scheme the protocol and options call for.
     fn proxy_url(&self, proxy: &Proxy, remote_dns: bool) -> String {
@@ -212,14 +255,22 @@ impl HttpProbe {
         format!("{scheme}://{rest}")
     }
 
+    /// A client through `proxy_url`, or straight to the target (ignoring
+    /// any `HTTP_PROXY` of the environment) without one.
     fn client(
         &self,
-        proxy_url: &str,
+        proxy_url: Option<&str>,
         options: &HealthCheckOptions,
     ) -> Result<reqwest::Client, Failure> {
-        // The reqwest error may quote the URL (with credentials): not used.
-        let proxy = reqwest::Proxy::all(proxy_url)
-            .map_err(|_| Failure::new(FailureKind::Other, "invalid proxy address"))?;
+        let mut builder = reqwest::Client::builder();
+        builder = match proxy_url {
+            // The reqwest error may quote the URL (with credentials): not used.
+            Some(url) => builder.proxy(
+                reqwest::Proxy::all(url)
+                    .map_err(|_| Failure::new(FailureKind::Other, "invalid proxy address"))?,
+            ),
+            None => builder.no_proxy(),
+        };
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::USER_AGENT, self.user_agent.clone());
         for (name, value) in &options.headers {
@@ -239,9 +290,8 @@ impl HttpProbe {
         } else {
             reqwest::redirect::Policy::none()
         };
-        reqwest::Client::builder()
+        builder
             .tls_backend_preconfigured(self.tls.clone())
-            .proxy(proxy)
             .redirect(redirect)
             .default_headers(headers)
             .pool_max_idle_per_host(0)
@@ -289,6 +339,21 @@ impl HttpProbe {
         }
     }
 }
+
+/// The target answered a direct request as expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetCheck {
+    /// Its status code.
+    pub http_status: u16,
+    /// From sending the request to the response head.
+    pub latency: Duration,
+}
+
+/// The target did not answer a direct request as a probe expects (refused,
+/// timed out, TLS, an unexpected status): why, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
 
 /// What one attempt found.
 struct Attempt {
@@ -376,7 +441,7 @@ async fn probe(
             Attempt::failed(Failure::new(FailureKind::Other, "invalid target URL")),
         );
     };
-    let client = match probe.client(&proxy_url, options) {
+    let client = match probe.client(Some(&proxy_url), options) {
         Ok(client) => client,
         Err(failure) => return finish(1, Attempt::failed(failure)),
     };

@@ -51,6 +51,7 @@
 
 mod hash;
 mod leases;
+mod locks;
 mod pool;
 mod sync;
 #[cfg(test)]
@@ -74,6 +75,8 @@ use pharox_ports::{
 };
 use rand::Rng;
 use time::OffsetDateTime;
+
+pub use crate::locks::MemoryTaskLocks;
 
 use crate::hash::IdBuildHasher;
 use crate::leases::{Ended, FinishedLease, Found, LeaseIndex};

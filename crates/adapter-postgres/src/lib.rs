@@ -22,6 +22,7 @@ mod config;
 pub mod entities;
 mod error;
 mod hot;
+mod locks;
 mod rows;
 mod sql;
 mod storage;
@@ -29,4 +30,5 @@ pub mod testing;
 
 pub use config::{ConfigError, ENV_DATABASE_URL, PostgresConfig, SslMode};
 pub use error::MAX_ATTEMPTS;
+pub use locks::LOCK_CLASS;
 pub use storage::PostgresStorage;

@@ -69,7 +69,7 @@ pub async fn run(args: HealthBenchArgs) -> Result<(), CliError> {
     for _ in 0..args.rounds {
         let summary = orchestrator.sweep(Arc::clone(&proxies)).summarize().await;
         checks += summary.checked;
-        failed += summary.failed;
+        failed += summary.not_persisted;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let per_sec = checks as f64 / elapsed;

@@ -1,6 +1,7 @@
 //! `pharox health check` and `pharox health history`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +9,11 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use pharox::http_probe::HttpProbe;
+use pharox::ports::{TaskLockGuard, TaskLocks};
+use pharox::postgres::PostgresStorage;
 use pharox::{
     HealthCheck, HealthCheckOptions, HealthOrchestrator, HealthPolicy, PharoxError, ProxyId,
-    ProxyStorage, SweepSummary,
+    ProxyPool, ProxyStorage, SweepSummary, ValidationError,
 };
 use serde_json::json;
 
@@ -18,7 +21,8 @@ use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
 use crate::limits;
 use crate::migrate::{open_checked, required_url};
-use crate::output::{self, OutputError, Stdout, outln};
+use crate::output::{self, OutputError, Stdout, errln, outln};
+use crate::signals::Signals;
 
 /// Flags of `pharox health`.
 #[derive(Debug, Args)]
@@ -43,9 +47,18 @@ struct CheckArgs {
     /// The database, as postgres://user:pass@host:5432/db
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
     database_url: Option<DatabaseUrl>,
-    /// The URL fetched through each proxy.
+    /// The URL fetched through each proxy (a public URL by default: pass
+    /// your own where the internet is not reachable).
+    #[arg(long, value_name = "URL", default_value_t = HealthCheckOptions::default().target_url)]
+    target: String,
+    /// Skip the direct request to --target (without a proxy) made before
+    /// sweeping, which refuses to sweep when the target does not answer.
     #[arg(long)]
-    target: Option<String>,
+    no_target_check: bool,
+    /// PEM file of extra root certificates to trust for HTTPS targets (a
+    /// private CA), on top of the system's.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Probes in flight at once (1 to 100,000).
     #[arg(long, default_value_t = pharox::health::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -61,6 +74,18 @@ struct CheckArgs {
     /// Consecutive failures before a proxy becomes inactive.
     #[arg(long, default_value_t = 3)]
     failures_before_inactive: u32,
+    /// Leave proxies with an exclusive lease alone: max concurrency 1 and
+    /// a lease held when the sweep starts (probing would share a proxy a
+    /// worker counts on having to itself).
+    #[arg(long)]
+    skip_leased: bool,
+    /// Exit 1 when any probe of this sweep failed (for cron and CI).
+    #[arg(long)]
+    fail_on_error: bool,
+    /// When another sweep of the pool is running, wait for it to finish
+    /// instead of exiting 1.
+    #[arg(long)]
+    wait: bool,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -68,8 +93,9 @@ struct CheckArgs {
 
 #[derive(Debug, Args)]
 struct HistoryArgs {
-    /// The proxy's id.
-    proxy_id: String,
+    /// The proxy's id (a UUID).
+    #[arg(value_parser = parse_proxy_id)]
+    proxy_id: ProxyId,
     /// The database, as postgres://user:pass@host:5432/db
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
     database_url: Option<DatabaseUrl>,
@@ -81,6 +107,10 @@ struct HistoryArgs {
     json: bool,
 }
 
+fn parse_proxy_id(value: &str) -> Result<ProxyId, String> {
+    value.parse().map_err(|_| "is not a UUID".to_owned())
+}
+
 /// Runs a health command.
 pub async fn run(args: HealthArgs) -> Result<(), CliError> {
     match args.command {
@@ -89,38 +119,162 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
     }
 }
 
+/// The flag behind an option's field, for messages about it.
+fn flag_of(field: &str) -> &'static str {
+    match field {
+        "health.target_url" => "target",
+        "health.timeout" => "timeout",
+        "health.attempts" => "attempts",
+        "health.slow_threshold" => "slow-ms",
+        "health.concurrency" => "concurrency",
+        _ => "failures-before-inactive",
+    }
+}
+
+fn usage(e: &ValidationError) -> CliError {
+    CliError::Usage {
+        flag: flag_of(&e.field),
+        reason: e.reason.to_string(),
+    }
+}
+
 fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
-    let mut options = HealthCheckOptions {
+    let options = HealthCheckOptions {
+        target_url: args.target.clone(),
         timeout: limits::seconds("timeout", args.timeout, limits::MAX_TIMEOUT_SECS)?,
         attempts: args.attempts,
         slow_threshold: Some(Duration::from_millis(args.slow_ms)),
         ..HealthCheckOptions::default()
     };
-    if let Some(target) = &args.target {
-        options.target_url.clone_from(target);
-    }
-    options.validate()?;
+    options.validate().map_err(|e| usage(&e))?;
     Ok(options)
 }
+
+fn probe(args: &CheckArgs) -> Result<HttpProbe, CliError> {
+    let mut builder = HttpProbe::builder();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).map_err(|e| CliError::Usage {
+            flag: "ca-file",
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        builder = builder
+            .add_root_certificates_pem(&pem)
+            .map_err(|e| CliError::Usage {
+                flag: "ca-file",
+                reason: format!("{}: {e}", path.display()),
+            })?;
+    }
+    builder.build().map_err(|e| CliError::Usage {
+        flag: "ca-file",
+        reason: e.to_string(),
+    })
+}
+
+/// The target URL without any `user:password@`, for messages.
+fn shown_target(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            return format!("{scheme}://{}", &rest[at + 1..]);
+        }
+    }
+    url.to_owned()
+}
+
+/// How this process describes itself to a second sweep of the same pool.
+fn holder_description() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().chars().take(24).collect::<String>())
+        .filter(|h| !h.is_empty());
+    let pid = std::process::id();
+    match host {
+        Some(host) => format!("pharox health check, pid {pid} on {host}"),
+        None => format!("pharox health check, pid {pid}"),
+    }
+}
+
+/// Takes the pool's sweep lock, or says who has it (exit 1); with `--wait`,
+/// waits for it (a signal ends the wait).
+async fn lock_pool(
+    locks: &PostgresStorage,
+    pool: &ProxyPool,
+    wait: bool,
+    signals: &mut Signals,
+) -> Result<TaskLockGuard, CliError> {
+    let key = format!("pharox.health.sweep:{}", pool.id);
+    let me = holder_description();
+    let mut told = false;
+    loop {
+        if let Some(guard) = locks.try_lock(&key, &me).await? {
+            return Ok(guard);
+        }
+        let holder = locks
+            .holder(&key)
+            .await?
+            .unwrap_or_else(|| "a session that just ended".to_owned());
+        if !wait {
+            return Err(CliError::Other(format!(
+                "another health check of pool {} is running, held by {holder}; \
+                 pass --wait to wait for it to finish",
+                pool.name
+            )));
+        }
+        if !told {
+            errln!(
+                "pharox: waiting for the health check of pool {} held by {holder}",
+                pool.name
+            );
+            told = true;
+        }
+        tokio::select! {
+            signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+            () = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
+}
+
+/// How often `--wait` asks for the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(250);
 
 async fn check(args: CheckArgs) -> Result<(), CliError> {
     let options = options(&args)?;
     limits::count("concurrency", args.concurrency, limits::MAX_CONCURRENCY)?;
-    let policy = HealthPolicy::new(args.failures_before_inactive)?;
+    let policy = HealthPolicy::new(args.failures_before_inactive).map_err(|e| usage(&e))?;
+    let probe = probe(&args)?;
     let url = required_url(args.database_url.as_ref())?;
+    let mut signals = Signals::install()?;
     let connections = u32::try_from(args.concurrency.min(64))
         .unwrap_or(64)
         .saturating_add(2);
-    let storage: Arc<dyn ProxyStorage> = Arc::new(open_checked(url, connections, false).await?);
-    let pool = storage.get_pool_by_name(&args.pool).await?;
+    let postgres = Arc::new(open_checked(url, connections, false).await?);
+    let pool = postgres.get_pool_by_name(&args.pool).await?;
+    // Held to the end of the sweep; dropping it releases it.
+    let lock = lock_pool(&postgres, &pool, args.wait, &mut signals).await?;
+    if !args.no_target_check {
+        let checked = tokio::select! {
+            signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+            checked = probe.check_target(&options) => checked,
+        };
+        if let Err(why) = checked {
+            return Err(CliError::Other(format!(
+                "--target {} does not answer directly (without a proxy): {why}; \
+                 refusing to sweep, since every proxy would fail against it \
+                 (fix --target, or pass --no-target-check to sweep anyway)",
+                shown_target(&options.target_url)
+            )));
+        }
+    }
+    let storage: Arc<dyn ProxyStorage> = postgres.clone();
     let proxies = storage.list_proxies(pool.id).await?;
     let addresses: HashMap<ProxyId, String> =
         proxies.iter().map(|p| (p.id, p.to_string())).collect();
-    let probe = HttpProbe::new().map_err(|e| CliError::Other(e.to_string()))?;
     let orchestrator = HealthOrchestrator::builder(storage, Arc::new(probe))
         .options(options)
         .policy(policy)
         .concurrency(args.concurrency)
+        .skip_leased(args.skip_leased)
         .build()?;
     let mut sweep = orchestrator.sweep(proxies);
     let bar = ProgressBar::new(sweep.total() as u64);
@@ -129,10 +283,22 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     {
         bar.set_style(style);
     }
-    let mut summary = SweepSummary::default();
+    let mut summary = sweep.summary();
     let mut checks: Vec<HealthCheck> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
-    while let Some(item) = sweep.next().await {
+    let mut stopped_by = None;
+    loop {
+        let item = tokio::select! {
+            item = sweep.next() => item,
+            signal = signals.recv(), if stopped_by.is_none() => {
+                // No new probe; those in flight are abandoned, results
+                // being written are written and still come.
+                sweep.stop();
+                stopped_by = Some(signal);
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
         bar.inc(1);
         summary.record(&item);
         match item {
@@ -141,22 +307,38 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
         }
     }
     bar.finish_and_clear();
+    drop(sweep);
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "could not release the sweep lock; it goes with the connection");
+    }
     let address = |check: &HealthCheck| addresses.get(&check.proxy_id).map_or("?", String::as_str);
     checks.sort_by(|a, b| address(a).cmp(address(b)));
+    let stopped = stopped_by.is_some();
     let printed = output::print(|out| {
         if args.json {
-            print_check_json(out, &args.pool, &checks, &address, &summary, &failures)
+            print_check_json(
+                out, &args.pool, &checks, &address, &summary, &failures, stopped,
+            )
         } else {
-            print_check_table(out, &checks, &address, &summary, &failures)
+            print_check_table(out, &checks, &address, &summary, &failures, stopped)
         }
     });
-    // A failure outweighs a closed stdout.
+    // A signal, then a failure, outweigh a closed stdout.
+    if let Some(signal) = stopped_by {
+        return Err(CliError::Interrupted(signal));
+    }
     if !failures.is_empty() {
         return Err(CliError::Pharox(PharoxError::Storage(
             pharox::StorageError::Backend {
                 message: format!("{} results could not be persisted", failures.len()),
                 source: None,
             },
+        )));
+    }
+    if args.fail_on_error && summary.failed > 0 {
+        return Err(CliError::Other(format!(
+            "{} of {} probes failed (--fail-on-error)",
+            summary.failed, summary.checked
         )));
     }
     Ok(printed?)
@@ -172,6 +354,7 @@ fn print_check_table<'a>(
     address: &dyn Fn(&'a HealthCheck) -> &'a str,
     summary: &SweepSummary,
     failures: &[String],
+    stopped: bool,
 ) -> Result<(), OutputError> {
     outln!(
         out,
@@ -208,8 +391,16 @@ fn print_check_table<'a>(
     };
     outln!(
         out,
-        "\n{} checked: {} active, {} slow, {} inactive, {} banned; latency p50 {}, p95 {}",
+        "\n{} checked, {} failed; became inactive {}, slow {}, active {}",
         summary.checked,
+        summary.failed,
+        summary.became_inactive,
+        summary.became_slow,
+        summary.became_active,
+    );
+    outln!(
+        out,
+        "now {} active, {} slow, {} inactive, {} banned; latency p50 {}, p95 {}",
         summary.active,
         summary.slow,
         summary.inactive,
@@ -217,6 +408,17 @@ fn print_check_table<'a>(
         ms(0.5),
         ms(0.95)
     );
+    if summary.skipped > 0 {
+        outln!(out, "skipped {} with an exclusive lease", summary.skipped);
+    }
+    if stopped {
+        outln!(
+            out,
+            "stopped early: {} of {} not checked",
+            summary.unchecked(),
+            summary.total
+        );
+    }
     Ok(())
 }
 
@@ -227,6 +429,7 @@ fn print_check_json<'a>(
     address: &dyn Fn(&'a HealthCheck) -> &'a str,
     summary: &SweepSummary,
     failures: &[String],
+    stopped: bool,
 ) -> Result<(), OutputError> {
     let proxies: Vec<_> = checks
         .iter()
@@ -245,7 +448,17 @@ fn print_check_json<'a>(
         .collect();
     let json = json!({
         "pool": pool,
+        "total": summary.total,
         "checked": summary.checked,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "unchecked": summary.unchecked(),
+        "stopped": stopped,
+        "became": {
+            "inactive": summary.became_inactive,
+            "slow": summary.became_slow,
+            "active": summary.became_active,
+        },
         "active": summary.active,
         "slow": summary.slow,
         "inactive": summary.inactive,
@@ -259,10 +472,7 @@ fn print_check_json<'a>(
 }
 
 async fn history(args: HistoryArgs) -> Result<(), CliError> {
-    let proxy_id: ProxyId = args.proxy_id.parse().map_err(|_| CliError::Usage {
-        flag: "proxy-id",
-        reason: "is not a UUID".into(),
-    })?;
+    let proxy_id = args.proxy_id;
     let url = required_url(args.database_url.as_ref())?;
     let storage = open_checked(url, 2, false).await?;
     let proxy = storage.get_proxy(proxy_id).await?;
@@ -325,7 +535,12 @@ mod tests {
         CheckArgs {
             pool: "p".to_owned(),
             database_url: None,
-            target: None,
+            target: HealthCheckOptions::default().target_url,
+            no_target_check: false,
+            ca_file: None,
+            skip_leased: false,
+            fail_on_error: false,
+            wait: false,
             concurrency: 8,
             timeout,
             attempts: 1,
@@ -345,6 +560,27 @@ mod tests {
                 Ok(_) => panic!("{timeout}: accepted"),
             }
         }
+    }
+
+    #[test]
+    fn a_bad_target_names_the_flag() {
+        let mut args = check_args(5.0);
+        args.target = "ftp://x".to_owned();
+        match options(&args) {
+            Err(e @ CliError::Usage { .. }) => {
+                assert!(e.to_string().starts_with("invalid --target: "), "{e}");
+            }
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shown_targets_have_no_credentials() {
+        assert_eq!(
+            shown_target("https://u:pw@example.test:8443/x@y"),
+            "https://example.test:8443/x@y"
+        );
+        assert_eq!(shown_target("http://127.0.0.1/ok"), "http://127.0.0.1/ok");
     }
 
     #[test]

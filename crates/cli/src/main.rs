@@ -95,13 +95,15 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, at warn unless `RUST_LOG` says otherwise, so stdout
-/// stays clean for `--json`.
+/// stays clean for `--json`; coloured only when stderr is a terminal.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -136,7 +138,14 @@ mod tests {
                 "--database-url",
                 URL,
             ],
-            vec!["pharox", "health", "history", "x", "--database-url", URL],
+            vec![
+                "pharox",
+                "health",
+                "history",
+                "0190b0a4-6f9c-7a3e-8b1d-2c4e6f8a0b1c",
+                "--database-url",
+                URL,
+            ],
         ]);
         for args in cases {
             let debug = debug_of(&args);

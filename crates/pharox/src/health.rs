@@ -16,7 +16,7 @@ use pharox_domain::{
     ProxyStatus, ValidationError, now_micros,
 };
 use pharox_ports::{HealthProbe, ProxyStorage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use tracing::Instrument;
@@ -39,11 +39,20 @@ pub struct HealthCheck {
     pub result: HealthCheckResult,
 }
 
-/// Counts of a sweep's outcomes, built with [`record`](Self::record).
+/// Counts of a sweep's outcomes, built with [`record`](Self::record); start
+/// one with [`Sweep::summary`] to have its size and skipped proxies in it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SweepSummary {
+    /// Proxies the sweep was to check (skipped ones not included).
+    pub total: usize,
+    /// Proxies left alone (with [`HealthOrchestratorBuilder::skip_leased`],
+    /// the ones with an exclusive lease).
+    pub skipped: usize,
     /// Results received.
     pub checked: usize,
+    /// Probes of this sweep that failed (the verdict was inactive), whatever
+    /// the proxy's status became: a proxy turns inactive only after several.
+    pub failed: usize,
     /// Proxies active afterwards.
     pub active: usize,
     /// Proxies slow afterwards.
@@ -54,8 +63,14 @@ pub struct SweepSummary {
     pub banned: usize,
     /// Proxies deleted while being checked.
     pub vanished: usize,
+    /// Proxies that became active in this sweep (were slow or inactive).
+    pub became_active: usize,
+    /// Proxies that became slow in this sweep.
+    pub became_slow: usize,
+    /// Proxies that became inactive in this sweep.
+    pub became_inactive: usize,
     /// Checks whose result could not be persisted.
-    pub failed: usize,
+    pub not_persisted: usize,
     latencies_ms: Vec<f64>,
 }
 
@@ -80,9 +95,12 @@ impl SweepSummary {
     fn count(&mut self, item: &Result<HealthCheck, PharoxError>) {
         self.checked += 1;
         let Ok(check) = item else {
-            self.failed += 1;
+            self.not_persisted += 1;
             return;
         };
+        if check.result.status == ProxyStatus::Inactive || check.result.error.is_some() {
+            self.failed += 1;
+        }
         match check.status_after {
             Some(ProxyStatus::Active) => self.active += 1,
             Some(ProxyStatus::Slow) => self.slow += 1,
@@ -90,17 +108,36 @@ impl SweepSummary {
             Some(ProxyStatus::Banned) => self.banned += 1,
             None => self.vanished += 1,
         }
+        match check.status_after {
+            Some(after) if after == check.status_before => {}
+            Some(ProxyStatus::Active) => self.became_active += 1,
+            Some(ProxyStatus::Slow) => self.became_slow += 1,
+            Some(ProxyStatus::Inactive) => self.became_inactive += 1,
+            _ => {}
+        }
+    }
+
+    /// Proxies of the sweep not checked (it was stopped, or hit its deadline).
+    #[must_use]
+    pub fn unchecked(&self) -> usize {
+        self.total.saturating_sub(self.checked)
     }
 
     /// Adds another summary's counts (and latencies) to this one.
     pub fn merge(&mut self, other: &SweepSummary) {
+        self.total += other.total;
+        self.skipped += other.skipped;
         self.checked += other.checked;
+        self.failed += other.failed;
         self.active += other.active;
         self.slow += other.slow;
         self.inactive += other.inactive;
         self.banned += other.banned;
         self.vanished += other.vanished;
-        self.failed += other.failed;
+        self.became_active += other.became_active;
+        self.became_slow += other.became_slow;
+        self.became_inactive += other.became_inactive;
+        self.not_persisted += other.not_persisted;
         self.latencies_ms.extend_from_slice(&other.latencies_ms);
     }
 
@@ -120,11 +157,14 @@ impl SweepSummary {
 /// The results of a running sweep, as they finish.
 ///
 /// Dropping it cancels the sweep: probes still in flight are aborted.
+/// [`stop`](Self::stop) ends it gently instead.
 pub struct Sweep {
     results: mpsc::Receiver<Result<HealthCheck, PharoxError>>,
     driver: AbortHandle,
     total: usize,
+    skipped: usize,
     deadline_hit: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
 }
 
 impl Sweep {
@@ -132,6 +172,37 @@ impl Sweep {
     #[must_use]
     pub fn total(&self) -> usize {
         self.total
+    }
+
+    /// How many proxies were left alone (see
+    /// [`HealthOrchestratorBuilder::skip_leased`]).
+    #[must_use]
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// An empty summary for this sweep: its total and skipped proxies.
+    #[must_use]
+    pub fn summary(&self) -> SweepSummary {
+        SweepSummary {
+            total: self.total,
+            skipped: self.skipped,
+            ..SweepSummary::default()
+        }
+    }
+
+    /// Stops the sweep: no new probe starts, probes in flight are
+    /// abandoned (their proxies are left as they were, nothing recorded),
+    /// results already being persisted are persisted and still yielded;
+    /// then the stream ends. For Ctrl-C.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Whether the overall deadline stopped the sweep before every proxy was
@@ -143,7 +214,7 @@ impl Sweep {
 
     /// Drives the sweep to the end and counts the outcomes.
     pub async fn summarize(mut self) -> SweepSummary {
-        let mut summary = SweepSummary::default();
+        let mut summary = self.summary();
         while let Some(item) = self.results.recv().await {
             summary.record(&item);
         }
@@ -182,10 +253,18 @@ struct Inner {
     policy: HealthPolicy,
     concurrency: usize,
     deadline: Option<Duration>,
+    skip_leased: bool,
 }
 
 impl Inner {
     async fn check(&self, proxy: &Proxy) -> Result<HealthCheck, PharoxError> {
+        let result = self.probe(proxy).await;
+        self.apply(proxy, result).await
+    }
+
+    /// Runs the probe for the proxy's protocol; touches no storage, so it
+    /// can be abandoned at any point.
+    async fn probe(&self, proxy: &Proxy) -> HealthCheckResult {
         let probe = self
             .probes
             .get(&proxy.protocol)
@@ -195,7 +274,15 @@ impl Inner {
             .get(&proxy.protocol)
             .unwrap_or(&self.options);
         let span = tracing::debug_span!("pharox.health.probe", proxy = %proxy.id, protocol = %proxy.protocol);
-        let result = probe.probe(proxy, options).instrument(span).await;
+        probe.probe(proxy, options).instrument(span).await
+    }
+
+    /// Persists a probe's result.
+    async fn apply(
+        &self,
+        proxy: &Proxy,
+        result: HealthCheckResult,
+    ) -> Result<HealthCheck, PharoxError> {
         let updated = self
             .storage
             .apply_health_result(&result, &self.policy)
@@ -254,6 +341,7 @@ impl HealthOrchestrator {
                 policy: HealthPolicy::default(),
                 concurrency: DEFAULT_CONCURRENCY,
                 deadline: None,
+                skip_leased: false,
             },
         }
     }
@@ -278,7 +366,17 @@ impl HealthOrchestrator {
     /// Takes anything that becomes an `Arc<[Proxy]>` (a `Vec<Proxy>`, or a
     /// shared slice to sweep the same proxies again without copying them).
     pub fn sweep(&self, proxies: impl Into<Arc<[Proxy]>>) -> Sweep {
-        let proxies: Arc<[Proxy]> = proxies.into();
+        let mut proxies: Arc<[Proxy]> = proxies.into();
+        let mut skipped = 0;
+        if self.inner.skip_leased && proxies.iter().any(is_exclusively_leased) {
+            let kept: Vec<Proxy> = proxies
+                .iter()
+                .filter(|p| !is_exclusively_leased(p))
+                .cloned()
+                .collect();
+            skipped = proxies.len() - kept.len();
+            proxies = kept.into();
+        }
         let total = proxies.len();
         let inner = Arc::clone(&self.inner);
         let (tx, rx) = mpsc::channel(inner.concurrency);
@@ -289,14 +387,25 @@ impl HealthOrchestrator {
             proxies = total,
             concurrency = inner.concurrency
         );
-        let driver = tokio::spawn(drive_sweep(inner, proxies, tx, hit).instrument(span));
+        let (stop, stopped) = watch::channel(false);
+        let driver = tokio::spawn(drive_sweep(inner, proxies, tx, hit, stopped).instrument(span));
         Sweep {
             results: rx,
             driver: driver.abort_handle(),
             total,
+            skipped,
             deadline_hit,
+            stop,
         }
     }
+}
+
+/// Whether `proxy` is held exclusively by a worker right now: it takes one
+/// lease at a time (`max_concurrency` 1) and has it. Probing it would send
+/// traffic through a proxy a worker counts on having to itself. Judged on
+/// the proxies as listed when the sweep starts.
+fn is_exclusively_leased(proxy: &Proxy) -> bool {
+    proxy.max_concurrency == Some(1) && proxy.current_leases >= 1
 }
 
 /// Runs a sweep as `concurrency` lanes, each taking the next unchecked proxy
@@ -308,20 +417,36 @@ async fn drive_sweep(
     proxies: Arc<[Proxy]>,
     tx: mpsc::Sender<Result<HealthCheck, PharoxError>>,
     deadline_hit: Arc<AtomicBool>,
+    stopped: watch::Receiver<bool>,
 ) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut lanes = JoinSet::new();
     for _ in 0..inner.concurrency.min(proxies.len()) {
-        let (inner, proxies, next, tx) = (
+        let (inner, proxies, next, tx, mut stopped) = (
             Arc::clone(&inner),
             Arc::clone(&proxies),
             Arc::clone(&next),
             tx.clone(),
+            stopped.clone(),
         );
         lanes.spawn(async move {
             let mut counts = SweepSummary::default();
-            while let Some(proxy) = proxies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let item = inner.check(proxy).await;
+            loop {
+                // Copied out: a borrow held on would block `stop`.
+                let stop = *stopped.borrow();
+                if stop {
+                    break;
+                }
+                let Some(proxy) = proxies.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let result = tokio::select! {
+                    biased;
+                    // Stopped (or the sweep dropped): abandon the probe.
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                    result = inner.probe(proxy) => result,
+                };
+                let item = inner.apply(proxy, result).await;
                 counts.count(&item);
                 if tx.send(item).await.is_err() {
                     break; // the consumer dropped the stream
@@ -364,6 +489,7 @@ async fn drive_sweep(
         banned = summary.banned,
         vanished = summary.vanished,
         failed = summary.failed,
+        not_persisted = summary.not_persisted,
         "sweep finished"
     );
 }
@@ -408,6 +534,13 @@ impl HealthOrchestratorBuilder {
     /// Probes in flight at once (default 32).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.inner.concurrency = concurrency;
+        self
+    }
+
+    /// Leaves out proxies with an exclusive lease: `max_concurrency` 1 and
+    /// a lease held, as listed when the sweep starts (default: check them).
+    pub fn skip_leased(mut self, skip: bool) -> Self {
+        self.inner.skip_leased = skip;
         self
     }
 

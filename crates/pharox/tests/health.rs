@@ -317,7 +317,7 @@ async fn a_sweep_of_1000_proxies_persists_every_result() {
         .summarize()
         .await;
     assert_eq!(
-        (summary.checked, summary.active, summary.failed),
+        (summary.checked, summary.active, summary.not_persisted),
         (1000, 1000, 0)
     );
     for proxy in storage.list_proxies(pool).await.unwrap() {

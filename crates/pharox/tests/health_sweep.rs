@@ -67,7 +67,7 @@ async fn sweep_persists_everything(storage: Arc<dyn ProxyStorage>) {
         .summarize()
         .await;
     assert_eq!(summary.checked, PROXIES);
-    assert_eq!(summary.failed, 0, "every result persisted");
+    assert_eq!(summary.not_persisted, 0, "every result persisted");
     assert_eq!(summary.active, 900);
     assert_eq!(summary.inactive, 100, "the dead address fails");
 

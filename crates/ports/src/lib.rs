@@ -5,17 +5,20 @@
 //!   it with the `pharox-contract-tests` suite.
 //! - [`Clock`]: the time, injectable so expiry can be tested without sleeping.
 //! - [`HealthProbe`]: one health check through one proxy.
+//! - [`TaskLocks`]: exclusive named locks for background tasks.
 //!
 //! With the `mock` feature, mockall mocks (`MockProxyStorage`,
 //! `MockHealthProbe`) are generated for unit-testing the application layer.
 
 mod clock;
 mod error;
+mod lock;
 mod probe;
 mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, StorageError, StorageResult};
+pub use lock::{HeldLock, TaskLockGuard, TaskLocks};
 pub use probe::HealthProbe;
 #[cfg(feature = "mock")]
 pub use probe::MockHealthProbe;
