@@ -28,6 +28,7 @@ mod health;
 mod ids;
 mod lease;
 mod names;
+mod overview;
 mod pool;
 mod proxy;
 mod retry;
@@ -46,6 +47,7 @@ pub use health::{
 pub use ids::{ConsumerId, HealthRecordId, LeaseId, PoolId, ProxyId};
 pub use lease::{Lease, LeaseStatus, MAX_LEASE_TTL, now_micros, truncate_to_micros, validate_ttl};
 pub use names::{MAX_NAME_CHARS, validate_name};
+pub use overview::{CheckedRange, LatencySummary, PoolOverview, percentile_cont};
 pub use pool::{Consumer, ProxyPool};
 pub use proxy::{Credentials, Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 pub use retry::RetryPolicy;
