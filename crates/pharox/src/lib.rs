@@ -41,6 +41,7 @@ mod error;
 pub mod health;
 mod manager;
 pub mod observe;
+mod operator;
 
 pub use error::{PharoxError, WithLeaseError};
 pub use health::{
@@ -51,12 +52,13 @@ pub use manager::{
     default_release_retry,
 };
 pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
 
 pub use pharox_domain as domain;
 pub use pharox_domain::{
     ConsumerId, Credentials, HealthCheckOptions, HealthCheckResult, HealthPolicy, HealthRecord,
-    Lease, LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
-    ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
+    Lease, LeaseId, LeaseStatus, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId,
+    ProxyPool, ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
 };
 pub use pharox_ports as ports;
 pub use pharox_ports::{
