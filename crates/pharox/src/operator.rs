@@ -83,6 +83,11 @@ impl Operator {
             .collect())
     }
 
+    /// The proxy with this id.
+    pub async fn proxy(&self, id: ProxyId) -> Result<Proxy, PharoxError> {
+        Ok(self.storage.get_proxy(id).await?)
+    }
+
     /// Sets a proxy's status by hand. A proxy banned this way stays banned:
     /// health checks never lift a ban.
     pub async fn set_status(&self, id: ProxyId, status: ProxyStatus) -> Result<Proxy, PharoxError> {
