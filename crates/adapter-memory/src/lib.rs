@@ -49,6 +49,7 @@
 //!   that are only deep-cloned (copy-on-write) when the stored proxy changes
 //!   while an old snapshot is still held.
 
+mod admin;
 mod hash;
 mod leases;
 mod locks;
@@ -66,8 +67,8 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use pharox_domain::{
     Consumer, ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease,
-    LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
-    Selector, ValidationError, truncate_to_micros, validate_name, validate_ttl,
+    LeaseId, LeaseStatus, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
+    ProxyStatus, Selector, ValidationError, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -829,5 +830,18 @@ impl ProxyStorage for MemoryStorage {
             }
         }
         Ok(stats)
+    }
+
+    async fn pool_overview(&self, pool_name: &str) -> StorageResult<PoolOverview> {
+        self.overview(pool_name)
+    }
+
+    async fn list_leases<'a>(
+        &self,
+        pool_name: &str,
+        consumer: Option<&'a str>,
+        limit: usize,
+    ) -> StorageResult<Vec<Lease>> {
+        self.active_leases(pool_name, consumer, limit)
     }
 }

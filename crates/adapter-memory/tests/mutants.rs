@@ -31,8 +31,8 @@ use pharox_adapter_memory::MemoryStorage;
 use pharox_contract_tests::{ContractFixture, SUITE, Scenario};
 use pharox_domain::{
     ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, LeaseStatus,
-    MAX_LEASE_TTL, PoolId, PoolStats, Proxy, ProxyFilter, ProxyHealth, ProxyId, ProxyPool,
-    ProxyStatus, Selector, validate_name, validate_ttl,
+    MAX_LEASE_TTL, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyHealth, ProxyId,
+    ProxyPool, ProxyStatus, Selector, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ManualClock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -1478,6 +1478,19 @@ impl ProxyStorage for Broken {
             }
             _ => self.inner.pool_stats(&pool_name).await,
         }
+    }
+
+    async fn pool_overview(&self, pool_name: &str) -> StorageResult<PoolOverview> {
+        self.inner.pool_overview(pool_name).await
+    }
+
+    async fn list_leases<'a>(
+        &self,
+        pool_name: &str,
+        consumer: Option<&'a str>,
+        limit: usize,
+    ) -> StorageResult<Vec<Lease>> {
+        self.inner.list_leases(pool_name, consumer, limit).await
     }
 }
 

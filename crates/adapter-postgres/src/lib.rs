@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin_queries;
 mod config;
 pub mod entities;
 mod error;

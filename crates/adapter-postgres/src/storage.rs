@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pharox_domain::{
     ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease, LeaseId,
-    PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, ValidationError,
-    truncate_to_micros, validate_name, validate_ttl,
+    PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector,
+    ValidationError, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError, StorageResult,
@@ -1360,6 +1360,19 @@ impl ProxyStorage for PostgresStorage {
             leased_proxies: get("leased")?,
             total_leases: get("leases")?,
         })
+    }
+
+    async fn pool_overview(&self, pool_name: &str) -> StorageResult<PoolOverview> {
+        self.overview(pool_name).await
+    }
+
+    async fn list_leases<'a>(
+        &self,
+        pool_name: &str,
+        consumer: Option<&'a str>,
+        limit: usize,
+    ) -> StorageResult<Vec<Lease>> {
+        self.active_leases(pool_name, consumer, limit).await
     }
 }
 

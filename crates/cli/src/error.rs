@@ -16,6 +16,14 @@ pub enum CliError {
         /// Why.
         reason: String,
     },
+    /// A positional argument was rejected (exit code 2).
+    #[error("invalid {name}: {reason}")]
+    BadArgument {
+        /// The argument as `--help` names it (`PROXY_ID`).
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The pharox layer failed.
     #[error(transparent)]
     Pharox(#[from] PharoxError),
@@ -71,7 +79,9 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Output(OutputError::Closed) => 0,
-            Self::Usage { .. } | Self::Pharox(PharoxError::Invalid(_)) => 2,
+            Self::Usage { .. }
+            | Self::BadArgument { .. }
+            | Self::Pharox(PharoxError::Invalid(_)) => 2,
             Self::Interrupted(signal) => signal.exit_code(),
             _ => 1,
         }

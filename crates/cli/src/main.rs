@@ -17,6 +17,8 @@ mod health;
 mod limits;
 #[cfg(feature = "postgres")]
 mod migrate;
+#[cfg(feature = "postgres")]
+mod operate;
 mod output;
 mod seed;
 mod signals;
@@ -42,6 +44,15 @@ enum Command {
     /// Apply, revert or inspect the PostgreSQL schema.
     #[cfg(feature = "postgres")]
     Migrate(migrate::MigrateArgs),
+    /// Create, list, show and delete pools.
+    #[cfg(feature = "postgres")]
+    Pool(operate::PoolArgs),
+    /// List, show, switch and remove proxies.
+    #[cfg(feature = "postgres")]
+    Proxy(operate::ProxyArgs),
+    /// Acquire, release, renew and list leases; reclaim expired ones.
+    #[cfg(feature = "postgres")]
+    Lease(operate::LeaseArgs),
     /// Health-check the proxies of a pool, or show a proxy's history.
     #[cfg(all(feature = "postgres", feature = "http-probe"))]
     Health(health::HealthArgs),
@@ -67,6 +78,12 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             #[cfg(feature = "postgres")]
             Command::Migrate(args) => migrate::run(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Pool(args) => operate::pool(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Proxy(args) => operate::proxy(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Lease(args) => operate::lease(args).await,
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Health(args) => health::run(args).await,
         }

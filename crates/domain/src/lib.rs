@@ -29,6 +29,7 @@ mod ids;
 mod import;
 mod lease;
 mod names;
+mod overview;
 mod pool;
 mod proxy;
 mod retry;
@@ -52,6 +53,7 @@ pub use import::{
 };
 pub use lease::{Lease, LeaseStatus, MAX_LEASE_TTL, now_micros, truncate_to_micros, validate_ttl};
 pub use names::{MAX_NAME_CHARS, validate_name};
+pub use overview::{CheckedRange, LatencySummary, PoolOverview, percentile_cont};
 pub use pool::{Consumer, ProxyPool};
 pub use proxy::{Credentials, Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 pub use retry::RetryPolicy;

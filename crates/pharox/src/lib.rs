@@ -42,6 +42,7 @@ mod error;
 pub mod health;
 mod manager;
 pub mod observe;
+mod operator;
 
 pub use admin::{ImportOptions, import_proxies};
 pub use error::{PharoxError, WithLeaseError};
@@ -53,12 +54,13 @@ pub use manager::{
     default_release_retry,
 };
 pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
 
 pub use pharox_domain as domain;
 pub use pharox_domain::{
     ConsumerId, Credentials, HealthCheckOptions, HealthCheckResult, HealthPolicy, HealthRecord,
-    Lease, LeaseId, LeaseStatus, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
-    ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
+    Lease, LeaseId, LeaseStatus, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId,
+    ProxyPool, ProxyProtocol, ProxyStatus, RetryPolicy, Selector, ValidationError,
 };
 pub use pharox_domain::{
     ImportDefaults, ImportReport, InvalidLine, MaxConcurrency, ParsedLine, ParsedList, ProxyEntry,

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pharox_domain::{
-    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, PoolId, PoolStats,
-    Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, ValidationError, validate_name, validate_ttl,
+    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, PoolId,
+    PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, ValidationError,
+    validate_name, validate_ttl,
 };
 use time::OffsetDateTime;
 
@@ -300,4 +301,39 @@ pub trait ProxyStorage: Send + Sync {
     /// Occupancy of a pool now: leases at or past their expiry do not count
     /// (see [`PoolStats`]). Unknown pool: not found.
     async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats>;
+
+    /// An operator's overview of a pool now (see [`PoolOverview`]), computed
+    /// by the storage without handing every proxy to the caller:
+    ///
+    /// - `proxies` and `by_status` count every proxy (every status key is
+    ///   present, 0 when no proxy has it).
+    /// - `leased_proxies` and `active_leases` count only leases that are
+    ///   active and before their `expires_at`, as [`pool_stats`](Self::pool_stats)
+    ///   does; `expired_unreclaimed` counts the active leases at or past it.
+    ///   The call reclaims nothing: the same call twice, with no time
+    ///   passing, gives the same counts.
+    /// - `capacity` sums `max_concurrency` over the proxies whose status is
+    ///   active; `None` when one of them is unlimited, 0 when none is active.
+    /// - `latency_ms` gives `percentile_cont` 0.5 and 0.95 (linear
+    ///   interpolation, see [`pharox_domain::percentile_cont`]) of the
+    ///   proxies' `health.last_latency_ms`, over the proxies that have one;
+    ///   both `None` when none has.
+    /// - `checked_at` is the least and greatest `checked_at` of the proxies
+    ///   that have one.
+    ///
+    /// Unknown pool: not found. An invalid name is rejected.
+    async fn pool_overview(&self, pool_name: &str) -> StorageResult<PoolOverview>;
+
+    /// Up to `limit` leases of the pool named `pool_name` that hold their
+    /// proxy now (active and before their `expires_at`), oldest
+    /// `acquired_at` first (ties by lease id), each with its proxy as it is
+    /// now (as [`get_lease`](Self::get_lease) reads it). With `consumer`,
+    /// only that consumer's leases; a consumer name nobody uses gives none.
+    /// Unknown pool: not found. An invalid pool name is rejected.
+    async fn list_leases<'a>(
+        &self,
+        pool_name: &str,
+        consumer: Option<&'a str>,
+        limit: usize,
+    ) -> StorageResult<Vec<Lease>>;
 }

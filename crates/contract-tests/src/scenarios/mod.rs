@@ -14,6 +14,7 @@
 //! a function is missing from the list.
 
 pub mod admin;
+pub mod admin_views;
 pub mod contention;
 pub mod deletion;
 pub mod expiry;

@@ -1,0 +1,710 @@
+//! `pharox pool`, `pharox proxy` and `pharox lease`: operating pools from
+//! the command line. The use cases live in the library ([`Operator`],
+//! [`ProxyManager`]); this module parses flags and prints.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use pharox::{
+    Lease, LeaseId, LeaseRequest, Operator, PoolOverview, Proxy, ProxyFilter, ProxyId,
+    ProxyManager, ProxyStatus, ProxyStorage, Selector,
+};
+use serde_json::json;
+
+use crate::database_url::DatabaseUrl;
+use crate::error::CliError;
+use crate::migrate::{open_checked, required_url};
+use crate::output::{self, outln};
+
+/// The database flag every operating command takes.
+#[derive(Debug, Args)]
+pub struct Db {
+    /// The database, as postgres://user:pass@host:5432/db
+    #[arg(
+        long,
+        env = "PHAROX_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: Option<DatabaseUrl>,
+    /// Print exactly one JSON document on stdout instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Db {
+    async fn storage(&self) -> Result<Arc<dyn ProxyStorage>, CliError> {
+        let url = required_url(self.database_url.as_ref())?;
+        Ok(Arc::new(open_checked(url, 2, false).await?))
+    }
+}
+
+/// Flags of `pharox pool`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    command: PoolCommand,
+    #[command(flatten)]
+    db: Db,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Create a pool.
+    Create {
+        /// The pool's name.
+        name: String,
+        /// Free text for operators.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the pools.
+    List,
+    /// Show a pool's overview: counts, leases, capacity, latency, checks.
+    Show {
+        /// The pool's name.
+        name: String,
+    },
+    /// Delete a pool with its proxies, leases and health history.
+    Delete {
+        /// The pool's name.
+        name: String,
+        /// Do not ask (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Flags of `pharox proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: ProxyCommand,
+    #[command(flatten)]
+    db: Db,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyCommand {
+    /// List the proxies of a pool.
+    List {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Only proxies with this status (active, inactive, slow, banned).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only proxies in this country.
+        #[arg(long)]
+        country: Option<String>,
+        /// Only proxies matching this filter (its JSON form).
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one proxy.
+    Show {
+        /// The proxy's id.
+        #[arg(value_name = "PROXY_ID")]
+        id: String,
+    },
+    /// Set a proxy's status by hand (a ban is never lifted by health checks).
+    SetStatus {
+        /// The proxy's id.
+        #[arg(value_name = "PROXY_ID")]
+        id: String,
+        /// active, inactive or banned.
+        #[arg(value_name = "STATUS")]
+        status: String,
+    },
+    /// Remove proxies with their leases and health history.
+    Remove {
+        /// The proxies' ids.
+        #[arg(value_name = "PROXY_ID", required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// Flags of `pharox lease`.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    command: LeaseCommand,
+    #[command(flatten)]
+    db: Db,
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// Lease a proxy and print its URL with credentials.
+    Acquire {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Who holds the lease.
+        #[arg(long, default_value = pharox::DEFAULT_CONSUMER)]
+        consumer: String,
+        /// Seconds the lease holds the proxy.
+        #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
+        ttl: u64,
+        /// Only proxies matching this filter (its JSON form).
+        #[arg(long)]
+        filter: Option<String>,
+        /// first_available, round_robin, random, least_used, lowest_latency.
+        #[arg(long)]
+        selector: Option<String>,
+        /// Print only the proxy URL (for `curl -x "$(...)"`).
+        #[arg(long)]
+        url_only: bool,
+    },
+    /// Release a lease.
+    Release {
+        /// The lease's id.
+        #[arg(value_name = "LEASE_ID")]
+        id: String,
+    },
+    /// Extend a lease to now + TTL.
+    Renew {
+        /// The lease's id.
+        #[arg(value_name = "LEASE_ID")]
+        id: String,
+        /// Seconds from now.
+        #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
+        ttl: u64,
+    },
+    /// List the active leases of a pool.
+    List {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Only this consumer's.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Reclaim every expired lease; prints how many.
+    Cleanup,
+}
+
+/// Runs `pharox pool`.
+pub async fn pool(args: PoolArgs) -> Result<(), CliError> {
+    let operator = Operator::new(args.db.storage().await?);
+    let json = args.db.json;
+    match args.command {
+        PoolCommand::Create { name, description } => {
+            let pool = operator.create_pool(&name, description.as_deref()).await?;
+            print_json_or(json, &json!({"pool": pool.name, "id": pool.id}), || {
+                format!("created pool {} ({})", pool.name, pool.id)
+            })
+        }
+        PoolCommand::List => {
+            let pools = operator.pools().await?;
+            if json {
+                return print_value(&serde_json::to_value(&pools).map_err(other)?);
+            }
+            let rows = pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.id.to_string(),
+                        p.description.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ID", "DESCRIPTION"], rows)
+        }
+        PoolCommand::Show { name } => {
+            let overview = match operator.overview(&name).await {
+                Err(pharox::PharoxError::Storage(pharox::StorageError::NotFound { .. })) => {
+                    return Err(unknown_pool(&operator, &name).await);
+                }
+                other => other?,
+            };
+            if json {
+                return print_value(&serde_json::to_value(&overview).map_err(other)?);
+            }
+            output::print(|out| {
+                for line in overview_lines(&overview) {
+                    outln!(out, "{line}");
+                }
+                Ok(())
+            })?;
+            Ok(())
+        }
+        PoolCommand::Delete { name, yes } => {
+            if !yes {
+                confirm(&format!(
+                    "delete pool {name} with all its proxies, leases and health history?"
+                ))?;
+            }
+            let pool = operator.delete_pool(&name).await?;
+            print_json_or(json, &json!({"deleted": pool.name, "id": pool.id}), || {
+                format!("deleted pool {}", pool.name)
+            })
+        }
+    }
+}
+
+/// Runs `pharox proxy`.
+pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
+    let operator = Operator::new(args.db.storage().await?);
+    let json = args.db.json;
+    match args.command {
+        ProxyCommand::List {
+            pool,
+            status,
+            country,
+            filter,
+            limit,
+        } => {
+            let status = status
+                .map(|s| s.parse::<ProxyStatus>())
+                .transpose()
+                .map_err(|e| usage("status", &e.reason))?;
+            let mut filter = match filter {
+                Some(json) => {
+                    ProxyFilter::from_json(&json).map_err(|e| usage("filter", &e.reason))?
+                }
+                None => ProxyFilter::new(),
+            };
+            if let Some(country) = country {
+                filter = filter.country(country);
+            }
+            let proxies = match operator.proxies(&pool, status, &filter, limit).await {
+                Err(pharox::PharoxError::Storage(pharox::StorageError::NotFound { .. })) => {
+                    return Err(unknown_pool(&operator, &pool).await);
+                }
+                other => other?,
+            };
+            if json {
+                let list: Vec<_> = proxies.iter().map(proxy_json).collect();
+                return print_value(&serde_json::Value::Array(list));
+            }
+            let rows = proxies.iter().map(proxy_row).collect();
+            print_table(
+                &[
+                    "ID",
+                    "URL",
+                    "STATUS",
+                    "COUNTRY",
+                    "CITY",
+                    "MAX",
+                    "LEASES",
+                    "LATENCY_MS",
+                    "FAILURES",
+                    "LAST_ERROR",
+                    "CHECKED_AT",
+                ],
+                rows,
+            )
+        }
+        ProxyCommand::Show { id } => {
+            let id = proxy_id(&id)?;
+            let proxy = operator.proxy(id).await?;
+            if json {
+                return print_value(&proxy_json(&proxy));
+            }
+            let row = proxy_row(&proxy);
+            let names = [
+                "id",
+                "url",
+                "status",
+                "country",
+                "city",
+                "max_leases",
+                "current_leases",
+                "last_latency_ms",
+                "failure_streak",
+                "last_error",
+                "checked_at",
+            ];
+            output::print(|out| {
+                for (name, value) in names.iter().zip(row) {
+                    outln!(out, "{name:<16} {value}");
+                }
+                Ok(())
+            })?;
+            Ok(())
+        }
+        ProxyCommand::SetStatus { id, status } => {
+            let id = proxy_id(&id)?;
+            let status = match status.trim().to_ascii_lowercase().as_str() {
+                "active" => ProxyStatus::Active,
+                "inactive" => ProxyStatus::Inactive,
+                "banned" => ProxyStatus::Banned,
+                _ => return Err(bad("STATUS", "must be active, inactive or banned")),
+            };
+            let proxy = operator.set_status(id, status).await?;
+            print_json_or(json, &proxy_json(&proxy), || {
+                format!("proxy {} is now {}", proxy.id, proxy.status)
+            })
+        }
+        ProxyCommand::Remove { ids } => {
+            let ids = ids
+                .iter()
+                .map(|s| proxy_id(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            operator.remove_proxies(&ids).await?;
+            let removed: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            print_json_or(json, &json!({"removed": removed}), || {
+                format!("removed {} proxies", removed.len())
+            })
+        }
+    }
+}
+
+/// Runs `pharox lease`.
+pub async fn lease(args: LeaseArgs) -> Result<(), CliError> {
+    let storage = args.db.storage().await?;
+    let json = args.db.json;
+    let manager = ProxyManager::from_arc(Arc::clone(&storage));
+    match args.command {
+        LeaseCommand::Acquire {
+            pool,
+            consumer,
+            ttl,
+            filter,
+            selector,
+            url_only,
+        } => {
+            let mut request = LeaseRequest::new(pool.clone())
+                .consumer(consumer)
+                .ttl(ttl_of(ttl)?);
+            if let Some(json) = filter {
+                request = request
+                    .filter(ProxyFilter::from_json(&json).map_err(|e| usage("filter", &e.reason))?);
+            }
+            if let Some(selector) = selector {
+                request = request.selector(
+                    selector
+                        .parse::<Selector>()
+                        .map_err(|e| usage("selector", &e.reason))?,
+                );
+            }
+            let Some(lease) = manager.acquire(request).await? else {
+                let operator = Operator::new(storage);
+                return Err(match operator.overview(&pool).await {
+                    Ok(o) => CliError::Other(format!(
+                        "no proxy available in pool {pool} ({} proxies: {}; {} active leases, capacity {})",
+                        o.proxies,
+                        status_counts(&o),
+                        o.active_leases,
+                        capacity(&o)
+                    )),
+                    Err(_) => unknown_pool(&operator, &pool).await,
+                });
+            };
+            let url = lease.proxy.connect_url();
+            let expires = rfc3339(lease.expires_at);
+            if url_only {
+                return output::print(|out| {
+                    outln!(out, "{url}");
+                    Ok(())
+                })
+                .map_err(Into::into);
+            }
+            let value = json!({
+                "lease_id": lease.id,
+                "proxy_id": lease.proxy_id,
+                "proxy_url": url,
+                "expires_at": expires,
+            });
+            print_json_or(json, &value, || {
+                format!(
+                    "lease_id   {}\nproxy_url  {url}\nexpires_at {expires}",
+                    lease.id
+                )
+            })
+        }
+        LeaseCommand::Release { id } => {
+            let id = lease_id(&id)?;
+            let outcome = manager.release_id(id).await?;
+            let released = outcome.was_released();
+            print_json_or(json, &json!({"lease_id": id, "released": released}), || {
+                if released {
+                    format!("released lease {id}")
+                } else {
+                    format!("lease {id} was already released")
+                }
+            })
+        }
+        LeaseCommand::Renew { id, ttl } => {
+            let id = lease_id(&id)?;
+            let ttl = ttl_of(ttl)?;
+            let lease = storage.get_lease(id).await?;
+            let lease = manager.renew(&lease, ttl).await?;
+            let expires = rfc3339(lease.expires_at);
+            print_json_or(
+                json,
+                &json!({"lease_id": id, "expires_at": expires}),
+                || format!("lease {id} now expires at {expires}"),
+            )
+        }
+        LeaseCommand::List {
+            pool,
+            consumer,
+            limit,
+        } => {
+            let leases = match storage.list_leases(&pool, consumer.as_deref(), limit).await {
+                Err(pharox::StorageError::NotFound { .. }) => {
+                    return Err(unknown_pool(&Operator::new(storage), &pool).await);
+                }
+                other => other?,
+            };
+            if json {
+                let list: Vec<_> = leases.iter().map(lease_json).collect();
+                return print_value(&serde_json::Value::Array(list));
+            }
+            let rows = leases
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.id.to_string(),
+                        l.proxy.to_string(),
+                        l.consumer_id.to_string(),
+                        rfc3339(l.acquired_at),
+                        rfc3339(l.expires_at),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "LEASE_ID",
+                    "PROXY",
+                    "CONSUMER_ID",
+                    "ACQUIRED_AT",
+                    "EXPIRES_AT",
+                ],
+                rows,
+            )
+        }
+        LeaseCommand::Cleanup => {
+            let reclaimed = storage.cleanup_expired().await?;
+            print_json_or(json, &json!({"reclaimed": reclaimed}), || {
+                format!("reclaimed {reclaimed} expired leases")
+            })
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+fn usage(flag: &'static str, reason: &str) -> CliError {
+    CliError::Usage {
+        flag,
+        reason: reason.to_owned(),
+    }
+}
+
+fn bad(name: &'static str, reason: &str) -> CliError {
+    CliError::BadArgument {
+        name,
+        reason: reason.to_owned(),
+    }
+}
+
+fn proxy_id(s: &str) -> Result<ProxyId, CliError> {
+    s.parse()
+        .map_err(|_| bad("PROXY_ID", "is not a valid UUID"))
+}
+
+fn lease_id(s: &str) -> Result<LeaseId, CliError> {
+    s.parse()
+        .map_err(|_| bad("LEASE_ID", "is not a valid UUID"))
+}
+
+fn ttl_of(secs: u64) -> Result<Duration, CliError> {
+    let ttl = Duration::from_secs(secs);
+    pharox::domain::validate_ttl(ttl).map_err(|e| usage("ttl", &e.reason))?;
+    Ok(ttl)
+}
+
+/// The error for an unknown pool, naming the pools close to it.
+async fn unknown_pool(operator: &Operator, name: &str) -> CliError {
+    let close = match operator.pool_or_close_names(name).await {
+        Ok(Err(close)) => close,
+        _ => Vec::new(),
+    };
+    if close.is_empty() {
+        CliError::Other(format!("pool {name} does not exist"))
+    } else {
+        CliError::Other(format!(
+            "pool {name} does not exist; did you mean {}?",
+            close.join(", ")
+        ))
+    }
+}
+
+/// Asks on a terminal; refuses without one.
+fn confirm(question: &str) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage("yes", "is required when stdin is not a terminal"));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question} [y/N] ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(other)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Other("cancelled".to_owned()))
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn proxy_row(p: &Proxy) -> Vec<String> {
+    vec![
+        p.id.to_string(),
+        p.to_string(),
+        p.status.to_string(),
+        opt(p.country.as_deref()),
+        opt(p.city.as_deref()),
+        p.max_concurrency
+            .map_or_else(|| "unlimited".to_owned(), |m| m.to_string()),
+        p.current_leases.to_string(),
+        opt(p.health.last_latency_ms.map(|l| format!("{l:.1}"))),
+        p.health.consecutive_failures.to_string(),
+        opt(p.health.last_error.as_deref()),
+        opt(p.checked_at.map(rfc3339)),
+    ]
+}
+
+fn proxy_json(p: &Proxy) -> serde_json::Value {
+    json!({
+        "id": p.id,
+        "pool_id": p.pool_id,
+        "url": p.to_string(),
+        "status": p.status,
+        "country": p.country,
+        "city": p.city,
+        "max_concurrency": p.max_concurrency,
+        "current_leases": p.current_leases,
+        "last_latency_ms": p.health.last_latency_ms,
+        "consecutive_failures": p.health.consecutive_failures,
+        "last_error": p.health.last_error,
+        "checked_at": p.checked_at.map(rfc3339),
+    })
+}
+
+fn lease_json(l: &Lease) -> serde_json::Value {
+    json!({
+        "lease_id": l.id,
+        "proxy_id": l.proxy_id,
+        "proxy": l.proxy.to_string(),
+        "consumer_id": l.consumer_id,
+        "acquired_at": rfc3339(l.acquired_at),
+        "expires_at": rfc3339(l.expires_at),
+    })
+}
+
+fn status_counts(o: &PoolOverview) -> String {
+    o.by_status
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn capacity(o: &PoolOverview) -> String {
+    o.capacity
+        .map_or_else(|| "unlimited".to_owned(), |c| c.to_string())
+}
+
+fn overview_lines(o: &PoolOverview) -> Vec<String> {
+    vec![
+        format!("pool                 {}", o.pool),
+        format!("proxies              {} ({})", o.proxies, status_counts(o)),
+        format!("leased proxies       {}", o.leased_proxies),
+        format!("active leases        {}", o.active_leases),
+        format!("capacity             {}", capacity(o)),
+        format!("expired unreclaimed  {}", o.expired_unreclaimed),
+        format!(
+            "latency p50/p95 ms   {} / {}",
+            opt(o.latency_ms.p50.map(|v| format!("{v:.1}"))),
+            opt(o.latency_ms.p95.map(|v| format!("{v:.1}")))
+        ),
+        format!(
+            "checked_at           oldest {}, newest {}",
+            opt(o.checked_at.oldest.map(rfc3339)),
+            opt(o.checked_at.newest.map(rfc3339))
+        ),
+    ]
+}
+
+fn print_value(value: &serde_json::Value) -> Result<(), CliError> {
+    output::print(|out| {
+        outln!(out, "{value}");
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn print_json_or(
+    json: bool,
+    value: &serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    if json {
+        return print_value(value);
+    }
+    let text = text();
+    output::print(|out| {
+        outln!(out, "{text}");
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Plain columns, each as wide as its widest cell.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), CliError> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s
+    };
+    output::print(|out| {
+        outln!(
+            out,
+            "{}",
+            line(header.iter().map(|h| (*h).to_owned()).collect())
+        );
+        for row in rows {
+            outln!(out, "{}", line(row));
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
