@@ -18,7 +18,8 @@ use crate::sql;
 /// The overview of the pool named `$1`: no row when there is no such pool.
 /// Leases are counted from the lease table (active, before or at/after
 /// their expiry), proxies in one pass with `percentile_cont` over their
-/// latest latency.
+/// latest latency. `checked_at` leaves out the epoch, which marks a proxy
+/// never checked (see `rows::NEVER_CHECKED`).
 const POOL_OVERVIEW: &str = "WITH pool AS (SELECT id, name FROM proxy_pool WHERE name = $1), \
      l AS (SELECT count(*) FILTER (WHERE expires_at > now())::bigint AS live, \
                   count(DISTINCT proxy_id) FILTER (WHERE expires_at > now())::bigint AS leased, \
@@ -35,7 +36,8 @@ const POOL_OVERVIEW: &str = "WITH pool AS (SELECT id, name FROM proxy_pool WHERE
                       AS capacity, \
                   percentile_cont(0.5) WITHIN GROUP (ORDER BY last_latency_ms) AS p50, \
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY last_latency_ms) AS p95, \
-                  min(checked_at) AS oldest, max(checked_at) AS newest \
+                  min(checked_at) FILTER (WHERE checked_at > 'epoch') AS oldest, \
+                  max(checked_at) FILTER (WHERE checked_at > 'epoch') AS newest \
            FROM proxy WHERE pool_id = (SELECT id FROM pool)) \
      SELECT pool.id, pool.name, p.*, l.* FROM pool, p, l";
 
