@@ -225,6 +225,7 @@ mod tests {
     /// must name.
     const MODULES: &[(&str, &str)] = &[
         ("admin", include_str!("scenarios/admin.rs")),
+        ("admin_views", include_str!("scenarios/admin_views.rs")),
         ("contention", include_str!("scenarios/contention.rs")),
         ("deletion", include_str!("scenarios/deletion.rs")),
         ("expiry", include_str!("scenarios/expiry.rs")),
