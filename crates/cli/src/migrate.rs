@@ -35,10 +35,12 @@ pub async fn run(args: MigrateArgs) -> Result<(), CliError> {
     let report = pharox_migration::run(storage.connection(), args.command)
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
-    let changed = if report.changed.is_empty() {
-        "nothing to do".to_owned()
-    } else {
-        report.changed.join(", ")
+    // What changed, or where the schema stands: never "nothing to do"
+    // above a list of pending migrations.
+    let changed = match (report.changed.is_empty(), report.pending.len()) {
+        (false, _) => report.changed.join(", "),
+        (true, 0) => "up to date".to_owned(),
+        (true, pending) => format!("{pending} pending"),
     };
     storage.close().await;
     output::print(|out| {

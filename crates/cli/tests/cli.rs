@@ -556,8 +556,10 @@ mod postgres {
     }
 
     /// The `applied:`, `pending:` and `migrate <command>:` lists of a
-    /// `pharox migrate` run (`none` and `nothing to do` are empty).
+    /// `pharox migrate` run (`none`, `up to date` and `N pending` are
+    /// empty), and that first line as printed.
     struct Report {
+        headline: String,
         changed: Vec<String>,
         applied: Vec<String>,
         pending: Vec<String>,
@@ -577,8 +579,19 @@ mod postgres {
                 rest.split(", ").map(str::to_owned).collect()
             }
         };
+        let prefix = format!("migrate {command}: ");
+        let headline = lines[0]
+            .strip_prefix(&prefix)
+            .unwrap_or_default()
+            .to_owned();
+        let nothing_changed = headline == "up to date" || headline.ends_with(" pending");
         Report {
-            changed: list(lines[0], &format!("migrate {command}: "), "nothing to do"),
+            changed: if nothing_changed {
+                Vec::new()
+            } else {
+                list(lines[0], &prefix, "")
+            },
+            headline,
             applied: list(lines[1], "applied: ", "none"),
             pending: list(lines[2], "pending: ", "none"),
         }
@@ -597,6 +610,11 @@ mod postgres {
         );
         assert!(before.changed.is_empty());
         assert!(before.applied.is_empty());
+        assert_eq!(
+            before.headline,
+            format!("{} pending", before.pending.len()),
+            "status says what is pending, not \"nothing to do\""
+        );
         let all = before.pending;
         assert_eq!(
             all.first().map(String::as_str),
@@ -621,6 +639,7 @@ mod postgres {
         assert!(status.changed.is_empty());
         assert_eq!(status.applied, all);
         assert!(status.pending.is_empty());
+        assert_eq!(status.headline, "up to date");
 
         // Up again has nothing to do.
         let again = report("up", &pharox(&["migrate", "up", "--database-url", url]));
