@@ -34,6 +34,12 @@ use crate::sql::{self, Binds, Lock, Predicates};
 /// How many candidates the predicate path locks and tests per round trip.
 const PREDICATE_BATCH: usize = 32;
 
+/// How many times a hot-path call runs its statement when the connection
+/// keeps breaking under it. One retry is not enough where every connection
+/// of an application is terminated at once, repeatedly: the retry's fresh
+/// connection can be among the next batch.
+const LOST_CONNECTION_TRIES: u32 = 3;
+
 /// Proxy storage on PostgreSQL (see the crate docs for the design).
 ///
 /// Cheap to clone: clones share one connection pool.
@@ -1019,9 +1025,9 @@ impl ProxyStorage for PostgresStorage {
         request.validate()?;
         self.settle_unresolved().await;
         let lease_id = request.lease_id.unwrap_or_default();
-        // A lost connection costs one more try on a fresh one, after the
-        // first try's outcome is known (it may have leased).
-        let mut tried_again = false;
+        // A lost connection costs another try on a fresh one, after the
+        // lost try's outcome is known (it may have leased).
+        let mut tries = 1;
         loop {
             let mut conn = self.checkout("acquire").await?;
             let backend = conn.backend;
@@ -1061,9 +1067,9 @@ impl ProxyStorage for PostgresStorage {
                     self.stash.drain();
                     match self.resolve_acquire(lease_id, backend, request).await {
                         Ok(Some(lease)) => return Ok(Some(lease)),
-                        Ok(None) if !tried_again => {
-                            tracing::debug!(lease = %lease_id, error = %e, "acquire lost its connection; trying once more");
-                            tried_again = true;
+                        Ok(None) if tries < LOST_CONNECTION_TRIES => {
+                            tracing::debug!(lease = %lease_id, tries, error = %e, "acquire lost its connection; trying again");
+                            tries += 1;
                         }
                         Ok(None) => return Err(e),
                         Err(unknown) => {
@@ -1085,8 +1091,8 @@ impl ProxyStorage for PostgresStorage {
 
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
         self.settle_unresolved().await;
-        // Idempotent: a lost connection costs one more try on a fresh one.
-        let mut tried_again = false;
+        // Idempotent: a lost connection costs another try on a fresh one.
+        let mut tries = 1;
         let row = loop {
             let mut conn = self.checkout("release").await?;
             match self.release_on(&mut conn, lease_id).await {
@@ -1097,11 +1103,11 @@ impl ProxyStorage for PostgresStorage {
                 Err(e) if is_lost_connection(&e) => {
                     conn.discard();
                     self.stash.drain();
-                    if tried_again {
+                    if tries >= LOST_CONNECTION_TRIES {
                         return Err(e);
                     }
-                    tracing::debug!(lease = %lease_id, error = %e, "release lost its connection; trying once more");
-                    tried_again = true;
+                    tracing::debug!(lease = %lease_id, tries, error = %e, "release lost its connection; trying again");
+                    tries += 1;
                 }
                 Err(e) => return Err(e),
             }
