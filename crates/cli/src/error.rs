@@ -30,7 +30,19 @@ pub enum CliError {
     /// The database has no (or an outdated) pharox schema.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     #[error("the database has no current pharox schema")]
-    SchemaMissing,
+    SchemaMissing {
+        /// Whether the command has `--migrate` (only `bench` does).
+        migrate_flag: bool,
+    },
+    /// A proxy list had bad lines (exit code 2); the report listed them.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[error("{invalid} lines of the list are invalid{}", if *.written { "; the others were imported" } else { "; nothing was written" })]
+    InvalidLines {
+        /// How many.
+        invalid: usize,
+        /// Whether the good lines were written (`--skip-invalid`).
+        written: bool,
+    },
     /// The benchmark saw more simultaneous leases than capacity allows.
     #[error("over-lease detected: {0}")]
     OverLease(String),
@@ -81,6 +93,7 @@ impl CliError {
             Self::Output(OutputError::Closed) => 0,
             Self::Usage { .. }
             | Self::BadArgument { .. }
+            | Self::InvalidLines { .. }
             | Self::Pharox(PharoxError::Invalid(_)) => 2,
             Self::Interrupted(signal) => signal.exit_code(),
             _ => 1,
@@ -96,9 +109,15 @@ impl CliError {
     /// A line telling the user what to do next, where there is one.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::SchemaMissing => Some(
-                "apply it with `pharox migrate up --database-url URL`, or pass --migrate to `pharox bench`",
-            ),
+            Self::SchemaMissing { migrate_flag: true } => {
+                Some("apply it with `pharox migrate up --database-url URL`, or pass --migrate")
+            }
+            Self::SchemaMissing {
+                migrate_flag: false,
+            } => Some("apply it with `pharox migrate up --database-url URL`"),
+            Self::InvalidLines { written: false, .. } => {
+                Some("fix those lines, or pass --skip-invalid to import the others")
+            }
             Self::Pharox(PharoxError::Storage(StorageError::Unavailable { .. })) => Some(
                 "is PostgreSQL running and is the URL right? (postgres://user:pass@host:5432/db)",
             ),

@@ -14,12 +14,16 @@ mod database_url;
 mod error;
 #[cfg(all(feature = "postgres", feature = "http-probe"))]
 mod health;
+#[cfg(feature = "postgres")]
+mod import;
 mod limits;
 #[cfg(feature = "postgres")]
 mod migrate;
 #[cfg(feature = "postgres")]
 mod operate;
 mod output;
+#[cfg(feature = "postgres")]
+mod prompt;
 mod seed;
 mod signals;
 
@@ -47,7 +51,7 @@ enum Command {
     /// Create, list, show and delete pools.
     #[cfg(feature = "postgres")]
     Pool(operate::PoolArgs),
-    /// List, show, switch and remove proxies.
+    /// Import, list, show, switch and remove proxies.
     #[cfg(feature = "postgres")]
     Proxy(operate::ProxyArgs),
     /// Acquire, release, renew and list leases; reclaim expired ones.

@@ -20,6 +20,10 @@ pub struct MigrateArgs {
     /// The database, as postgres://user:pass@host:5432/db?sslmode=...
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
     database_url: Option<DatabaseUrl>,
+    /// Do not ask before `fresh` drops everything (required when stdin is
+    /// not a terminal).
+    #[arg(long)]
+    yes: bool,
 }
 
 fn parse_command(value: &str) -> Result<MigrationCommand, String> {
@@ -31,6 +35,11 @@ fn parse_command(value: &str) -> Result<MigrationCommand, String> {
 /// Runs a migration command under the migration advisory lock.
 pub async fn run(args: MigrateArgs) -> Result<(), CliError> {
     let url = required_url(args.database_url.as_ref())?;
+    if matches!(args.command, MigrationCommand::Fresh) && !args.yes {
+        crate::prompt::confirm(
+            "drop every pharox table (all pools, proxies, leases and health history) and migrate afresh?",
+        )?;
+    }
     let storage = connect(url, 2).await?;
     let report = pharox_migration::run(storage.connection(), args.command)
         .await
@@ -94,7 +103,9 @@ pub async fn open_checked(
         .await
         .map_err(|e| CliError::Other(e.to_string()))?
     {
-        return Err(CliError::SchemaMissing);
+        return Err(CliError::SchemaMissing {
+            migrate_flag: false,
+        });
     }
     Ok(storage)
 }
@@ -107,5 +118,9 @@ pub async fn open_for_bench(
     migrate: bool,
 ) -> Result<Arc<dyn ProxyStorage>, CliError> {
     let connections = u32::try_from(workers).unwrap_or(u32::MAX).saturating_add(2);
-    Ok(Arc::new(open_checked(url, connections, migrate).await?))
+    match open_checked(url, connections, migrate).await {
+        Ok(storage) => Ok(Arc::new(storage)),
+        Err(CliError::SchemaMissing { .. }) => Err(CliError::SchemaMissing { migrate_flag: true }),
+        Err(e) => Err(e),
+    }
 }

@@ -2,7 +2,6 @@
 //! the command line. The use cases live in the library ([`Operator`],
 //! [`ProxyManager`]); this module parses flags and prints.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +30,15 @@ pub struct Db {
     database_url: Option<DatabaseUrl>,
     /// Print exactly one JSON document on stdout instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Db {
-    async fn storage(&self) -> Result<Arc<dyn ProxyStorage>, CliError> {
+    async fn operator(&self) -> Result<Operator, CliError> {
+        Ok(Operator::new(self.storage().await?))
+    }
+
+    pub(crate) async fn storage(&self) -> Result<Arc<dyn ProxyStorage>, CliError> {
         let url = required_url(self.database_url.as_ref())?;
         Ok(Arc::new(open_checked(url, 2, false).await?))
     }
@@ -88,6 +91,11 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Subcommand)]
 enum ProxyCommand {
+    /// Import a proxy list (text, CSV or JSON Lines) into a pool: new
+    /// proxies are added, those already there (same protocol, host, port
+    /// and user) updated; any bad line means nothing is written unless
+    /// --skip-invalid is given.
+    Import(crate::import::ImportArgs),
     /// List the proxies of a pool.
     List {
         /// The pool.
@@ -240,7 +248,7 @@ pub async fn pool(args: PoolArgs) -> Result<(), CliError> {
         }
         PoolCommand::Delete { name, yes } => {
             if !yes {
-                confirm(&format!(
+                crate::prompt::confirm(&format!(
                     "delete pool {name} with all its proxies, leases and health history?"
                 ))?;
             }
@@ -254,9 +262,12 @@ pub async fn pool(args: PoolArgs) -> Result<(), CliError> {
 
 /// Runs `pharox proxy`.
 pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
-    let operator = Operator::new(args.db.storage().await?);
     let json = args.db.json;
+    // Each command opens the database itself: an import checks its input
+    // first.
+    let db = &args.db;
     match args.command {
+        ProxyCommand::Import(import) => crate::import::run(import, db).await,
         ProxyCommand::List {
             pool,
             status,
@@ -264,6 +275,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
             filter,
             limit,
         } => {
+            let operator = db.operator().await?;
             let status = status
                 .map(|s| s.parse::<ProxyStatus>())
                 .transpose()
@@ -307,6 +319,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
         }
         ProxyCommand::Show { id } => {
             let id = proxy_id(&id)?;
+            let operator = db.operator().await?;
             let proxy = operator.proxy(id).await?;
             if json {
                 return print_value(&proxy_json(&proxy));
@@ -341,6 +354,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
                 "banned" => ProxyStatus::Banned,
                 _ => return Err(bad("STATUS", "must be active, inactive or banned")),
             };
+            let operator = db.operator().await?;
             let proxy = operator.set_status(id, status).await?;
             print_json_or(json, &proxy_json(&proxy), || {
                 format!("proxy {} is now {}", proxy.id, proxy.status)
@@ -351,6 +365,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
                 .iter()
                 .map(|s| proxy_id(s))
                 .collect::<Result<Vec<_>, _>>()?;
+            let operator = db.operator().await?;
             operator.remove_proxies(&ids).await?;
             let removed: Vec<String> = ids.iter().map(ToString::to_string).collect();
             print_json_or(json, &json!({"removed": removed}), || {
@@ -498,7 +513,7 @@ fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
 
-fn usage(flag: &'static str, reason: &str) -> CliError {
+pub(crate) fn usage(flag: &'static str, reason: &str) -> CliError {
     CliError::Usage {
         flag,
         reason: reason.to_owned(),
@@ -529,7 +544,7 @@ fn ttl_of(secs: u64) -> Result<Duration, CliError> {
 }
 
 /// The error for an unknown pool, naming the pools close to it.
-async fn unknown_pool(operator: &Operator, name: &str) -> CliError {
+pub(crate) async fn unknown_pool(operator: &Operator, name: &str) -> CliError {
     let close = match operator.pool_or_close_names(name).await {
         Ok(Err(close)) => close,
         _ => Vec::new(),
@@ -541,26 +556,6 @@ async fn unknown_pool(operator: &Operator, name: &str) -> CliError {
             "pool {name} does not exist; did you mean {}?",
             close.join(", ")
         ))
-    }
-}
-
-/// Asks on a terminal; refuses without one.
-fn confirm(question: &str) -> Result<(), CliError> {
-    if !std::io::stdin().is_terminal() {
-        return Err(usage("yes", "is required when stdin is not a terminal"));
-    }
-    let mut err = std::io::stderr();
-    let _ = write!(err, "{question} [y/N] ");
-    let _ = err.flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(other)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(CliError::Other("cancelled".to_owned()))
     }
 }
 
@@ -576,7 +571,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 fn proxy_row(p: &Proxy) -> Vec<String> {
     vec![
         p.id.to_string(),
-        p.to_string(),
+        p.url_without_password(),
         p.status.to_string(),
         opt(p.country.as_deref()),
         opt(p.city.as_deref()),
@@ -594,7 +589,7 @@ fn proxy_json(p: &Proxy) -> serde_json::Value {
     json!({
         "id": p.id,
         "pool_id": p.pool_id,
-        "url": p.to_string(),
+        "url": p.url_without_password(),
         "status": p.status,
         "country": p.country,
         "city": p.city,
@@ -652,7 +647,7 @@ fn overview_lines(o: &PoolOverview) -> Vec<String> {
     ]
 }
 
-fn print_value(value: &serde_json::Value) -> Result<(), CliError> {
+pub(crate) fn print_value(value: &serde_json::Value) -> Result<(), CliError> {
     output::print(|out| {
         outln!(out, "{value}");
         Ok(())

@@ -653,10 +653,23 @@ mod postgres {
         assert_eq!(down.applied, all[..all.len() - 1]);
         assert_eq!(down.pending, [latest]);
 
-        // Fresh drops everything and applies every migration.
+        // Fresh refuses without a terminal or --yes, and drops nothing.
+        let refused = pharox(&["migrate", "fresh", "--database-url", url]);
+        assert_eq!(refused.code, Some(2), "{refused:?}");
+        assert!(refused.stderr.contains("invalid --yes"), "{refused:?}");
+        assert_eq!(
+            report(
+                "status",
+                &pharox(&["migrate", "status", "--database-url", url])
+            )
+            .applied,
+            all[..all.len() - 1]
+        );
+
+        // With --yes, fresh drops everything and applies every migration.
         let fresh = report(
             "fresh",
-            &pharox(&["migrate", "fresh", "--database-url", url]),
+            &pharox(&["migrate", "fresh", "--yes", "--database-url", url]),
         );
         assert_eq!(fresh.changed, all);
         assert_eq!(fresh.applied, all);
@@ -692,6 +705,11 @@ mod postgres {
         assert!(run.stderr.contains("pharox migrate up"), "{run:?}");
         assert!(run.stderr.contains("--migrate"), "{run:?}");
         assert_eq!(schema.objects(), 0, "a refused bench must create nothing");
+        // Only bench has --migrate, so only bench's hint offers it.
+        let other = pharox(&["pool", "list", "--database-url", schema.url()]);
+        assert_eq!(other.code, Some(1), "{other:?}");
+        assert!(other.stderr.contains("pharox migrate up"), "{other:?}");
+        assert!(!other.stderr.contains("--migrate"), "{other:?}");
 
         // With --migrate: the schema, then the run.
         let with_migrate: Vec<&str> = args.iter().copied().chain(["--migrate"]).collect();

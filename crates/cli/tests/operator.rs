@@ -6,137 +6,18 @@
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::time::Duration;
 
-use pharox::postgres::testing::{TEST_SCHEMA_PREFIX, test_database_url};
-use pharox::postgres::{PostgresConfig, PostgresStorage};
+use common::{Schema, json, run_with};
 use pharox::{HealthCheckResult, HealthPolicy, Proxy, ProxyStatus, ProxyStorage};
-use pharox_migration::sea_orm_migration::sea_orm::sqlx::{self, AssertSqlSafe};
 use pharox_test_proxies::{HttpProxy, TargetServer};
-use serde_json::Value;
 
 const PASSWORD: &str = "s3cr3t-pw";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run_with(args: &[&str], stdout: Stdio) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_pharox"))
-        .args(args)
-        .env_remove("PHAROX_DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// A fresh schema, migrated, dropped on drop.
-struct Schema {
-    name: String,
-    url: String,
-    admin: PostgresStorage,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Schema {
-    fn create() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let base = test_database_url();
-        let config = PostgresConfig::from_dsn(&base)
-            .unwrap()
-            .with_max_connections(2);
-        let admin = runtime
-            .block_on(PostgresStorage::connect(&config))
-            .unwrap_or_else(|e| {
-                panic!("these tests need PostgreSQL (set PHAROX_TEST_DATABASE_URL): {e}")
-            });
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let name = format!(
-            "{TEST_SCHEMA_PREFIX}{secs}_{}",
-            uuid::Uuid::new_v4().simple()
-        );
-        runtime
-            .block_on(
-                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
-                    .execute(admin.pg_pool()),
-            )
-            .unwrap();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}schema={name}");
-        let schema = Self {
-            name,
-            url,
-            admin,
-            runtime,
-        };
-        let run = schema.pharox(&["migrate"]);
-        assert_eq!(run.code, Some(0), "{run:?}");
-        schema
-    }
-
-    /// `pharox args... --database-url URL`.
-    fn pharox(&self, args: &[&str]) -> Run {
-        let mut all = args.to_vec();
-        all.extend(["--database-url", &self.url]);
-        run_with(&all, Stdio::piped())
-    }
-
-    fn storage(&self) -> PostgresStorage {
-        let config = PostgresConfig::from_dsn(&self.url)
-            .unwrap()
-            .with_max_connections(2);
-        self.runtime
-            .block_on(PostgresStorage::connect(&config))
-            .unwrap()
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let _ = self
-            .runtime
-            .block_on(sqlx::query(AssertSqlSafe(sql)).execute(self.admin.pg_pool()));
-    }
-}
-
-fn json(run: &Run) -> Value {
-    assert_eq!(run.code, Some(0), "{run:?}");
-    serde_json::from_str(run.stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {run:?}"))
-}
 
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -211,25 +92,36 @@ fn an_operators_day_pool_lease_curl_show_release_delete() {
     let pools = json(&schema.pharox(&["pool", "list", "--json"]));
     assert_eq!(pools[0]["name"], "latam");
 
-    // Proxies come from the library here (`proxy import` is not ours).
+    // The good proxy comes in through `proxy import` (on stdin, the way a
+    // provider's list is piped in); the banned one from the library, since
+    // an import only sets active or inactive.
+    let imported = schema.pharox_stdin(
+        &[
+            "proxy",
+            "import",
+            "--pool",
+            "latam",
+            "--max-concurrency",
+            "2",
+            "--json",
+        ],
+        &format!("http://worker:{PASSWORD}@{}\n", proxy_server.addr()),
+    );
+    assert_eq!(json(&imported)["added"], 1, "{imported:?}");
+    runs.push(imported);
     let storage = schema.storage();
     let pool_id = created["id"].as_str().unwrap().parse().unwrap();
-    let url = format!("http://worker:{PASSWORD}@{}", proxy_server.addr());
-    let good = Proxy::from_url(pool_id, &url)
-        .unwrap()
-        .max_concurrency(2)
-        .build()
-        .unwrap();
+    let listed = json(&schema.pharox(&["proxy", "list", "--pool", "latam", "--json"]));
+    let good_id: pharox::ProxyId = listed[0]["id"].as_str().unwrap().parse().unwrap();
+    let good = schema.runtime.block_on(storage.get_proxy(good_id)).unwrap();
+    assert_eq!(good.max_concurrency, Some(2));
     let banned = Proxy::from_url(pool_id, "http://127.0.0.1:9")
         .unwrap()
         .status(ProxyStatus::Banned)
         .build()
         .unwrap();
     schema.runtime.block_on(async {
-        storage
-            .add_proxies(&[good.clone(), banned.clone()])
-            .await
-            .unwrap();
+        storage.add_proxies(std::slice::from_ref(&banned)).await.unwrap();
         let result = HealthCheckResult {
             proxy_id: good.id,
             protocol: good.protocol,
@@ -363,7 +255,11 @@ fn an_operators_day_pool_lease_curl_show_release_delete() {
     runs.push(proxies);
     let shown = json(&schema.pharox(&["proxy", "show", &good.id.to_string(), "--json"]));
     assert_eq!(shown["current_leases"], 1);
-    assert_eq!(shown["url"], format!("http://{}", proxy_server.addr()));
+    assert_eq!(
+        shown["url"],
+        format!("http://worker@{}", proxy_server.addr()),
+        "the user name and no password"
+    );
     runs.push(schema.pharox(&["proxy", "show", &good.id.to_string()]));
     let set = json(&schema.pharox(&[
         "proxy",

@@ -333,6 +333,25 @@ impl Proxy {
         }
     }
 
+    /// The URL with the user name and without the password
+    /// (`http://user@10.0.0.1:8080`): what operators are shown, since the
+    /// user name tells apart proxies on one address (and providers often
+    /// put a session or a country in it). Without credentials it is the
+    /// [`Display`](fmt::Display) form.
+    #[must_use]
+    pub fn url_without_password(&self) -> String {
+        match &self.credentials {
+            Some(c) => format!(
+                "{}://{}@{}:{}",
+                self.protocol,
+                utf8_percent_encode(&c.username, USERINFO),
+                self.url_host(),
+                self.port
+            ),
+            None => self.to_string(),
+        }
+    }
+
     /// Whether the proxy may take one more lease now: active and below its
     /// concurrency limit.
     #[must_use]
@@ -601,6 +620,10 @@ mod tests {
             "socks5://user:p%40ss@[2001:db8::1]:1080"
         );
         assert_eq!(proxy.to_string(), "socks5://[2001:db8::1]:1080");
+        assert_eq!(
+            proxy.url_without_password(),
+            "socks5://user@[2001:db8::1]:1080"
+        );
     }
 
     #[test]
@@ -613,6 +636,7 @@ mod tests {
         assert!(!debug.contains("hunter2-secret"), "{debug}");
         assert!(!debug.contains("alice"), "{debug}");
         assert!(!proxy.to_string().contains("hunter2"));
+        assert!(!proxy.url_without_password().contains("hunter2"));
     }
 
     #[test]

@@ -96,9 +96,14 @@ impl Operator {
         Ok(self.storage.save_proxy(&proxy).await?)
     }
 
-    /// Removes proxies with their leases and health history. Stops at the
-    /// first failure (an unknown id is not found); those before it are gone.
+    /// Removes proxies with their leases and health history. Every id is
+    /// looked up first, so an unknown one (not found) removes nothing; a
+    /// storage failure during the removals stops there, and those before it
+    /// are gone (run it again: removing is per proxy).
     pub async fn remove_proxies(&self, ids: &[ProxyId]) -> Result<(), PharoxError> {
+        for id in ids {
+            self.storage.get_proxy(*id).await?;
+        }
         for id in ids {
             self.storage.delete_proxy(*id).await?;
         }

@@ -1,0 +1,157 @@
+//! What the operator tests share: running the built `pharox` binary, and a
+//! fresh migrated schema per test on the real PostgreSQL server.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pharox::postgres::testing::{TEST_SCHEMA_PREFIX, test_database_url};
+use pharox::postgres::{PostgresConfig, PostgresStorage};
+use pharox_migration::sea_orm_migration::sea_orm::sqlx::{self, AssertSqlSafe};
+use serde_json::Value;
+
+/// How a run of the binary ended.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `pharox args...` with stdin empty, stdout to `stdout`.
+pub fn run_with(args: &[&str], stdout: Stdio) -> Run {
+    run_full(args, None, stdout)
+}
+
+/// Runs `pharox args...` with `input` on stdin (empty when `None`).
+pub fn run_full(args: &[&str], input: Option<&[u8]>, stdout: Stdio) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .args(args)
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        // The command may refuse before it reads: a broken pipe is its
+        // answer, not the test's failure.
+        let _ = stdin.write_all(input);
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// A fresh schema, migrated, dropped on drop.
+pub struct Schema {
+    pub name: String,
+    pub url: String,
+    pub admin: PostgresStorage,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Schema {
+    /// Creates and migrates it (with `pharox migrate`).
+    pub fn create() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let base = test_database_url();
+        let config = PostgresConfig::from_dsn(&base)
+            .unwrap()
+            .with_max_connections(2);
+        let admin = runtime
+            .block_on(PostgresStorage::connect(&config))
+            .unwrap_or_else(|e| {
+                panic!("these tests need PostgreSQL (set PHAROX_TEST_DATABASE_URL): {e}")
+            });
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!(
+            "{TEST_SCHEMA_PREFIX}{secs}_{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        runtime
+            .block_on(
+                sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+                    .execute(admin.pg_pool()),
+            )
+            .unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}schema={name}");
+        let schema = Self {
+            name,
+            url,
+            admin,
+            runtime,
+        };
+        let run = schema.pharox(&["migrate"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        schema
+    }
+
+    /// `pharox args... --database-url URL`.
+    pub fn pharox(&self, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &self.url]);
+        run_with(&all, Stdio::piped())
+    }
+
+    /// `pharox args... --database-url URL` with `input` on stdin.
+    pub fn pharox_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &self.url]);
+        run_full(&all, Some(input.as_bytes()), Stdio::piped())
+    }
+
+    /// A storage on this schema.
+    pub fn storage(&self) -> PostgresStorage {
+        let config = PostgresConfig::from_dsn(&self.url)
+            .unwrap()
+            .with_max_connections(2);
+        self.runtime
+            .block_on(PostgresStorage::connect(&config))
+            .unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        let _ = self
+            .runtime
+            .block_on(sqlx::query(AssertSqlSafe(sql)).execute(self.admin.pg_pool()));
+    }
+}
+
+/// The one JSON document a successful run printed.
+pub fn json(run: &Run) -> Value {
+    assert_eq!(run.code, Some(0), "{run:?}");
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {run:?}"))
+}
