@@ -121,7 +121,10 @@ fn an_operators_day_pool_lease_curl_show_release_delete() {
         .build()
         .unwrap();
     schema.runtime.block_on(async {
-        storage.add_proxies(std::slice::from_ref(&banned)).await.unwrap();
+        storage
+            .add_proxies(std::slice::from_ref(&banned))
+            .await
+            .unwrap();
         let result = HealthCheckResult {
             proxy_id: good.id,
             protocol: good.protocol,
@@ -315,4 +318,34 @@ fn a_closed_stdout_ends_pool_list_quietly() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stderr.is_empty(), "{run:?}");
+}
+
+#[test]
+fn proxy_remove_with_one_unknown_id_removes_none() {
+    let schema = Schema::create();
+    assert_eq!(schema.pharox(&["pool", "create", "p"]).code, Some(0));
+    let imported = schema.pharox_stdin(
+        &["proxy", "import", "--pool", "p", "--json"],
+        "http://127.0.0.1:8001\nhttp://127.0.0.1:8002\n",
+    );
+    assert_eq!(json(&imported)["added"], 2, "{imported:?}");
+    let listed = json(&schema.pharox(&["proxy", "list", "--pool", "p", "--json"]));
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let unknown = pharox::ProxyId::new().to_string();
+    let run = schema.pharox(&["proxy", "remove", ids[0], &unknown, ids[1]]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("not found"), "{run:?}");
+    let after = json(&schema.pharox(&["proxy", "list", "--pool", "p", "--json"]));
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        2,
+        "nothing removed: {after}"
+    );
+    let removed = json(&schema.pharox(&["proxy", "remove", ids[0], ids[1], "--json"]));
+    assert_eq!(removed["removed"].as_array().unwrap().len(), 2);
 }
