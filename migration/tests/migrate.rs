@@ -212,6 +212,20 @@ async fn down_then_up_and_fresh() {
     assert!(
         indexes(&db, "proxy")
             .await
+            .contains(&"proxy_checked_idx".to_owned()),
+        "m0009"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0009_proxy_checked_index"], "{down:?}");
+    assert!(
+        !indexes(&db, "proxy")
+            .await
+            .contains(&"proxy_checked_idx".to_owned()),
+        "down drops it"
+    );
+    assert!(
+        indexes(&db, "proxy")
+            .await
             .contains(&"proxy_latency_idx".to_owned()),
         "m0008"
     );

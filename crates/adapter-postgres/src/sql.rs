@@ -342,6 +342,43 @@ fn round_robin_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> 
     )
 }
 
+/// The least_used `pick` of [`acquire_statement`] (with its CTEs), over
+/// `ex` (the pool's expired active leases per proxy).
+///
+/// The least load a proxy can have is 0, so when some candidate is at 0 the
+/// exact least-used pick is the first of those by `checked_at NULLS FIRST,
+/// id`. They are the idle proxies (`current_leases = 0`: the first one is
+/// found by walking `proxy_checked_idx` (m0009) from the oldest check, no
+/// sort) and the proxies whose leases have all expired (`ex`: as many as
+/// there are expired leases, read from the lease index). `pick_zero` takes
+/// the first of both by that order. Only when no candidate is at load 0
+/// does `pick_sorted` sort the candidates as before (a pool whose every
+/// proxy is leased); its NOT EXISTS is evaluated once, before its scan.
+///
+/// Exact, not an approximation: a candidate at load 0 is always at least as
+/// good as any other, and `pick_zero` sees every candidate at load 0.
+fn least_used_pick(candidate: &str, lock: Lock) -> String {
+    let order = order_by(Selector::LeastUsed, "COALESCE(ex.n, 0)");
+    let lock = lock.clause();
+    format!(
+        "idle AS (\
+           SELECT p.id, p.checked_at FROM proxy p \
+           WHERE {IN_POOL} AND p.current_leases = 0 AND {candidate} \
+           ORDER BY p.pool_id, p.checked_at ASC NULLS FIRST, p.id LIMIT 1{lock}), \
+         drained AS (\
+           SELECT p.id, p.checked_at FROM proxy p JOIN ex ON ex.proxy_id = p.id \
+           WHERE {IN_POOL} AND p.current_leases - ex.n <= 0 AND {candidate}{lock}), \
+         pick_zero AS (\
+           SELECT z.id FROM (SELECT * FROM idle UNION ALL SELECT * FROM drained) z \
+           ORDER BY z.checked_at ASC NULLS FIRST, z.id LIMIT 1), \
+         pick_sorted AS (\
+           SELECT p.id FROM proxy p LEFT JOIN ex ON ex.proxy_id = p.id \
+           WHERE NOT EXISTS (SELECT 1 FROM pick_zero) AND {IN_POOL} AND {candidate} \
+           ORDER BY {order} LIMIT 1{lock}), \
+         pick AS (SELECT id FROM pick_zero UNION ALL SELECT id FROM pick_sorted)"
+    )
+}
+
 /// The one-statement acquire of the common path, which reclaims nothing.
 /// Parameters as in [`reclaiming_acquire_statement`].
 ///
@@ -385,6 +422,8 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
     );
     if rr {
         sql.push_str(&round_robin_pick("p.id", "", &candidate, lock));
+    } else if least_used {
+        sql.push_str(&least_used_pick(&candidate, lock));
     } else {
         let _ = write!(
             sql,
