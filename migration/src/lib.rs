@@ -53,6 +53,8 @@ mod m0004_lease_consumer_without_fk;
 mod m0005_proxy_checks_as_domains;
 mod m0006_max_concurrency_default;
 mod m0007_proxy_checked_at_for_python;
+mod m0008_proxy_latency_index;
+mod m0009_proxy_checked_index;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -73,6 +75,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_proxy_checks_as_domains::Migration),
             Box::new(m0006_max_concurrency_default::Migration),
             Box::new(m0007_proxy_checked_at_for_python::Migration),
+            Box::new(m0008_proxy_latency_index::Migration),
+            Box::new(m0009_proxy_checked_index::Migration),
         ]
     }
 }

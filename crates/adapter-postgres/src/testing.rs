@@ -209,3 +209,47 @@ async fn drop_stale_schemas(pool: &PgPool, now: u64) {
         }
     }
 }
+
+/// `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)` of the acquire statement that
+/// [`PostgresStorage`] runs first for `selector` and `filter` (the
+/// one-statement acquire with `SKIP LOCKED`), in a transaction that is
+/// rolled back, so nothing is leased. For the guard against statements that
+/// read the whole pool (`tests/selectors_at_scale.rs`).
+///
+/// `filter` must hold no predicate (a predicate takes the other path).
+pub async fn explain_acquire(
+    storage: &PostgresStorage,
+    pool_name: &str,
+    consumer_id: uuid::Uuid,
+    selector: pharox_domain::Selector,
+    filter: &pharox_domain::ProxyFilter,
+) -> StorageResult<serde_json::Value> {
+    use crate::sql::{self, Binds, Lock, Predicates};
+    let mut binds = Binds::after(4);
+    let filter_sql = sql::compile_filter(filter, Predicates::AsTrue, &mut binds);
+    let statement = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        sql::acquire_statement(selector, &filter_sql, Lock::SkipLocked)
+    );
+    let mut tx = storage
+        .pg_pool()
+        .begin()
+        .await
+        .map_err(|e| crate::error::map_sqlx("explain: begin", e))?;
+    let query = sqlx::query(AssertSqlSafe(statement))
+        .bind(pool_name)
+        .bind(consumer_id)
+        .bind(60_000_000.0_f64)
+        .bind(uuid::Uuid::now_v7());
+    let row = binds
+        .bind_to(query)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| crate::error::map_sqlx("explain acquire", e))?;
+    let plan: serde_json::Value = sqlx::Row::try_get(&row, 0)
+        .map_err(|e| crate::error::map_sqlx("explain acquire: the plan", e))?;
+    tx.rollback()
+        .await
+        .map_err(|e| crate::error::map_sqlx("explain: rollback", e))?;
+    Ok(plan)
+}
