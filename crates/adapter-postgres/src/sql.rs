@@ -428,15 +428,11 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
         let _ = write!(
             sql,
             "pick AS (\
-               SELECT p.id FROM proxy p {ex} \
+               SELECT p.id FROM proxy p \
                WHERE {IN_POOL} AND {candidate} \
                ORDER BY {order} LIMIT 1{lock})",
-            ex = if least_used {
-                "LEFT JOIN ex ON ex.proxy_id = p.id"
-            } else {
-                ""
-            },
-            order = order_by(selector, "COALESCE(ex.n, 0)"),
+            // Not least_used (its pick is above), so the order reads no `ex`.
+            order = order_by(selector, "0"),
             lock = lock.clause(),
         );
     }

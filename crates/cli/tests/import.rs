@@ -60,12 +60,7 @@ impl Schema {
 }
 
 fn assert_no_password(runs: &[&Run]) {
-    for run in runs {
-        assert!(
-            !run.stdout.contains(PASSWORD) && !run.stderr.contains(PASSWORD),
-            "a password in the output: {run:?}"
-        );
-    }
+    common::assert_no_password(PASSWORD, runs.iter().copied());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Schema, json, run_with};
+use common::{Schema, assert_no_password, json, run_with};
 use pharox::{HealthCheckResult, HealthPolicy, Proxy, ProxyStatus, ProxyStorage};
 use pharox_test_proxies::{HttpProxy, TargetServer};
 
@@ -298,12 +298,7 @@ fn an_operators_day_pool_lease_curl_show_release_delete() {
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
     runs.extend([refused, deleted]);
 
-    for run in &runs {
-        assert!(
-            !run.stdout.contains(PASSWORD) && !run.stderr.contains(PASSWORD),
-            "{run:?}"
-        );
-    }
+    assert_no_password(PASSWORD, &runs);
 }
 
 #[test]

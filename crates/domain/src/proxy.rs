@@ -320,17 +320,13 @@ impl Proxy {
     /// hand it to a client, never to a log.
     #[must_use]
     pub fn connect_url(&self) -> String {
-        match &self.credentials {
-            Some(c) => format!(
-                "{}://{}:{}@{}:{}",
-                self.protocol,
+        self.url_with_userinfo(|c| {
+            format!(
+                "{}:{}",
                 utf8_percent_encode(&c.username, USERINFO),
-                utf8_percent_encode(&c.password, USERINFO),
-                self.url_host(),
-                self.port
-            ),
-            None => self.to_string(),
-        }
+                utf8_percent_encode(&c.password, USERINFO)
+            )
+        })
     }
 
     /// The URL with the user name and without the password
@@ -340,11 +336,17 @@ impl Proxy {
     /// [`Display`](fmt::Display) form.
     #[must_use]
     pub fn url_without_password(&self) -> String {
+        self.url_with_userinfo(|c| utf8_percent_encode(&c.username, USERINFO).to_string())
+    }
+
+    /// `scheme://USERINFO@host:port` with what `userinfo` makes of the
+    /// credentials, or the [`Display`](fmt::Display) form without them.
+    fn url_with_userinfo(&self, userinfo: impl FnOnce(&Credentials) -> String) -> String {
         match &self.credentials {
             Some(c) => format!(
                 "{}://{}@{}:{}",
                 self.protocol,
-                utf8_percent_encode(&c.username, USERINFO),
+                userinfo(c),
                 self.url_host(),
                 self.port
             ),

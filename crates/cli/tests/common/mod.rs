@@ -155,3 +155,13 @@ pub fn json(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim())
         .unwrap_or_else(|e| panic!("not one JSON document ({e}): {run:?}"))
 }
+
+/// Fails when `password` shows in any run's stdout or stderr.
+pub fn assert_no_password<'a>(password: &str, runs: impl IntoIterator<Item = &'a Run>) {
+    for run in runs {
+        assert!(
+            !run.stdout.contains(password) && !run.stderr.contains(password),
+            "a password in the output: {run:?}"
+        );
+    }
+}
