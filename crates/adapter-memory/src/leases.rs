@@ -57,6 +57,7 @@ impl FinishedLease {
             expires_at: self.expires_at,
             released_at: Some(self.released_at),
             proxy,
+            session: None,
         }
     }
 }

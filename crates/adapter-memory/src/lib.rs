@@ -398,6 +398,7 @@ fn lease_from(
         expires_at: lease.expires_at,
         released_at: None,
         proxy,
+        session: None,
     }
 }
 
@@ -811,6 +812,7 @@ impl ProxyStorage for MemoryStorage {
             total_proxies: state.proxy_count() as u64,
             active_proxies: 0,
             available_proxies: 0,
+            cooling_down_proxies: 0,
             leased_proxies: 0,
             total_leases: state.leases.len() as u64,
         };

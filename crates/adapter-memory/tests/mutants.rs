@@ -1439,6 +1439,7 @@ impl ProxyStorage for Broken {
                         total_proxies: 0,
                         active_proxies: 0,
                         available_proxies: 0,
+                        cooling_down_proxies: 0,
                         leased_proxies: 0,
                         total_leases: 0,
                     }),

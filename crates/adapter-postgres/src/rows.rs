@@ -145,6 +145,7 @@ fn proxy_at(row: &PgRow, base: usize) -> Result<Proxy, StorageError> {
                 .transpose()
                 .map_err(|_| bad_row("proxy.last_http_status"))?,
         },
+        usage: pharox_domain::ProxyUsage::default(),
     })
 }
 
@@ -167,6 +168,7 @@ pub(crate) fn lease(row: &PgRow) -> Result<Lease, StorageError> {
         expires_at: c.get::<OffsetDateTime>(6, "lease_expires_at")?,
         released_at: c.get(7, "lease_released_at")?,
         proxy: Arc::new(proxy),
+        session: None,
     })
 }
 
@@ -198,6 +200,7 @@ pub(crate) fn acquired_lease(
         expires_at: c.get(1, "lease_expires_at")?,
         released_at: None,
         proxy: Arc::new(proxy),
+        session: None,
     }))
 }
 

@@ -1363,6 +1363,7 @@ impl ProxyStorage for PostgresStorage {
             total_proxies: get("total")?,
             active_proxies: get("active")?,
             available_proxies: get("available")?,
+            cooling_down_proxies: 0,
             leased_proxies: get("leased")?,
             total_leases: get("leases")?,
         })

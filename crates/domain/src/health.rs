@@ -107,6 +107,10 @@ pub struct HealthOutcome {
     pub status: ProxyStatus,
     /// New health summary.
     pub health: ProxyHealth,
+    /// Whether the result ends the proxy's cooldown and clears its error
+    /// score (a success under a policy built
+    /// [`with_success_ending_cooldown`](HealthPolicy::with_success_ending_cooldown)).
+    pub ends_cooldown: bool,
 }
 
 /// Decides what a health result does to a proxy.
@@ -116,12 +120,17 @@ pub struct HealthOutcome {
 /// - A failure lengthens the streak; the proxy becomes inactive once the
 ///   streak reaches `failures_before_inactive`, and keeps its status before.
 /// - Banned is never lifted (nor changed) by a health check.
+/// - A success leaves a cooldown from reported outcomes (see
+///   [`UsagePolicy`](crate::UsagePolicy)) alone, unless the policy is built
+///   [`with_success_ending_cooldown`](Self::with_success_ending_cooldown).
 ///
 /// Storage applies it atomically with persisting the result, so concurrent
 /// sweeps cannot lose a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthPolicy {
     failures_before_inactive: u32,
+    #[serde(default)]
+    success_ends_cooldown: bool,
 }
 
 impl HealthPolicy {
@@ -136,6 +145,7 @@ impl HealthPolicy {
         }
         Ok(Self {
             failures_before_inactive,
+            success_ends_cooldown: false,
         })
     }
 
@@ -144,7 +154,24 @@ impl HealthPolicy {
     pub const fn immediate() -> Self {
         Self {
             failures_before_inactive: 1,
+            success_ends_cooldown: false,
         }
+    }
+
+    /// The same policy, where a successful check ends a proxy's cooldown and
+    /// clears its error score (`true`), or leaves them to reported outcomes
+    /// (`false`, the default: a proxy that answers a probe can still fail
+    /// real traffic).
+    #[must_use]
+    pub const fn with_success_ending_cooldown(mut self, ends: bool) -> Self {
+        self.success_ends_cooldown = ends;
+        self
+    }
+
+    /// Whether a successful check ends a cooldown.
+    #[must_use]
+    pub const fn success_ends_cooldown(&self) -> bool {
+        self.success_ends_cooldown
     }
 
     /// Consecutive failures that make a proxy inactive.
@@ -188,6 +215,7 @@ impl HealthPolicy {
                 new_status
             },
             health: next,
+            ends_cooldown: self.success_ends_cooldown && result.succeeded(),
         }
     }
 }
@@ -197,6 +225,7 @@ impl Default for HealthPolicy {
     fn default() -> Self {
         Self {
             failures_before_inactive: 3,
+            success_ends_cooldown: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ConsumerId, LeaseId, PoolId, Proxy, ProxyId, ValidationError};
+use crate::{ConsumerId, LeaseId, LeaseSession, PoolId, Proxy, ProxyId, ValidationError};
 
 /// The longest lease accepted: 30 days. Longer "leases" are ownership and
 /// belong in the pool layout, not in a TTL.
@@ -110,6 +110,11 @@ pub struct Lease {
     pub released_at: Option<OffsetDateTime>,
     /// The proxy as it was when leased.
     pub proxy: Arc<Proxy>,
+    /// The sticky session the acquire asked for, and whether it moved to
+    /// this proxy. Only the lease an acquire returns carries it; reads of a
+    /// stored lease give `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<LeaseSession>,
 }
 
 impl Lease {

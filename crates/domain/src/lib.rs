@@ -34,7 +34,9 @@ mod pool;
 mod proxy;
 mod retry;
 mod selector;
+mod session;
 mod stats;
+mod usage;
 
 pub use error::ValidationError;
 pub use filter::{
@@ -58,4 +60,9 @@ pub use pool::{Consumer, ProxyPool};
 pub use proxy::{Credentials, Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 pub use retry::RetryPolicy;
 pub use selector::Selector;
+pub use session::{LeaseSession, MAX_SESSION_KEY_CHARS, SessionKey, SessionRequest};
 pub use stats::PoolStats;
+pub use usage::{
+    BanChange, MAX_COOLDOWN, MAX_TARGET_CHARS, Outcome, ProxyFailureKind, ProxyUsage, TargetBan,
+    TargetBanState, TargetHost, UsageChange, UsagePolicy,
+};

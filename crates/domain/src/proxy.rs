@@ -6,7 +6,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{PoolId, ProxyHealth, ProxyId, ValidationError};
+use crate::{PoolId, ProxyHealth, ProxyId, ProxyUsage, ValidationError};
 
 /// Characters left as they are in the user-info part of a URL (RFC 3986
 /// "unreserved"); everything else is percent-encoded.
@@ -235,6 +235,10 @@ pub struct Proxy {
     /// What the latest health checks found.
     #[serde(default)]
     pub health: ProxyHealth,
+    /// What reported outcomes made of it: error score and cooldown (kept by
+    /// the storage, like `current_leases`; see [`crate::UsagePolicy`]).
+    #[serde(default)]
+    pub usage: ProxyUsage,
 }
 
 impl Proxy {
@@ -272,6 +276,7 @@ impl Proxy {
                 checked_at: None,
                 created_at: crate::lease::now_micros(),
                 health: ProxyHealth::default(),
+                usage: ProxyUsage::default(),
             },
         }
     }
@@ -523,6 +528,7 @@ impl fmt::Debug for Proxy {
             .field("current_leases", &self.current_leases)
             .field("checked_at", &self.checked_at)
             .field("health", &self.health)
+            .field("usage", &self.usage)
             .finish_non_exhaustive()
     }
 }

@@ -32,6 +32,7 @@ fn lease() -> Lease {
         expires_at: now + Duration::from_secs(300),
         released_at: None,
         proxy: Arc::new(proxy),
+        session: None,
     }
 }
 
