@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pharox_domain::{
-    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, PoolId,
-    PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, ValidationError,
-    validate_name, validate_ttl,
+    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, Outcome, PoolId,
+    PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector, SessionRequest,
+    TargetBan, TargetHost, UsagePolicy, ValidationError, validate_name, validate_ttl,
 };
 use time::OffsetDateTime;
 
@@ -31,6 +31,12 @@ pub struct AcquireRequest {
     /// idempotent (see [`ProxyStorage::acquire`]); `None` lets the storage
     /// pick a fresh one.
     pub lease_id: Option<LeaseId>,
+    /// The sticky session to lease under, if any (see
+    /// [`ProxyStorage::acquire`]).
+    pub session: Option<SessionRequest>,
+    /// The site the lease is for, if the caller says: proxies banned for it
+    /// are skipped.
+    pub target: Option<TargetHost>,
 }
 
 impl AcquireRequest {
@@ -43,7 +49,23 @@ impl AcquireRequest {
             filter: ProxyFilter::default(),
             selector: Selector::default(),
             lease_id: None,
+            session: None,
+            target: None,
         }
+    }
+
+    /// Leases under a sticky session (see [`ProxyStorage::acquire`]).
+    #[must_use]
+    pub fn with_session(mut self, session: SessionRequest) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    /// Names the site the lease is for: proxies banned for it are skipped.
+    #[must_use]
+    pub fn with_target(mut self, target: TargetHost) -> Self {
+        self.target = Some(target);
+        self
     }
 
     /// Sets the id the lease will have, making the call idempotent: a
@@ -69,12 +91,15 @@ impl AcquireRequest {
         self
     }
 
-    /// Checks the pool name, the TTL and the filter. Adapters call this
-    /// before touching any state.
+    /// Checks the pool name, the TTL, the filter and the session's TTL.
+    /// Adapters call this before touching any state.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("pool_name", &self.pool_name)?;
         validate_ttl(self.ttl)?;
-        self.filter.validate()
+        self.filter.validate()?;
+        self.session
+            .as_ref()
+            .map_or(Ok(()), SessionRequest::validate)
     }
 }
 
@@ -163,6 +188,16 @@ impl ReleaseOutcome {
 ///   pools (no conflict), and no lookup by name folds case.
 /// - **Copies.** Returned values are copies; mutating them changes nothing
 ///   stored.
+/// - **Usage.** A proxy's [`usage`](pharox_domain::Proxy::usage) (error
+///   score, cooldown) and its bans per target are storage-owned like
+///   `current_leases`: only [`report_outcome`](Self::report_outcome),
+///   [`release_with_outcome`](Self::release_with_outcome) and (when the
+///   health policy says so) [`apply_health_result`](Self::apply_health_result)
+///   change them, each by the domain's
+///   [`UsagePolicy::apply_outcome`], atomically with the call. A proxy
+///   cooling down is never leased nor offered by
+///   [`find_available`](Self::find_available); outcomes never change a
+///   proxy's status.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ProxyStorage: Send + Sync {
@@ -234,6 +269,22 @@ pub trait ProxyStorage: Send + Sync {
     /// [`Conflict`](crate::StorageError::Conflict), also once it is
     /// released, and the conflicting call leases nothing.
     ///
+    /// **Cooldowns and bans.** A proxy cooling down at now is skipped; with
+    /// `request.target`, so is a proxy whose ban for that target holds at
+    /// now (targets compare case-insensitively: they are normalised).
+    ///
+    /// **Sticky sessions.** With `request.session`, the storage remembers
+    /// which proxy the session (pool + key) used last, for the session's TTL
+    /// from this acquire on (each use renews it). If the session is known,
+    /// not expired, and its proxy qualifies for this request (active, not
+    /// cooling down, matching the filter, not banned for the target, with
+    /// capacity), that proxy is leased again; otherwise the selector picks,
+    /// and the session moves to the new proxy. The lease's
+    /// [`session`](pharox_domain::Lease::session) says whether it moved.
+    /// Concurrent acquires under one key all get the session's proxy while
+    /// its capacity allows; sessions are shared by every caller of the same
+    /// storage. When nothing qualifies the session is left as it was.
+    ///
     /// **No lease behind an error.** If this returns an error, no lease was
     /// created. An adapter whose reply can be lost after the backend acted
     /// (a connection that breaks, a call that times out) must find out
@@ -246,6 +297,38 @@ pub trait ProxyStorage: Send + Sync {
     /// released or reclaimed lease changes nothing and says so, with when it
     /// was released. Unknown lease: not found.
     async fn release(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome>;
+
+    /// [`release`](Self::release), and when this call released the lease,
+    /// applies `outcome` (if any) to its proxy under `policy`, atomically
+    /// with the release: the outcome counts exactly once, also when a
+    /// release or a report of the same lease races this call. A lease that
+    /// was already released changes nothing (its outcome is dropped). An
+    /// invalid outcome or policy is rejected and changes nothing; unknown
+    /// lease: not found.
+    async fn release_with_outcome<'a>(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<&'a Outcome>,
+        policy: &UsagePolicy,
+    ) -> StorageResult<ReleaseOutcome>;
+
+    /// Applies `outcome`, reported by the holder of an active lease (also
+    /// one past its `expires_at` that nothing has reclaimed yet), to the
+    /// lease's proxy under `policy`, atomically; several reports per lease
+    /// are allowed. Returns the proxy as it is afterwards. A released lease
+    /// gives [`LeaseNotActive`](crate::StorageError::LeaseNotActive) and
+    /// changes nothing; an invalid outcome or policy is rejected; unknown
+    /// lease: not found.
+    async fn report_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+    ) -> StorageResult<Proxy>;
+
+    /// The bans of a proxy that hold now, ordered by target. Unknown proxy:
+    /// not found.
+    async fn list_target_bans(&self, proxy_id: ProxyId) -> StorageResult<Vec<TargetBan>>;
 
     /// Extends an active lease that has not reached its `expires_at` to
     /// `now + ttl`. A released lease, or one at or past its `expires_at`,
@@ -277,7 +360,10 @@ pub trait ProxyStorage: Send + Sync {
     async fn cleanup_expired(&self) -> StorageResult<u64>;
 
     /// Applies a health result under `policy`, atomically: updates status,
-    /// `checked_at` and health, and appends a health record. Returns the
+    /// `checked_at` and health, and appends a health record; when the
+    /// policy's outcome [`ends_cooldown`](pharox_domain::HealthOutcome::ends_cooldown),
+    /// also resets the proxy's usage (score, cooldown and its doubling; bans
+    /// per target stay). Returns the
     /// updated proxy, or `Ok(None)` if the proxy no longer exists. An invalid
     /// result is rejected and recorded nowhere.
     async fn apply_health_result(
@@ -299,7 +385,9 @@ pub trait ProxyStorage: Send + Sync {
     ) -> StorageResult<Vec<HealthRecord>>;
 
     /// Occupancy of a pool now: leases at or past their expiry do not count
-    /// (see [`PoolStats`]). Unknown pool: not found.
+    /// (see [`PoolStats`]); a proxy cooling down is not available, and
+    /// counts in `cooling_down_proxies` if it is active. Unknown pool: not
+    /// found.
     async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats>;
 
     /// An operator's overview of a pool now (see [`PoolOverview`]), computed
