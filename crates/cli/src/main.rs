@@ -16,6 +16,7 @@ mod error;
 mod health;
 #[cfg(feature = "postgres")]
 mod import;
+mod lease;
 mod limits;
 #[cfg(feature = "postgres")]
 mod migrate;
@@ -56,7 +57,7 @@ enum Command {
     Proxy(operate::ProxyArgs),
     /// Acquire, release, renew and list leases; reclaim expired ones.
     #[cfg(feature = "postgres")]
-    Lease(operate::LeaseArgs),
+    Lease(lease::LeaseArgs),
     /// Health-check the proxies of a pool, or show a proxy's history.
     #[cfg(all(feature = "postgres", feature = "http-probe"))]
     Health(health::HealthArgs),
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
             #[cfg(feature = "postgres")]
             Command::Proxy(args) => operate::proxy(args).await,
             #[cfg(feature = "postgres")]
-            Command::Lease(args) => operate::lease(args).await,
+            Command::Lease(args) => lease::lease(args).await,
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Health(args) => health::run(args).await,
         }

@@ -1,6 +1,7 @@
-//! `pharox pool`, `pharox proxy` and `pharox lease`: operating pools from
-//! the command line. The use cases live in the library ([`Operator`],
-//! [`ProxyManager`]); this module parses flags and prints.
+//! `pharox pool` and `pharox proxy`: operating pools from the command line
+//! (leases are in [`crate::lease`]). The use cases live in the library
+//! ([`Operator`]); this module parses flags and prints, and holds the
+//! printing helpers the operating commands share.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub struct Db {
 }
 
 impl Db {
-    async fn operator(&self) -> Result<Operator, CliError> {
+    pub(crate) async fn operator(&self) -> Result<Operator, CliError> {
         Ok(Operator::new(self.storage().await?))
     }
 
@@ -50,7 +51,7 @@ pub struct PoolArgs {
     #[command(subcommand)]
     command: PoolCommand,
     #[command(flatten)]
-    db: Db,
+    pub(crate) db: Db,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,7 +87,7 @@ pub struct ProxyArgs {
     #[command(subcommand)]
     command: ProxyCommand,
     #[command(flatten)]
-    db: Db,
+    pub(crate) db: Db,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,69 +136,6 @@ enum ProxyCommand {
         #[arg(value_name = "PROXY_ID", required = true)]
         ids: Vec<String>,
     },
-}
-
-/// Flags of `pharox lease`.
-#[derive(Debug, Args)]
-pub struct LeaseArgs {
-    #[command(subcommand)]
-    command: LeaseCommand,
-    #[command(flatten)]
-    db: Db,
-}
-
-#[derive(Debug, Subcommand)]
-enum LeaseCommand {
-    /// Lease a proxy and print its URL with credentials.
-    Acquire {
-        /// The pool.
-        #[arg(long)]
-        pool: String,
-        /// Who holds the lease.
-        #[arg(long, default_value = pharox::DEFAULT_CONSUMER)]
-        consumer: String,
-        /// Seconds the lease holds the proxy.
-        #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
-        ttl: u64,
-        /// Only proxies matching this filter (its JSON form).
-        #[arg(long)]
-        filter: Option<String>,
-        /// first_available, round_robin, random, least_used, lowest_latency.
-        #[arg(long)]
-        selector: Option<String>,
-        /// Print only the proxy URL (for `curl -x "$(...)"`).
-        #[arg(long)]
-        url_only: bool,
-    },
-    /// Release a lease.
-    Release {
-        /// The lease's id.
-        #[arg(value_name = "LEASE_ID")]
-        id: String,
-    },
-    /// Extend a lease to now + TTL.
-    Renew {
-        /// The lease's id.
-        #[arg(value_name = "LEASE_ID")]
-        id: String,
-        /// Seconds from now.
-        #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
-        ttl: u64,
-    },
-    /// List the active leases of a pool.
-    List {
-        /// The pool.
-        #[arg(long)]
-        pool: String,
-        /// Only this consumer's.
-        #[arg(long)]
-        consumer: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-    },
-    /// Reclaim every expired lease; prints how many.
-    Cleanup,
 }
 
 /// Runs `pharox pool`.
@@ -375,140 +313,6 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
     }
 }
 
-/// Runs `pharox lease`.
-pub async fn lease(args: LeaseArgs) -> Result<(), CliError> {
-    let storage = args.db.storage().await?;
-    let json = args.db.json;
-    let manager = ProxyManager::from_arc(Arc::clone(&storage));
-    match args.command {
-        LeaseCommand::Acquire {
-            pool,
-            consumer,
-            ttl,
-            filter,
-            selector,
-            url_only,
-        } => {
-            let mut request = LeaseRequest::new(pool.clone())
-                .consumer(consumer)
-                .ttl(ttl_of(ttl)?);
-            if let Some(json) = filter {
-                request = request
-                    .filter(ProxyFilter::from_json(&json).map_err(|e| usage("filter", &e.reason))?);
-            }
-            if let Some(selector) = selector {
-                request = request.selector(
-                    selector
-                        .parse::<Selector>()
-                        .map_err(|e| usage("selector", &e.reason))?,
-                );
-            }
-            let Some(lease) = manager.acquire(request).await? else {
-                let operator = Operator::new(storage);
-                return Err(match operator.overview(&pool).await {
-                    Ok(o) => CliError::Other(format!(
-                        "no proxy available in pool {pool} ({} proxies: {}; {} active leases, capacity {})",
-                        o.proxies,
-                        status_counts(&o),
-                        o.active_leases,
-                        capacity(&o)
-                    )),
-                    Err(_) => unknown_pool(&operator, &pool).await,
-                });
-            };
-            let url = lease.proxy.connect_url();
-            let expires = rfc3339(lease.expires_at);
-            if url_only {
-                return output::print(|out| {
-                    outln!(out, "{url}");
-                    Ok(())
-                })
-                .map_err(Into::into);
-            }
-            let value = json!({
-                "lease_id": lease.id,
-                "proxy_id": lease.proxy_id,
-                "proxy_url": url,
-                "expires_at": expires,
-            });
-            print_json_or(json, &value, || {
-                format!(
-                    "lease_id   {}\nproxy_url  {url}\nexpires_at {expires}",
-                    lease.id
-                )
-            })
-        }
-        LeaseCommand::Release { id } => {
-            let id = lease_id(&id)?;
-            let outcome = manager.release_id(id).await?;
-            let released = outcome.was_released();
-            print_json_or(json, &json!({"lease_id": id, "released": released}), || {
-                if released {
-                    format!("released lease {id}")
-                } else {
-                    format!("lease {id} was already released")
-                }
-            })
-        }
-        LeaseCommand::Renew { id, ttl } => {
-            let id = lease_id(&id)?;
-            let ttl = ttl_of(ttl)?;
-            let lease = storage.get_lease(id).await?;
-            let lease = manager.renew(&lease, ttl).await?;
-            let expires = rfc3339(lease.expires_at);
-            print_json_or(
-                json,
-                &json!({"lease_id": id, "expires_at": expires}),
-                || format!("lease {id} now expires at {expires}"),
-            )
-        }
-        LeaseCommand::List {
-            pool,
-            consumer,
-            limit,
-        } => {
-            let leases = match storage.list_leases(&pool, consumer.as_deref(), limit).await {
-                Err(pharox::StorageError::NotFound { .. }) => {
-                    return Err(unknown_pool(&Operator::new(storage), &pool).await);
-                }
-                other => other?,
-            };
-            if json {
-                let list: Vec<_> = leases.iter().map(lease_json).collect();
-                return print_value(&serde_json::Value::Array(list));
-            }
-            let rows = leases
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.id.to_string(),
-                        l.proxy.to_string(),
-                        l.consumer_id.to_string(),
-                        rfc3339(l.acquired_at),
-                        rfc3339(l.expires_at),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "LEASE_ID",
-                    "PROXY",
-                    "CONSUMER_ID",
-                    "ACQUIRED_AT",
-                    "EXPIRES_AT",
-                ],
-                rows,
-            )
-        }
-        LeaseCommand::Cleanup => {
-            let reclaimed = storage.cleanup_expired().await?;
-            print_json_or(json, &json!({"reclaimed": reclaimed}), || {
-                format!("reclaimed {reclaimed} expired leases")
-            })
-        }
-    }
-}
-
 fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
@@ -520,7 +324,7 @@ pub(crate) fn usage(flag: &'static str, reason: &str) -> CliError {
     }
 }
 
-fn bad(name: &'static str, reason: &str) -> CliError {
+pub(crate) fn bad(name: &'static str, reason: &str) -> CliError {
     CliError::BadArgument {
         name,
         reason: reason.to_owned(),
@@ -532,12 +336,7 @@ fn proxy_id(s: &str) -> Result<ProxyId, CliError> {
         .map_err(|_| bad("PROXY_ID", "is not a valid UUID"))
 }
 
-fn lease_id(s: &str) -> Result<LeaseId, CliError> {
-    s.parse()
-        .map_err(|_| bad("LEASE_ID", "is not a valid UUID"))
-}
-
-fn ttl_of(secs: u64) -> Result<Duration, CliError> {
+pub(crate) fn ttl_of(secs: u64) -> Result<Duration, CliError> {
     let ttl = Duration::from_secs(secs);
     pharox::domain::validate_ttl(ttl).map_err(|e| usage("ttl", &e.reason))?;
     Ok(ttl)
@@ -559,12 +358,12 @@ pub(crate) async fn unknown_pool(operator: &Operator, name: &str) -> CliError {
     }
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -602,18 +401,7 @@ fn proxy_json(p: &Proxy) -> serde_json::Value {
     })
 }
 
-fn lease_json(l: &Lease) -> serde_json::Value {
-    json!({
-        "lease_id": l.id,
-        "proxy_id": l.proxy_id,
-        "proxy": l.proxy.to_string(),
-        "consumer_id": l.consumer_id,
-        "acquired_at": rfc3339(l.acquired_at),
-        "expires_at": rfc3339(l.expires_at),
-    })
-}
-
-fn status_counts(o: &PoolOverview) -> String {
+pub(crate) fn status_counts(o: &PoolOverview) -> String {
     o.by_status
         .iter()
         .map(|(s, n)| format!("{n} {s}"))
@@ -621,7 +409,7 @@ fn status_counts(o: &PoolOverview) -> String {
         .join(", ")
 }
 
-fn capacity(o: &PoolOverview) -> String {
+pub(crate) fn capacity(o: &PoolOverview) -> String {
     o.capacity
         .map_or_else(|| "unlimited".to_owned(), |c| c.to_string())
 }
@@ -655,7 +443,7 @@ pub(crate) fn print_value(value: &serde_json::Value) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_json_or(
+pub(crate) fn print_json_or(
     json: bool,
     value: &serde_json::Value,
     text: impl FnOnce() -> String,
@@ -672,7 +460,7 @@ fn print_json_or(
 }
 
 /// Plain columns, each as wide as its widest cell.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), CliError> {
+pub(crate) fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), CliError> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

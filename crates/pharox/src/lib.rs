@@ -53,7 +53,7 @@ pub use manager::{
     DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, PreparedRequest, ProxyManager,
     default_release_retry,
 };
-pub use observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+pub use observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
 pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
 
 pub use pharox_domain as domain;
@@ -65,6 +65,10 @@ pub use pharox_domain::{
 pub use pharox_domain::{
     ImportDefaults, ImportReport, InvalidLine, MaxConcurrency, ParsedLine, ParsedList, ProxyEntry,
     ProxyListFormat, parse_proxy_json, parse_proxy_json_values, parse_proxy_list,
+};
+pub use pharox_domain::{
+    LeaseSession, Outcome, ProxyFailureKind, ProxyUsage, SessionKey, SessionRequest, TargetBan,
+    TargetHost, UsagePolicy,
 };
 pub use pharox_ports as ports;
 pub use pharox_ports::{

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use pharox_domain::{
-    ConsumerId, Lease, LeaseId, PoolStats, ProxyFilter, RetryPolicy, Selector, validate_name,
-    validate_ttl,
+    ConsumerId, Lease, LeaseId, Outcome, PoolStats, Proxy, ProxyFilter, RetryPolicy, Selector,
+    SessionKey, SessionRequest, TargetHost, UsagePolicy, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, SystemClock,
 };
 use tracing::Instrument;
 
-use crate::observe::{AcquireEvent, LeaseObserver, ReleaseEvent};
+use crate::observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
 use crate::{PharoxError, WithLeaseError};
 
 /// The consumer name used when a request names none.
@@ -49,7 +49,9 @@ pub fn default_release_retry() -> RetryPolicy {
 ///     .consumer("crawler-7")
 ///     .ttl(Duration::from_secs(60))
 ///     .filter(ProxyFilter::new().country("DE"))
-///     .selector(Selector::LeastUsed);
+///     .selector(Selector::LeastUsed)
+///     .session("checkout-42")
+///     .target("shop.example");
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -59,6 +61,9 @@ pub struct LeaseRequest {
     ttl: Option<Duration>,
     filter: ProxyFilter,
     selector: Selector,
+    session: Option<String>,
+    session_ttl: Option<Duration>,
+    target: Option<String>,
 }
 
 impl LeaseRequest {
@@ -70,7 +75,33 @@ impl LeaseRequest {
             ttl: None,
             filter: ProxyFilter::default(),
             selector: Selector::default(),
+            session: None,
+            session_ttl: None,
+            target: None,
         }
+    }
+
+    /// Leases under the sticky session `key`: the proxy the session used
+    /// last while it still qualifies, else a new one the session moves to
+    /// (see [`ProxyStorage::acquire`]). Checked when the request is prepared.
+    pub fn session(mut self, key: impl Into<String>) -> Self {
+        self.session = Some(key.into());
+        self
+    }
+
+    /// How long the session is remembered after this use (default: the
+    /// usage policy's `session_ttl`).
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = Some(ttl);
+        self
+    }
+
+    /// The site the lease is for (a host name, compared case-insensitively):
+    /// proxies banned for it are skipped. Checked when the request is
+    /// prepared.
+    pub fn target(mut self, host: impl Into<String>) -> Self {
+        self.target = Some(host.into());
+        self
     }
 
     /// Leases on behalf of this consumer (created on first use).
@@ -146,6 +177,7 @@ pub struct ManagerConfig {
     default_ttl: Duration,
     pool_stats_in_events: bool,
     release_retry: RetryPolicy,
+    usage_policy: UsagePolicy,
 }
 
 impl Default for ManagerConfig {
@@ -155,6 +187,7 @@ impl Default for ManagerConfig {
             default_ttl: DEFAULT_TTL,
             pool_stats_in_events: false,
             release_retry: default_release_retry(),
+            usage_policy: UsagePolicy::default(),
         }
     }
 }
@@ -186,9 +219,23 @@ impl ManagerConfig {
         self
     }
 
+    /// How reported outcomes change a proxy's standing, and the default
+    /// session TTL (default [`UsagePolicy::default`]).
+    pub fn with_usage_policy(mut self, policy: UsagePolicy) -> Self {
+        self.usage_policy = policy;
+        self
+    }
+
+    /// The usage policy in force.
+    #[must_use]
+    pub fn usage_policy(&self) -> &UsagePolicy {
+        &self.usage_policy
+    }
+
     fn validate(&self) -> Result<(), PharoxError> {
         validate_name("default_consumer", &self.default_consumer)?;
         validate_ttl(self.default_ttl)?;
+        self.usage_policy.validate()?;
         Ok(())
     }
 }
@@ -323,6 +370,20 @@ impl ProxyManager {
         validate_name("pool", &request.pool)?;
         validate_ttl(ttl)?;
         request.filter.validate()?;
+        let session = match request.session {
+            Some(key) => {
+                let session = SessionRequest::new(
+                    SessionKey::new(key)?,
+                    request
+                        .session_ttl
+                        .unwrap_or(self.config.usage_policy.session_ttl),
+                );
+                session.validate()?;
+                Some(session)
+            }
+            None => None,
+        };
+        let target = request.target.as_deref().map(TargetHost::new).transpose()?;
         let consumer_id = self.consumer_id(&consumer).await?;
         Ok(PreparedRequest {
             request: AcquireRequest {
@@ -332,6 +393,8 @@ impl ProxyManager {
                 filter: request.filter,
                 selector: request.selector,
                 lease_id: None,
+                session,
+                target,
             },
             consumer,
         })
@@ -357,6 +420,7 @@ impl ProxyManager {
                 pool = %request.pool_name,
                 lease = %lease.id,
                 proxy = %lease.proxy_id,
+                session_moved = lease.session.as_ref().map(|s| s.moved),
                 "proxy leased"
             ),
             None => tracing::debug!(pool = %request.pool_name, "no proxy available"),
@@ -438,12 +502,96 @@ impl ProxyManager {
 
     /// Releases a lease by id (see [`release`](Self::release)).
     pub async fn release_id(&self, lease_id: LeaseId) -> Result<ReleaseOutcome, PharoxError> {
-        let span = tracing::debug_span!("pharox.release", lease = %lease_id);
-        let outcome = release_with_retry(&*self.storage, lease_id, &self.config.release_retry)
+        self.release_reporting(lease_id, None).await
+    }
+
+    /// Releases a lease and, when this call is the one that ends it, applies
+    /// `outcome` to its proxy under the config's usage policy, atomically
+    /// with the release (see [`ProxyStorage::release_with_outcome`]).
+    /// Retried like [`release`](Self::release): a retry after a lost reply
+    /// finds the lease released and applies nothing, so the outcome counts
+    /// at most once. `None` is a plain release.
+    pub async fn release_with_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<Outcome>,
+    ) -> Result<ReleaseOutcome, PharoxError> {
+        if let Some(outcome) = &outcome {
+            outcome.validate()?;
+        }
+        self.release_reporting(lease_id, outcome.as_ref()).await
+    }
+
+    /// Reports what a use of a held lease came to (several reports per lease
+    /// are fine); returns the proxy's standing afterwards. Not retried: a
+    /// report whose reply was lost may have counted, and counting it twice
+    /// would punish the proxy twice. A released lease gives
+    /// [`StorageError::LeaseNotActive`].
+    pub async fn report(&self, lease_id: LeaseId, outcome: &Outcome) -> Result<Proxy, PharoxError> {
+        outcome.validate()?;
+        let span =
+            tracing::debug_span!("pharox.report", lease = %lease_id, outcome = outcome.kind());
+        let proxy = self
+            .storage
+            .report_outcome(lease_id, outcome, &self.config.usage_policy)
             .instrument(span)
             .await?;
+        tracing::debug!(
+            lease = %lease_id,
+            proxy = %proxy.id,
+            outcome = outcome.kind(),
+            error_score = proxy.usage.error_score,
+            cooling_down = proxy.usage.cooldown_until.is_some_and(|t| t > self.clock.now()),
+            "outcome reported"
+        );
+        let event = OutcomeEvent {
+            lease_id,
+            proxy_id: proxy.id,
+            outcome,
+            on_release: false,
+            proxy: Some(&proxy),
+        };
+        self.observers.iter().for_each(|o| o.on_outcome(&event));
+        Ok(proxy)
+    }
+
+    async fn release_reporting(
+        &self,
+        lease_id: LeaseId,
+        reported: Option<&Outcome>,
+    ) -> Result<ReleaseOutcome, PharoxError> {
+        let span = tracing::debug_span!("pharox.release", lease = %lease_id);
+        let policy = &self.config.usage_policy;
+        // Without an outcome, the plain release: the hot path's statement.
+        let outcome = retry_storage(&self.config.release_retry, "release", lease_id, || async {
+            match reported {
+                Some(_) => {
+                    self.storage
+                        .release_with_outcome(lease_id, reported, policy)
+                        .await
+                }
+                None => self.storage.release(lease_id).await,
+            }
+        })
+        .instrument(span)
+        .await?;
         if let ReleaseOutcome::Released(released) = &outcome {
-            tracing::debug!(lease = %lease_id, proxy = %released.proxy_id, "lease released");
+            tracing::debug!(
+                lease = %lease_id,
+                proxy = %released.proxy_id,
+                outcome = reported.map(Outcome::kind),
+                "lease released"
+            );
+            if let Some(reported) = reported {
+                let event = OutcomeEvent {
+                    lease_id,
+                    proxy_id: released.proxy_id,
+                    outcome: reported,
+                    on_release: true,
+                    proxy: None,
+                };
+                self.observers.iter().for_each(|o| o.on_outcome(&event));
+            }
             if !self.observers.is_empty() {
                 let stats = match self.config.pool_stats_in_events {
                     true => self.stats_for_pool_id(released).await,
@@ -458,6 +606,7 @@ impl ProxyManager {
                     lease_duration: (released.released_at - released.acquired_at)
                         .try_into()
                         .unwrap_or_default(),
+                    outcome: reported,
                     pool_stats: stats.as_ref(),
                 };
                 self.observers.iter().for_each(|o| o.on_release(&event));
@@ -492,6 +641,46 @@ impl ProxyManager {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.with_lease_reporting(request, task, |_| None).await
+    }
+
+    /// [`with_lease`](Self::with_lease), where `outcome_of` maps the task's
+    /// result to an [`Outcome`] that is applied with the release (atomically:
+    /// see [`release_with_outcome`](Self::release_with_outcome)). A task
+    /// that panics or is cancelled reports nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pharox::{MemoryStorage, Outcome, ProxyFailureKind, ProxyManager, ProxyPool, ProxyStorage};
+    /// # let storage = MemoryStorage::new();
+    /// # let pool = storage.save_pool(&ProxyPool::new("eu")?).await?;
+    /// # storage.save_proxy(&pharox::Proxy::builder(pool.id, "10.0.0.1", 8080, pharox::ProxyProtocol::Http).build()?).await?;
+    /// let manager = ProxyManager::new(storage);
+    /// let status = manager
+    ///     .with_lease_reporting(
+    ///         "eu",
+    ///         |lease| async move { Ok::<u16, std::io::Error>(200) /* fetch through lease.proxy */ },
+    ///         |result| match result {
+    ///             Ok(_) => Some(Outcome::success()),
+    ///             Err(_) => Some(Outcome::proxy_failure(ProxyFailureKind::Other)),
+    ///         },
+    ///     )
+    ///     .await?;
+    /// assert_eq!(status, 200);
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lease_reporting<T, E, F, Fut, M>(
+        &self,
+        request: impl Into<LeaseRequest>,
+        task: F,
+        outcome_of: M,
+    ) -> Result<T, WithLeaseError<E>>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        M: FnOnce(&Result<T, E>) -> Option<Outcome>,
+    {
         let request = request.into();
         let pool = request.pool.clone();
         let lease = self
@@ -507,7 +696,8 @@ impl ProxyManager {
         };
         let outcome = task(lease).await;
         guard.armed = false;
-        let released = self.release_id(lease_id).await;
+        let reported = outcome_of(&outcome);
+        let released = self.release_with_outcome(lease_id, reported).await;
         match (outcome, released) {
             (Ok(value), Ok(_)) => Ok(value),
             (Ok(_), Err(e)) => Err(WithLeaseError::Pharox(e)),

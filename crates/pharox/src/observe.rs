@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pharox_domain::{
-    ConsumerId, Lease, LeaseId, PoolId, PoolStats, ProxyFilter, ProxyId, Selector,
+    ConsumerId, Lease, LeaseId, Outcome, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, Selector,
 };
 use time::OffsetDateTime;
 
@@ -49,11 +49,32 @@ pub struct ReleaseEvent<'a> {
     pub released_at: OffsetDateTime,
     /// How long it was held.
     pub lease_duration: Duration,
+    /// The outcome applied with the release, if the caller gave one.
+    pub outcome: Option<&'a Outcome>,
     /// The pool's occupancy after the call, when enabled.
     pub pool_stats: Option<&'a PoolStats>,
 }
 
-/// Receives lifecycle events. Both methods default to doing nothing.
+/// An outcome the storage applied to a proxy: reported for a held lease,
+/// or with the release that ended it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct OutcomeEvent<'a> {
+    /// The lease it was reported for.
+    pub lease_id: LeaseId,
+    /// Its proxy.
+    pub proxy_id: ProxyId,
+    /// What the use came to.
+    pub outcome: &'a Outcome,
+    /// Whether it came with the release (then it is also in the
+    /// [`ReleaseEvent`]).
+    pub on_release: bool,
+    /// The proxy's standing afterwards, for a report (a release does not
+    /// read the proxy back).
+    pub proxy: Option<&'a Proxy>,
+}
+
+/// Receives lifecycle events. Every method defaults to doing nothing.
 ///
 /// Observers run inline on the caller's task after the storage call: keep
 /// them cheap (count, record a metric) and hand slow work to a channel.
@@ -62,4 +83,6 @@ pub trait LeaseObserver: Send + Sync {
     fn on_acquire(&self, _event: &AcquireEvent<'_>) {}
     /// After every release that ended an active lease.
     fn on_release(&self, _event: &ReleaseEvent<'_>) {}
+    /// After every outcome the storage applied.
+    fn on_outcome(&self, _event: &OutcomeEvent<'_>) {}
 }

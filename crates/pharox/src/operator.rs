@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use pharox_domain::{PoolOverview, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus};
+use pharox_domain::{
+    PoolOverview, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus, TargetBan,
+};
 use pharox_ports::{ProxyStorage, StorageError};
 
 use crate::PharoxError;
@@ -86,6 +88,11 @@ impl Operator {
     /// The proxy with this id.
     pub async fn proxy(&self, id: ProxyId) -> Result<Proxy, PharoxError> {
         Ok(self.storage.get_proxy(id).await?)
+    }
+
+    /// The bans of a proxy per target site that hold now, by target.
+    pub async fn target_bans(&self, id: ProxyId) -> Result<Vec<TargetBan>, PharoxError> {
+        Ok(self.storage.list_target_bans(id).await?)
     }
 
     /// Sets a proxy's status by hand. A proxy banned this way stays banned:
