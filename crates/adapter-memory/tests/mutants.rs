@@ -31,8 +31,8 @@ use pharox_adapter_memory::MemoryStorage;
 use pharox_contract_tests::{ContractFixture, SUITE, Scenario};
 use pharox_domain::{
     ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, LeaseStatus,
-    MAX_LEASE_TTL, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyHealth, ProxyId,
-    ProxyPool, ProxyStatus, Selector, validate_name, validate_ttl,
+    MAX_LEASE_TTL, Outcome, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyHealth,
+    ProxyId, ProxyPool, ProxyStatus, Selector, TargetBan, UsagePolicy, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ManualClock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -1492,6 +1492,31 @@ impl ProxyStorage for Broken {
         limit: usize,
     ) -> StorageResult<Vec<Lease>> {
         self.inner.list_leases(pool_name, consumer, limit).await
+    }
+
+    // Outcomes have no mutant of their own yet: they are delegated.
+    async fn release_with_outcome<'a>(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<&'a Outcome>,
+        policy: &UsagePolicy,
+    ) -> StorageResult<ReleaseOutcome> {
+        self.inner
+            .release_with_outcome(lease_id, outcome, policy)
+            .await
+    }
+
+    async fn report_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+    ) -> StorageResult<Proxy> {
+        self.inner.report_outcome(lease_id, outcome, policy).await
+    }
+
+    async fn list_target_bans(&self, proxy_id: ProxyId) -> StorageResult<Vec<TargetBan>> {
+        self.inner.list_target_bans(proxy_id).await
     }
 }
 
