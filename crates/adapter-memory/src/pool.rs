@@ -163,7 +163,7 @@ pub(crate) struct Skips<'a> {
 }
 
 impl Skips<'_> {
-    fn none(&self) -> bool {
+    pub(crate) fn none(&self) -> bool {
         !self.cooling && self.target.is_none()
     }
 }
