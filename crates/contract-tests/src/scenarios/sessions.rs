@@ -263,7 +263,8 @@ pub async fn session_renews_on_each_use(fx: &ContractFixture) {
     }
 }
 
-/// The same key in another pool is another session.
+/// The same key in another pool is another session: using it there
+/// neither moves nor forgets the first pool's.
 pub async fn same_key_in_another_pool_is_independent(fx: &ContractFixture) {
     let east = new_pool(fx, "sticky-east").await;
     let west = new_pool(fx, "sticky-west").await;
@@ -273,13 +274,13 @@ pub async fn same_key_in_another_pool_is_independent(fx: &ContractFixture) {
     let key = new_key();
     let in_east = leased(
         fx,
-        &under(&east, consumer, &key, Selector::FirstAvailable),
+        &under(&east, consumer, &key, Selector::LeastUsed),
         "east",
     )
     .await;
     let in_west = leased(
         fx,
-        &under(&west, consumer, &key, Selector::FirstAvailable),
+        &under(&west, consumer, &key, Selector::LeastUsed),
         "west",
     )
     .await;
@@ -290,11 +291,14 @@ pub async fn same_key_in_another_pool_is_independent(fx: &ContractFixture) {
     expect_session(&in_west, &key, false, "a new session in its own pool");
     let back = leased(
         fx,
-        &under(&east, consumer, &key, Selector::FirstAvailable),
+        &under(&east, consumer, &key, Selector::LeastUsed),
         "east again",
     )
     .await;
-    assert_eq!(back.proxy_id, in_east.proxy_id);
+    assert_eq!(
+        back.proxy_id, in_east.proxy_id,
+        "the east session keeps its proxy (least_used alone would pick the idle one)"
+    );
     expect_session(&back, &key, false, "the east session was not touched");
 }
 
