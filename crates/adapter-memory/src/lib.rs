@@ -45,6 +45,10 @@
 //! - Finished leases go to a bounded history (default
 //!   [`DEFAULT_LEASE_HISTORY`]); a release or `get_lease` of a lease older
 //!   than that gives not-found. Throughput does not degrade with history.
+//! - Usage, bans per target and sticky sessions live in the pool's state
+//!   and change under its lock. An acquire checks cooldowns (and, with a
+//!   target, bans) only while some proxy of the pool can still be cooling
+//!   down (or banned): each pool remembers the latest end it stored.
 //! - Returned values are copies; lease snapshots are shared `Arc<Proxy>`
 //!   that are only deep-cloned (copy-on-write) when the stored proxy changes
 //!   while an old snapshot is still held.
