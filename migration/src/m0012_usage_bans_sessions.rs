@@ -12,6 +12,11 @@ use sea_orm_migration::prelude::*;
 /// all of those updates stay HOT. The acquire statements test
 /// `cooldown_until` on the rows the selector's index walk visits.
 ///
+/// `lease.outcomes_applied` counts the outcomes applied under a lease, in
+/// the transaction that applies each: when the reply to that transaction's
+/// COMMIT is lost, the count tells whether it committed, so an outcome is
+/// neither applied twice by a retry nor reported failed while applied.
+///
 /// `proxy_target_ban` is probed by its primary key `(proxy_id, target)`
 /// once per visited row by an acquire that names a target (an anti-join).
 /// `proxy_session` has no foreign key to `proxy_pool`: deleting a pool
@@ -28,6 +33,9 @@ ALTER TABLE proxy
     ADD COLUMN IF NOT EXISTS error_score double precision NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS cooldown_until timestamptz NULL,
     ADD COLUMN IF NOT EXISTS consecutive_cooldowns integer NOT NULL DEFAULT 0;
+
+ALTER TABLE lease
+    ADD COLUMN IF NOT EXISTS outcomes_applied integer NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS proxy_target_ban (
     proxy_id uuid NOT NULL REFERENCES proxy (id) ON DELETE CASCADE,
@@ -52,6 +60,7 @@ CREATE INDEX IF NOT EXISTS proxy_session_proxy_idx ON proxy_session (proxy_id);
 const DOWN: &str = r#"
 DROP TABLE IF EXISTS proxy_session;
 DROP TABLE IF EXISTS proxy_target_ban;
+ALTER TABLE lease DROP COLUMN IF EXISTS outcomes_applied;
 ALTER TABLE proxy
     DROP COLUMN IF EXISTS consecutive_cooldowns,
     DROP COLUMN IF EXISTS cooldown_until,

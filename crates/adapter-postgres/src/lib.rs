@@ -24,9 +24,11 @@ pub mod entities;
 mod error;
 mod hot;
 mod locks;
+mod outcomes;
 mod rows;
 mod sql;
 mod storage;
+mod usage_sql;
 pub mod testing;
 
 pub use config::{ConfigError, ENV_DATABASE_URL, PostgresConfig, SslMode};
