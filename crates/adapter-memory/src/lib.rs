@@ -45,6 +45,10 @@
 //! - Finished leases go to a bounded history (default
 //!   [`DEFAULT_LEASE_HISTORY`]); a release or `get_lease` of a lease older
 //!   than that gives not-found. Throughput does not degrade with history.
+//! - Usage, bans per target and sticky sessions live in the pool's state
+//!   and change under its lock. An acquire checks cooldowns (and, with a
+//!   target, bans) only while some proxy of the pool can still be cooling
+//!   down (or banned): each pool remembers the latest end it stored.
 //! - Returned values are copies; lease snapshots are shared `Arc<Proxy>`
 //!   that are only deep-cloned (copy-on-write) when the stored proxy changes
 //!   while an old snapshot is still held.
@@ -67,8 +71,9 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use pharox_domain::{
     Consumer, ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease,
-    LeaseId, LeaseStatus, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool,
-    ProxyStatus, Selector, ValidationError, truncate_to_micros, validate_name, validate_ttl,
+    LeaseId, LeaseSession, LeaseStatus, Outcome, PoolId, PoolOverview, PoolStats, Proxy,
+    ProxyFilter, ProxyId, ProxyPool, ProxyStatus, ProxyUsage, Selector, TargetBan, UsagePolicy,
+    ValidationError, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -204,6 +209,10 @@ impl MemoryStorage {
         let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
             return Ok(Granted::Nothing);
         };
+        let session_expires_us = match &request.session {
+            Some(session) => Some(micros(expiry(now, session.ttl)?)),
+            None => None,
+        };
         let lease_id = request.lease_id.unwrap_or_else(|| new_lease_id(now_us));
         // The catalog stays read-locked until the lease is granted, so the
         // pool cannot be deleted meanwhile.
@@ -214,9 +223,39 @@ impl MemoryStorage {
             return Ok(Granted::Repeat(lease_id, cell.id));
         }
         self.reclaim(&mut state, cell, now, now_us);
-        let Some(idx) = state.select(&request.filter, request.selector, filter_empty, predicates)
-        else {
-            return Ok(Granted::Nothing);
+        let skips = state.skips(now, now_us, request.target.as_ref());
+        // A known session's proxy first, if it still qualifies; otherwise
+        // the selector picks and the session moves.
+        let mut moved = false;
+        let mut sticky = None;
+        if let Some(session) = &request.session
+            && let Some(bound) = state.session_proxy(&session.key, now_us)
+        {
+            match state.slot_of(bound) {
+                Some(idx)
+                    if state.qualifies(idx, &request.filter, filter_empty, predicates, &skips) =>
+                {
+                    sticky = Some(idx);
+                }
+                _ => moved = true,
+            }
+        }
+        let (idx, selector) = match sticky {
+            // Reusing the session's proxy is no pick: a round-robin cursor
+            // stays where it was.
+            Some(idx) => (idx, Selector::FirstAvailable),
+            None => {
+                let Some(idx) = state.select(
+                    &request.filter,
+                    request.selector,
+                    filter_empty,
+                    predicates,
+                    &skips,
+                ) else {
+                    return Ok(Granted::Nothing);
+                };
+                (idx, request.selector)
+            }
         };
         let proxy_id = state
             .slot(idx)
@@ -231,8 +270,18 @@ impl MemoryStorage {
             expires_us,
         };
         let proxy = state
-            .grant(idx, lease_id, active, request.selector)
+            .grant(idx, lease_id, active, selector)
             .ok_or_else(|| internal("granted slot is empty"))?;
+        let session = match (&request.session, session_expires_us) {
+            (Some(session), Some(expires_us)) => {
+                state.bind_session(&session.key, proxy_id, expires_us, now_us);
+                Some(LeaseSession {
+                    key: session.key.clone(),
+                    moved,
+                })
+            }
+            _ => None,
+        };
         // Indexed under the pool lock, so a concurrent reclaim cannot finish
         // the lease before the index knows it.
         self.leases
@@ -240,9 +289,22 @@ impl MemoryStorage {
         let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
         drop(state);
         drop(catalog);
-        Ok(Granted::Lease(lease_from(
-            lease_id, &active, pool_id, pool_name, proxy,
-        )))
+        let mut lease = lease_from(lease_id, &active, pool_id, pool_name, proxy);
+        lease.session = session;
+        Ok(Granted::Lease(lease))
+    }
+
+    /// The pool of an active lease, for a report on it: `LeaseNotActive`
+    /// for a released one, not-found for an unknown one.
+    fn pool_of_active(&self, lease_id: LeaseId) -> StorageResult<Arc<PoolCell>> {
+        match self.leases.find(lease_id) {
+            Found::Active(cell) => Ok(cell),
+            Found::Finished(_) => {
+                self.already_released(lease_id)?;
+                Err(StorageError::LeaseNotActive(lease_id))
+            }
+            Found::Unknown => Err(StorageError::not_found("lease", lease_id)),
+        }
     }
 
     /// The lease an earlier acquire with the caller's `id` made, for a
@@ -337,7 +399,7 @@ impl MemoryStorageBuilder {
 }
 
 /// Microseconds since the Unix epoch.
-fn micros(t: OffsetDateTime) -> i64 {
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
         .saturating_mul(1_000_000)
         .saturating_add(i64::from(t.microsecond()))
@@ -635,6 +697,90 @@ impl ProxyStorage for MemoryStorage {
         }
     }
 
+    async fn release_with_outcome<'a>(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<&'a Outcome>,
+        policy: &UsagePolicy,
+    ) -> StorageResult<ReleaseOutcome> {
+        let Some(outcome) = outcome else {
+            policy.validate()?;
+            return self.release(lease_id).await;
+        };
+        outcome.validate()?;
+        policy.validate()?;
+        let cell = match self.leases.find(lease_id) {
+            Found::Active(cell) => cell,
+            Found::Finished(_) => return self.already_released(lease_id),
+            Found::Unknown => return Err(StorageError::not_found("lease", lease_id)),
+        };
+        let now = self.clock.now();
+        // Ended in the index under the pool's lock, which reports take too:
+        // a report either counts before this release or sees it ended.
+        let mut state = cell.lock();
+        match self.leases.end(lease_id, now) {
+            Ended::Now(_, finished) => {
+                if let Some(idx) = state.slot_of(finished.proxy_id) {
+                    state.apply_outcome(idx, outcome, policy, now);
+                }
+                let _ = state.finish(lease_id);
+                drop(state);
+                Ok(ReleaseOutcome::Released(ReleasedLease {
+                    lease_id,
+                    proxy_id: finished.proxy_id,
+                    pool_id: cell.id,
+                    consumer_id: finished.consumer_id,
+                    acquired_at: finished.acquired_at,
+                    released_at: now,
+                }))
+            }
+            Ended::Before => {
+                drop(state);
+                self.already_released(lease_id)
+            }
+            Ended::Unknown => Err(StorageError::not_found("lease", lease_id)),
+        }
+    }
+
+    async fn report_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+    ) -> StorageResult<Proxy> {
+        outcome.validate()?;
+        policy.validate()?;
+        let cell = self.pool_of_active(lease_id)?;
+        let now = self.clock.now();
+        let mut state = cell.lock();
+        // Active in the pool and in the index: a release ends a lease in the
+        // index first and hands the capacity back later.
+        let lease = state.leases.get(&lease_id).copied();
+        let Some(lease) = lease.filter(|_| matches!(self.leases.find(lease_id), Found::Active(_)))
+        else {
+            drop(state);
+            self.already_released(lease_id)?;
+            return Err(StorageError::LeaseNotActive(lease_id));
+        };
+        state
+            .apply_outcome(lease.slot, outcome, policy, now)
+            .ok_or_else(|| internal("leased slot is empty"))
+    }
+
+    async fn list_target_bans(&self, proxy_id: ProxyId) -> StorageResult<Vec<TargetBan>> {
+        let now = self.clock.now();
+        let catalog = self.catalog.read();
+        let cell = catalog
+            .proxies
+            .get(&proxy_id)
+            .ok_or_else(|| StorageError::not_found("proxy", proxy_id))?;
+        let state = cell.lock();
+        state
+            .proxy(proxy_id)
+            .map(|slot| slot.bans_at(now))
+            .ok_or_else(|| StorageError::not_found("proxy", proxy_id))
+    }
+
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
         validate_ttl(ttl)?;
         let cell = match self.leases.find(lease_id) {
@@ -707,9 +853,11 @@ impl ProxyStorage for MemoryStorage {
             return Ok(None);
         };
         let mut state = cell.lock();
-        self.reclaim(&mut state, cell, now, micros(now));
+        let now_us = micros(now);
+        self.reclaim(&mut state, cell, now, now_us);
+        let skips = state.skips(now, now_us, None);
         Ok(state
-            .select(filter, selector, filter_empty, predicates)
+            .select(filter, selector, filter_empty, predicates, &skips)
             .and_then(|idx| state.slot(idx))
             .map(Slot::copy))
     }
@@ -754,6 +902,9 @@ impl ProxyStorage for MemoryStorage {
             proxy.status = outcome.status;
             proxy.health = outcome.health;
             proxy.checked_at = Some(checked_at);
+            if outcome.ends_cooldown {
+                proxy.usage = ProxyUsage::default();
+            }
         });
         let record = HealthRecord {
             id: HealthRecordId::new(),
@@ -819,7 +970,9 @@ impl ProxyStorage for MemoryStorage {
         for slot in state.slots() {
             if slot.proxy.status == ProxyStatus::Active {
                 stats.active_proxies += 1;
-                if slot
+                if slot.proxy.usage.is_cooling_down_at(now) {
+                    stats.cooling_down_proxies += 1;
+                } else if slot
                     .proxy
                     .max_concurrency
                     .is_none_or(|max| slot.leases < max)

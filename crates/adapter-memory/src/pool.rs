@@ -13,8 +13,9 @@ use std::sync::mpsc;
 
 use crate::sync::Mutex;
 use pharox_domain::{
-    ConsumerId, HealthRecord, LeaseId, PoolId, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus,
-    Selector,
+    BanChange, ConsumerId, HealthRecord, LeaseId, Outcome, PoolId, Proxy, ProxyFilter, ProxyId,
+    ProxyPool, ProxyStatus, ProxyUsage, Selector, SessionKey, TargetBan, TargetBanState,
+    TargetHost, UsagePolicy,
 };
 use rand::Rng;
 use time::OffsetDateTime;
@@ -76,6 +77,9 @@ pub(crate) struct Slot {
     pub(crate) leases: u32,
     /// Health records, oldest first, bounded.
     pub(crate) health: VecDeque<HealthRecord>,
+    /// Bans per target, also ended ones: their count of bans in a row is
+    /// what the next ban doubles (until a success on the site clears it).
+    pub(crate) bans: HashMap<TargetHost, TargetBanState>,
 }
 
 impl Slot {
@@ -85,6 +89,35 @@ impl Slot {
                 .proxy
                 .max_concurrency
                 .is_none_or(|max| self.leases < max)
+    }
+
+    /// Whether the request's cooldown and ban checks let this proxy be
+    /// leased (capacity and status are [`available`](Self::available)'s).
+    fn passes(&self, skips: &Skips<'_>) -> bool {
+        if skips.cooling && self.proxy.usage.is_cooling_down_at(skips.now) {
+            return false;
+        }
+        skips.target.is_none_or(|target| {
+            self.bans
+                .get(target)
+                .is_none_or(|ban| !ban.is_active_at(skips.now))
+        })
+    }
+
+    /// The bans that hold at `now`, ordered by target.
+    pub(crate) fn bans_at(&self, now: OffsetDateTime) -> Vec<TargetBan> {
+        let mut bans: Vec<TargetBan> = self
+            .bans
+            .iter()
+            .filter(|(_, ban)| ban.is_active_at(now))
+            .map(|(target, ban)| TargetBan {
+                target: target.clone(),
+                until: ban.until,
+                consecutive: ban.consecutive,
+            })
+            .collect();
+        bans.sort_by(|a, b| a.target.cmp(&b.target));
+        bans
     }
 
     fn least_key(&self, idx: u32) -> LeastKey {
@@ -118,6 +151,34 @@ impl Slot {
         proxy
     }
 }
+
+/// What an acquire must skip beside full and inactive proxies: proxies
+/// cooling down and proxies banned for its target. Either check is switched
+/// off when no proxy of the pool can fail it now (see
+/// [`PoolState::skips`]), which keeps the plain acquire's path as it was.
+pub(crate) struct Skips<'a> {
+    now: OffsetDateTime,
+    cooling: bool,
+    target: Option<&'a TargetHost>,
+}
+
+impl Skips<'_> {
+    pub(crate) fn none(&self) -> bool {
+        !self.cooling && self.target.is_none()
+    }
+}
+
+/// Where a sticky session points, and until when it is remembered.
+#[derive(Clone, Copy)]
+struct Session {
+    proxy_id: ProxyId,
+    /// Forgotten from this microsecond on (exclusive, like a lease).
+    expires_us: i64,
+}
+
+/// Sessions are swept of expired ones when the map reaches this size (and
+/// then twice the size it had left), so the sweep's cost is amortised.
+const SESSION_SWEEP_MIN: usize = 1024;
 
 /// Least-used order: fewest leases, never-checked first, oldest check, id.
 type LeastKey = (u32, Option<OffsetDateTime>, ProxyId, u32);
@@ -171,6 +232,22 @@ pub(crate) struct ActiveLease {
     pub(crate) expires_us: i64,
 }
 
+/// Whether a slot's proxy matches `filter` (see [`PoolState::select`]).
+fn matches_filter(
+    slot: &mut Slot,
+    filter: &ProxyFilter,
+    filter_empty: bool,
+    predicates: bool,
+) -> bool {
+    if filter_empty {
+        return true;
+    }
+    if predicates && slot.proxy.current_leases != slot.leases {
+        Arc::make_mut(&mut slot.proxy).current_leases = slot.leases;
+    }
+    filter.matches(&slot.proxy)
+}
+
 /// Everything about one pool, guarded by its mutex.
 pub(crate) struct PoolState {
     pub(crate) pool: ProxyPool,
@@ -195,6 +272,16 @@ pub(crate) struct PoolState {
     expiry: BinaryHeap<Reverse<(i64, LeaseId)>>,
     /// The receiving end of [`PoolCell::give_back`].
     returned: mpsc::Receiver<LeaseId>,
+    /// The latest end of any cooldown stored in the pool (microseconds):
+    /// before it, acquires check each proxy's cooldown; from it on no proxy
+    /// can be cooling, and they need not.
+    cooling_until_us: i64,
+    /// The same for bans per target.
+    bans_until_us: i64,
+    /// Sticky sessions by key.
+    sessions: HashMap<SessionKey, Session>,
+    /// The size of `sessions` at which expired ones are swept next.
+    session_sweep_at: usize,
 }
 
 impl PoolState {
@@ -214,6 +301,10 @@ impl PoolState {
             rr_cursor: None,
             leases: HashMap::default(),
             expiry: BinaryHeap::new(),
+            cooling_until_us: i64::MIN,
+            bans_until_us: i64::MIN,
+            sessions: HashMap::new(),
+            session_sweep_at: SESSION_SWEEP_MIN,
         }
     }
 
@@ -253,7 +344,8 @@ impl PoolState {
     }
 
     /// Inserts a new proxy or replaces the stored one, keeping the fields the
-    /// storage owns (`current_leases`, `checked_at`, `health`, `created_at`).
+    /// storage owns (`current_leases`, `checked_at`, `health`, `created_at`,
+    /// `usage`; a new proxy starts with a clean usage).
     /// Returns a copy of what is stored.
     pub(crate) fn upsert(&mut self, mut proxy: Proxy) -> Option<Proxy> {
         proxy.created_at = pharox_domain::truncate_to_micros(proxy.created_at);
@@ -264,6 +356,7 @@ impl PoolState {
                     proxy.created_at = slot.proxy.created_at;
                     proxy.checked_at = slot.proxy.checked_at;
                     proxy.health = slot.proxy.health.clone();
+                    proxy.usage = slot.proxy.usage;
                     proxy.current_leases = slot.leases;
                     slot.proxy = Arc::new(proxy);
                 });
@@ -271,6 +364,7 @@ impl PoolState {
             }
             Entry::Vacant(e) => {
                 proxy.current_leases = 0;
+                proxy.usage = ProxyUsage::default();
                 proxy.checked_at = proxy.checked_at.map(pharox_domain::truncate_to_micros);
                 let idx = if let Some(idx) = self.free.pop() {
                     idx
@@ -283,6 +377,7 @@ impl PoolState {
                     proxy: Arc::new(proxy),
                     leases: 0,
                     health: VecDeque::new(),
+                    bans: HashMap::new(),
                 });
                 self.index(idx);
                 idx
@@ -442,30 +537,64 @@ impl PoolState {
         })
     }
 
-    /// The slot `selector` picks among available proxies matching `filter`.
-    /// `filter_empty` short-cuts matching; `predicates` says whether the
-    /// filter has a predicate (which must see an exact `current_leases`).
+    /// What an acquire at `now` (for `target`, if any) must check beyond
+    /// capacity and status.
+    pub(crate) fn skips<'a>(
+        &self,
+        now: OffsetDateTime,
+        now_us: i64,
+        target: Option<&'a TargetHost>,
+    ) -> Skips<'a> {
+        Skips {
+            now,
+            cooling: now_us < self.cooling_until_us,
+            target: target.filter(|_| now_us < self.bans_until_us),
+        }
+    }
+
+    /// Whether slot `idx` could be leased for this request: available, not
+    /// skipped, matching the filter.
+    pub(crate) fn qualifies(
+        &mut self,
+        idx: u32,
+        filter: &ProxyFilter,
+        filter_empty: bool,
+        predicates: bool,
+        skips: &Skips<'_>,
+    ) -> bool {
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        slot.available()
+            && slot.passes(skips)
+            && matches_filter(slot, filter, filter_empty, predicates)
+    }
+
+    /// The slot `selector` picks among available proxies matching `filter`
+    /// that `skips` lets through. `filter_empty` short-cuts matching;
+    /// `predicates` says whether the filter has a predicate (which must see
+    /// an exact `current_leases`).
     pub(crate) fn select(
         &mut self,
         filter: &ProxyFilter,
         selector: Selector,
         filter_empty: bool,
         predicates: bool,
+        skips: &Skips<'_>,
     ) -> Option<u32> {
         self.ensure_index(selector);
+        let no_skips = skips.none();
         let slots = &mut self.slots;
         let mut matches = |idx: u32| -> bool {
-            if filter_empty {
+            if filter_empty && no_skips {
                 return true;
             }
             let Some(slot) = slots.get_mut(idx as usize).and_then(Option::as_mut) else {
                 return false;
             };
-            if predicates && slot.proxy.current_leases != slot.leases {
-                Arc::make_mut(&mut slot.proxy).current_leases = slot.leases;
-            }
-            filter.matches(&slot.proxy)
+            slot.passes(skips) && matches_filter(slot, filter, filter_empty, predicates)
         };
+        let filter_empty = filter_empty && no_skips;
         match selector {
             Selector::FirstAvailable => self.by_id.values().copied().find(|&i| matches(i)),
             Selector::RoundRobin => match self.rr_cursor {
@@ -524,6 +653,72 @@ impl PoolState {
                 chosen
             }
         }
+    }
+
+    /// The proxy session `key` points at, unless it is unknown or expired
+    /// at `now_us`.
+    pub(crate) fn session_proxy(&self, key: &SessionKey, now_us: i64) -> Option<ProxyId> {
+        self.sessions
+            .get(key)
+            .filter(|s| now_us < s.expires_us)
+            .map(|s| s.proxy_id)
+    }
+
+    /// Points session `key` at `proxy_id` until `expires_us`, sweeping
+    /// expired sessions when the map has grown enough.
+    pub(crate) fn bind_session(
+        &mut self,
+        key: &SessionKey,
+        proxy_id: ProxyId,
+        expires_us: i64,
+        now_us: i64,
+    ) {
+        let session = Session {
+            proxy_id,
+            expires_us,
+        };
+        if let Some(bound) = self.sessions.get_mut(key) {
+            *bound = session;
+            return;
+        }
+        if self.sessions.len() >= self.session_sweep_at {
+            self.sessions.retain(|_, s| now_us < s.expires_us);
+            self.session_sweep_at = (2 * self.sessions.len()).max(SESSION_SWEEP_MIN);
+        }
+        self.sessions.insert(key.clone(), session);
+    }
+
+    /// Applies `outcome` at `now` under `policy` to slot `idx`'s usage and
+    /// the ban of the outcome's target; returns a copy of the proxy after.
+    pub(crate) fn apply_outcome(
+        &mut self,
+        idx: u32,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+        now: OffsetDateTime,
+    ) -> Option<Proxy> {
+        let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
+        let target = outcome.target();
+        let ban = target.and_then(|t| slot.bans.get(t));
+        let change = policy.apply_outcome(&slot.proxy.usage, ban, outcome, now);
+        if change.usage != slot.proxy.usage {
+            // Usage is in no index key, so no index moves.
+            Arc::make_mut(&mut slot.proxy).usage = change.usage;
+            if let Some(until) = change.usage.cooldown_until {
+                self.cooling_until_us = self.cooling_until_us.max(crate::micros(until));
+            }
+        }
+        match (change.ban, target) {
+            (BanChange::Set(state), Some(target)) => {
+                self.bans_until_us = self.bans_until_us.max(crate::micros(state.until));
+                slot.bans.insert(target.clone(), state);
+            }
+            (BanChange::Clear, Some(target)) => {
+                slot.bans.remove(target);
+            }
+            _ => {}
+        }
+        Some(slot.copy())
     }
 
     /// Leases slot `idx`: counts the lease, records it, schedules its expiry
@@ -607,6 +802,12 @@ impl PoolState {
             }
             slot.health.push_back(record);
         }
+    }
+
+    /// Sessions remembered, expired or not.
+    #[cfg(test)]
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Entries in the expiry heap (live and stale).

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pharox_domain::{
-    ConsumerId, HealthCheckResult, HealthPolicy, LeaseId, Proxy, ProxyFilter, ProxyId, ProxyPool,
-    ProxyProtocol, ProxyStatus, Selector,
+    ConsumerId, HealthCheckResult, HealthPolicy, LeaseId, Outcome, Proxy, ProxyFailureKind,
+    ProxyFilter, ProxyId, ProxyPool, ProxyProtocol, ProxyStatus, Selector, SessionKey,
+    SessionRequest, TargetHost, UsagePolicy,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ManualClock, ProxyStorage, ReleaseOutcome, StorageError,
@@ -397,4 +398,124 @@ proptest! {
     fn indexes_stay_consistent(ops in proptest::collection::vec(op(), 1..120)) {
         run_ops(ops)?;
     }
+}
+
+fn one_proxy_storage() -> (MemoryStorage, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::starting_now());
+    (MemoryStorage::with_clock(clock.clone()), clock)
+}
+
+/// Sessions past their TTL are swept once the map reaches its sweep size,
+/// so keys used once do not pile up; live ones are kept.
+#[test]
+fn expired_sessions_are_swept() {
+    block_on(async {
+        let (storage, clock) = one_proxy_storage();
+        let (pool, consumer, _) = setup(&storage, &[None]).await;
+        let acquire_under = |key: String, ttl: u64| {
+            let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60))
+                .with_session(SessionRequest::new(
+                    SessionKey::new(key).unwrap(),
+                    Duration::from_secs(ttl),
+                ));
+            let storage = &storage;
+            async move { storage.acquire(&req).await.unwrap().unwrap() }
+        };
+        for i in 0..10 {
+            acquire_under(format!("live-{i}"), 3600).await;
+        }
+        for i in 0..1014 {
+            acquire_under(format!("once-{i}"), 1).await;
+        }
+        assert_eq!(storage.with_pool("p", |s| s.session_count()), 1024);
+        clock.advance(Duration::from_secs(2));
+        acquire_under("new".to_owned(), 60).await;
+        assert_eq!(
+            storage.with_pool("p", |s| s.session_count()),
+            11,
+            "the 1014 expired sessions are swept, the 10 live ones and the new one kept"
+        );
+    });
+}
+
+/// A cooldown or a ban switches the per-proxy checks on only while one
+/// can hold: once every stored cooldown and ban has ended, a plain acquire
+/// is back on the path without them. Ended bans are kept (their count in a
+/// row is what the next ban doubles) but not listed.
+#[test]
+fn cooldown_and_ban_checks_switch_off_when_they_end() {
+    block_on(async {
+        let (storage, clock) = one_proxy_storage();
+        let (pool, consumer, proxies) = setup(&storage, &[None]).await;
+        let policy = UsagePolicy::default();
+        let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(3600));
+        let lease = storage.acquire(&req).await.unwrap().unwrap();
+        let site = TargetHost::new("a.example").unwrap();
+        let plain = |storage: &MemoryStorage, target: Option<&TargetHost>| {
+            let now = clock.now();
+            storage.with_pool("p", |s| s.skips(now, crate::micros(now), target).none())
+        };
+        assert!(plain(&storage, Some(&site)), "nothing to check yet");
+        storage
+            .report_outcome(lease.id, &Outcome::blocked(site.clone()), &policy)
+            .await
+            .unwrap();
+        assert!(
+            plain(&storage, None),
+            "a ban needs no check without a target"
+        );
+        assert!(!plain(&storage, Some(&site)));
+        for _ in 0..2 {
+            storage
+                .report_outcome(
+                    lease.id,
+                    &Outcome::proxy_failure(ProxyFailureKind::Timeout),
+                    &policy,
+                )
+                .await
+                .unwrap();
+        }
+        assert!(!plain(&storage, None), "cooling down: acquires check");
+        clock.advance(policy.ban_base);
+        assert!(
+            plain(&storage, Some(&site)),
+            "every cooldown and ban has ended"
+        );
+        assert!(
+            storage
+                .list_target_bans(proxies[0].id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let kept = storage.with_pool("p", |s| s.proxy(proxies[0].id).unwrap().bans.len());
+        assert_eq!(kept, 1, "the ended ban is kept for its doubling");
+    });
+}
+
+/// An outcome changes the stored proxy, not the snapshot a lease was
+/// handed (copy-on-write).
+#[test]
+fn outcomes_leave_lease_snapshots_alone() {
+    block_on(async {
+        let (storage, _clock) = one_proxy_storage();
+        let (pool, consumer, proxies) = setup(&storage, &[None]).await;
+        let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+        let lease = storage.acquire(&req).await.unwrap().unwrap();
+        let after = storage
+            .report_outcome(
+                lease.id,
+                &Outcome::proxy_failure(ProxyFailureKind::Timeout),
+                &UsagePolicy::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(after.usage.error_score, 1.0);
+        assert_eq!(
+            lease.proxy.usage.error_score, 0.0,
+            "the snapshot is unchanged"
+        );
+        let stored = storage.get_proxy(proxies[0].id).await.unwrap();
+        assert_eq!(stored.usage.error_score, 1.0);
+    });
 }

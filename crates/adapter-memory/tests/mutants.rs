@@ -30,9 +30,10 @@ use parking_lot::Mutex;
 use pharox_adapter_memory::MemoryStorage;
 use pharox_contract_tests::{ContractFixture, SUITE, Scenario};
 use pharox_domain::{
-    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, LeaseStatus,
-    MAX_LEASE_TTL, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyHealth, ProxyId,
-    ProxyPool, ProxyStatus, Selector, validate_name, validate_ttl,
+    ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, Lease, LeaseId, LeaseSession,
+    LeaseStatus, MAX_LEASE_TTL, Outcome, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter,
+    ProxyHealth, ProxyId, ProxyPool, ProxyStatus, Selector, TargetBan, UsagePolicy, validate_name,
+    validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ManualClock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -291,6 +292,24 @@ mutants! {
     RandomIsFirstAvailable => "random_is_first_available",
         "random chooses uniformly among the matches",
         "random_selector_leases_a_matching_proxy";
+    TargetsIgnored => "targets_ignored",
+        "cooldowns and bans: an acquire for a target skips proxies banned for it",
+        "ban_is_isolated_to_its_site";
+    ReleaseDropsTheOutcome => "release_drops_the_outcome",
+        "usage: release_with_outcome applies its outcome",
+        "release_with_outcome_applies_once";
+    ReleaseOutcomeCountsTwice => "release_outcome_counts_twice",
+        "usage: the outcome of a release counts exactly once",
+        "release_with_outcome_applies_once";
+    InvalidOutcomeReleasesAnyway => "invalid_outcome_releases_anyway",
+        "validation first: a rejected release_with_outcome releases nothing",
+        "invalid_outcome_or_policy_changes_nothing";
+    ReportOnReleasedLeaseSucceeds => "report_on_released_lease_succeeds",
+        "report_outcome needs an active lease",
+        "report_needs_an_active_lease";
+    SessionsIgnored => "sessions_ignored",
+        "sticky sessions: a session's proxy is leased again",
+        "session_is_reused";
 }
 
 /// A mutant as README lists it.
@@ -565,6 +584,12 @@ impl Broken {
         let mut req = request.clone();
         req.selector = self.broken_selector(req.selector);
         req.filter = self.broken_filter(&req.filter);
+        if self.is(Mutant::TargetsIgnored) {
+            req.target = None;
+        }
+        if self.is(Mutant::SessionsIgnored) {
+            req.session = None;
+        }
         req
     }
 
@@ -1107,9 +1132,16 @@ impl ProxyStorage for Broken {
     async fn acquire(&self, request: &AcquireRequest) -> StorageResult<Option<Lease>> {
         let mut req = self.broken_request(request);
         req.pool_name = self.resolve(&req.pool_name).await;
-        let Some(lease) = self.acquire_inner(&req).await? else {
+        let Some(mut lease) = self.acquire_inner(&req).await? else {
             return Ok(None);
         };
+        if self.is(Mutant::SessionsIgnored) {
+            // Claims a session it never kept.
+            lease.session = request.session.as_ref().map(|s| LeaseSession {
+                key: s.key.clone(),
+                moved: false,
+            });
+        }
         let lease = self.report_lease(lease);
         self.side
             .lock()
@@ -1492,6 +1524,61 @@ impl ProxyStorage for Broken {
         limit: usize,
     ) -> StorageResult<Vec<Lease>> {
         self.inner.list_leases(pool_name, consumer, limit).await
+    }
+
+    async fn release_with_outcome<'a>(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<&'a Outcome>,
+        policy: &UsagePolicy,
+    ) -> StorageResult<ReleaseOutcome> {
+        match self.mutant {
+            Mutant::ReleaseDropsTheOutcome => {
+                return self
+                    .inner
+                    .release_with_outcome(lease_id, None, policy)
+                    .await;
+            }
+            Mutant::ReleaseOutcomeCountsTwice => {
+                if let Some(outcome) = outcome {
+                    let _ = self.inner.report_outcome(lease_id, outcome, policy).await;
+                }
+            }
+            Mutant::InvalidOutcomeReleasesAnyway => {
+                let checked = outcome
+                    .map_or(Ok(()), Outcome::validate)
+                    .and_then(|()| policy.validate());
+                if let Err(e) = checked {
+                    let _ = self.inner.release(lease_id).await;
+                    return Err(e.into());
+                }
+            }
+            _ => {}
+        }
+        self.inner
+            .release_with_outcome(lease_id, outcome, policy)
+            .await
+    }
+
+    async fn report_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+    ) -> StorageResult<Proxy> {
+        match self.inner.report_outcome(lease_id, outcome, policy).await {
+            Err(StorageError::LeaseNotActive(_))
+                if self.is(Mutant::ReportOnReleasedLeaseSucceeds) =>
+            {
+                let lease = self.inner.get_lease(lease_id).await?;
+                self.inner.get_proxy(lease.proxy_id).await
+            }
+            other => other,
+        }
+    }
+
+    async fn list_target_bans(&self, proxy_id: ProxyId) -> StorageResult<Vec<TargetBan>> {
+        self.inner.list_target_bans(proxy_id).await
     }
 }
 

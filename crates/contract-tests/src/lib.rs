@@ -179,6 +179,32 @@ macro_rules! __pharox_scenario_list {
             contention::contention_leases_each_slot_once,
             contention::contention_with_spare_capacity_all_succeed,
             contention::acquire_release_loops_never_over_lease,
+            outcomes::score_rises_with_failures_and_decays_with_successes,
+            outcomes::cooldown_starts_at_the_threshold,
+            outcomes::cooldown_ends_after_its_base,
+            outcomes::failure_after_a_cooldown_doubles_it,
+            outcomes::cooldown_doubling_stops_at_the_cap,
+            outcomes::success_after_a_cooldown_resets_the_doubling,
+            outcomes::outcomes_never_change_status,
+            outcomes::save_proxy_ignores_the_callers_usage,
+            outcomes::health_success_ends_a_cooldown_only_when_told,
+            outcomes::ban_is_isolated_to_its_site,
+            outcomes::ban_ends_and_doubles,
+            outcomes::list_target_bans_lists_bans_that_hold,
+            outcomes::release_with_outcome_applies_once,
+            outcomes::report_needs_an_active_lease,
+            outcomes::invalid_outcome_or_policy_changes_nothing,
+            outcomes::racing_release_and_report_never_double_count,
+            sessions::session_is_reused,
+            sessions::session_moves_when_its_proxy_cools_down,
+            sessions::session_moves_when_its_proxy_is_full,
+            sessions::session_moves_when_its_proxy_no_longer_qualifies,
+            sessions::session_is_shared_by_consumers,
+            sessions::session_expires_after_its_ttl,
+            sessions::session_renews_on_each_use,
+            sessions::same_key_in_another_pool_is_independent,
+            sessions::session_is_kept_when_nothing_qualifies,
+            sessions::contention_on_one_session_leases_once,
         }
     };
 }
@@ -233,7 +259,9 @@ mod tests {
         ("health", include_str!("scenarios/health.rs")),
         ("idempotency", include_str!("scenarios/idempotency.rs")),
         ("leasing", include_str!("scenarios/leasing.rs")),
+        ("outcomes", include_str!("scenarios/outcomes.rs")),
         ("selectors", include_str!("scenarios/selectors.rs")),
+        ("sessions", include_str!("scenarios/sessions.rs")),
     ];
 
     /// Every `pub async fn` of a scenario module is in the list, under its

@@ -22,5 +22,7 @@ pub mod filters;
 pub mod health;
 pub mod idempotency;
 pub mod leasing;
+pub mod outcomes;
 pub mod selectors;
+pub mod sessions;
 mod support;
