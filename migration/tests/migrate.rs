@@ -271,7 +271,10 @@ async fn down_then_up_and_fresh() {
     assert_eq!(down.changed, ["m0012_usage_bans_sessions"], "{down:?}");
     let all_tables = tables(&db).await;
     for table in ["proxy_target_ban", "proxy_session"] {
-        assert!(!all_tables.contains(&table.to_owned()), "down drops {table}");
+        assert!(
+            !all_tables.contains(&table.to_owned()),
+            "down drops {table}"
+        );
     }
     for column in ["error_score", "cooldown_until", "consecutive_cooldowns"] {
         assert!(
@@ -441,7 +444,10 @@ async fn python_style_inserts_still_work() {
         .unwrap()
         .unwrap();
     assert_eq!(usage.try_get::<f64>("", "error_score").unwrap(), 0.0);
-    assert_eq!(usage.try_get::<i32>("", "consecutive_cooldowns").unwrap(), 0);
+    assert_eq!(
+        usage.try_get::<i32>("", "consecutive_cooldowns").unwrap(),
+        0
+    );
     assert!(usage.try_get::<bool>("", "no_cooldown").unwrap());
     // And a checked_at, as Python's own schema gives it (its model requires
     // one), without naming the column.

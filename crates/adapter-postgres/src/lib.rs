@@ -28,8 +28,8 @@ mod outcomes;
 mod rows;
 mod sql;
 mod storage;
-mod usage_sql;
 pub mod testing;
+mod usage_sql;
 
 pub use config::{ConfigError, ENV_DATABASE_URL, PostgresConfig, SslMode};
 pub use error::MAX_ATTEMPTS;

@@ -154,7 +154,11 @@ impl PostgresStorage {
         let mut attempt = 1;
         loop {
             let found = timed(context, self.query_timeout, async {
-                let mut conn = self.pool.acquire().await.map_err(|e| map_sqlx(context, e))?;
+                let mut conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| map_sqlx(context, e))?;
                 backend
                     .fence(&mut conn)
                     .await
@@ -205,13 +209,20 @@ impl PostgresStorage {
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err(|e| map_sqlx(context, e))?;
-                let Some(standing) = read_standing(&mut tx, lease_id, target, context).await?
-                else {
-                    return Err(StorageError::not_found("lease", lease_id));
+                let standing = match read_standing(&mut tx, lease_id, target, context).await? {
+                    Some(standing) if standing.lease_active => standing,
+                    other => {
+                        // Ended here, not when `tx` drops: a dropped
+                        // transaction rolls back only on the connection's
+                        // next use, and this one goes back to the stash
+                        // holding the lease's lock.
+                        tx.rollback().await.map_err(|e| map_sqlx(context, e))?;
+                        return Err(match other {
+                            None => StorageError::not_found("lease", lease_id),
+                            Some(_) => StorageError::LeaseNotActive(lease_id),
+                        });
+                    }
                 };
-                if !standing.lease_active {
-                    return Err(StorageError::LeaseNotActive(lease_id));
-                }
                 progress
                     .applied_before
                     .store(i64::from(standing.outcomes_applied), Ordering::SeqCst);
@@ -300,6 +311,8 @@ impl PostgresStorage {
                     .map_err(|e| map_sqlx(context, e))?;
                 let Some(row) = row else {
                     // Not active: nothing was written; the outcome is dropped.
+                    // Ended now (see report_outcome_now).
+                    tx.rollback().await.map_err(|e| map_sqlx(context, e))?;
                     return Ok(None);
                 };
                 let released = crate::storage::released_from_row(&row, lease_id)?;

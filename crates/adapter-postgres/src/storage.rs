@@ -430,6 +430,10 @@ impl PostgresStorage {
             &mut binds,
         );
         let candidates = sql::candidates_statement(request.selector, &filter_sql, lock);
+        let session_candidate = request
+            .session
+            .as_ref()
+            .map(|_| usage_sql::session_candidate_statement(&filter_sql));
         let claim = sql::claim_statement(request.selector);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
@@ -445,7 +449,38 @@ impl PostgresStorage {
                 .await
                 .map_err(|e| map_sqlx("acquire", e))?;
             let mut seen: Vec<Uuid> = Vec::new();
+            // Under a session, its proxy first, if it still qualifies.
+            let mut session_proxy: Option<Uuid> = None;
+            let mut bound = None;
+            if let (Some(session), Some(statement)) = (&request.session, &session_candidate) {
+                session_proxy = sqlx::query_scalar(usage_sql::SESSION_PROXY)
+                    .bind(pool_name)
+                    .bind(session.key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                if let Some(id) = session_proxy {
+                    let query = sqlx::query(AssertSqlSafe(statement.clone()))
+                        .bind(pool_name)
+                        .bind(id)
+                        .bind(1_i64);
+                    let found = binds
+                        .bind_to(query)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))?;
+                    if let Some(row) = found {
+                        let proxy = rows::proxy(&row)?;
+                        if sql::matches(&request.filter, &proxy) {
+                            bound = Some(proxy.id);
+                        }
+                    }
+                }
+            }
             let chosen = 'search: loop {
+                if bound.is_some() {
+                    break bound;
+                }
                 let query = sqlx::query(AssertSqlSafe(candidates.clone()))
                     .bind(pool_name)
                     .bind(seen.clone())
@@ -483,6 +518,24 @@ impl PostgresStorage {
                     }
                 }
                 None => None,
+            };
+            let lease = match (lease, &request.session) {
+                (Some(mut lease), Some(session)) => {
+                    sqlx::query(usage_sql::UPSERT_SESSION)
+                        .bind(pool_name)
+                        .bind(session.key.as_str())
+                        .bind(lease.proxy_id.0)
+                        .bind(ttl_micros(session.ttl))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))?;
+                    lease.session = Some(pharox_domain::LeaseSession {
+                        key: session.key.clone(),
+                        moved: session_proxy.is_some_and(|id| id != lease.proxy_id.0),
+                    });
+                    Some(lease)
+                }
+                (lease, _) => lease,
             };
             tx.commit().await.map_err(|e| map_sqlx("acquire", e))?;
             Ok(lease)
@@ -563,12 +616,11 @@ impl PostgresStorage {
             let builders: [fn(Selector, &str, Lock) -> String; 2] =
                 [sql::acquire_statement, sql::reclaiming_acquire_statement];
             for (step, build) in builders.into_iter().enumerate() {
-                let statement: Arc<str> =
-                    if step == 0 && lock == Lock::SkipLocked && plain {
-                        sql::unfiltered_acquire_statement(request.selector)
-                    } else {
-                        Arc::from(build(request.selector, &filter_sql, lock))
-                    };
+                let statement: Arc<str> = if step == 0 && lock == Lock::SkipLocked && plain {
+                    sql::unfiltered_acquire_statement(request.selector)
+                } else {
+                    Arc::from(build(request.selector, &filter_sql, lock))
+                };
                 let row = with_retry!(timed("acquire", limit, async {
                     let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
                         .bind(pool_name)

@@ -168,7 +168,8 @@ impl TimeShift {
         Self { pool }
     }
 
-    /// Makes `by` pass for every lease of the schema.
+    /// Makes `by` pass for every lease, cooldown, ban per target and sticky
+    /// session of the schema.
     pub async fn advance(&self, by: Duration) -> StorageResult<()> {
         let micros = by.as_micros() as f64;
         sqlx::query(
@@ -180,6 +181,21 @@ impl TimeShift {
         .execute(&self.pool)
         .await
         .map_err(|e| crate::error::map_sqlx("time travel", e))?;
+        // Cooldowns, bans per target and sessions end by the database clock
+        // too (issue 13).
+        for statement in [
+            "UPDATE proxy SET cooldown_until = cooldown_until - $1::float8 * interval '1 microsecond' \
+             WHERE cooldown_until IS NOT NULL",
+            "UPDATE proxy_target_ban SET until = until - $1::float8 * interval '1 microsecond'",
+            "UPDATE proxy_session SET expires_at = expires_at - $1::float8 * interval '1 microsecond', \
+               updated_at = updated_at - $1::float8 * interval '1 microsecond'",
+        ] {
+            sqlx::query(statement)
+                .bind(micros)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| crate::error::map_sqlx("time travel", e))?;
+        }
         Ok(())
     }
 }

@@ -107,7 +107,9 @@ pub(crate) fn session_acquire_statement(
             "WHERE p.id = (SELECT id FROM chosen)",
             1,
         );
-    let final_select = body.rfind(" SELECT now() AS lease_acquired_at").unwrap_or(body.len());
+    let final_select = body
+        .rfind(" SELECT now() AS lease_acquired_at")
+        .unwrap_or(body.len());
     let (ctes, select) = body.split_at(final_select);
     let select = select.replacen(
         " FROM pick LEFT JOIN bumped p ON TRUE",
@@ -125,16 +127,50 @@ pub(crate) fn session_acquire_statement(
     )
 }
 
+/// The proxy a live session (pool named `$1`, key `$2`) is bound to, for
+/// the predicate path (a transaction of several statements already).
+pub(crate) const SESSION_PROXY: &str = "SELECT s.proxy_id FROM proxy_session s \
+     WHERE s.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
+       AND s.session_key = $2 AND s.expires_at > now()";
+
+/// The predicate path's check of a session's proxy: proxy `$2` if it is a
+/// candidate (the candidate conditions of `sql::candidates_statement` after
+/// its reclaim, `filter_sql` with binds after `$3`), locked with a waiting
+/// `FOR UPDATE`, as in [`session_acquire_statement`]. `$3` is the row limit
+/// (1), so the parameters line up with the candidates statement's.
+pub(crate) fn session_candidate_statement(filter_sql: &str) -> String {
+    format!(
+        "SELECT {} FROM proxy p \
+         WHERE p.id = $2 AND {IN_POOL} AND p.status = 'active' \
+           AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency) \
+           AND {filter_sql} LIMIT $3 FOR UPDATE OF p",
+        sql::PROXY_COLUMNS
+    )
+}
+
+/// Binds session (pool `$1`, key `$2`) to proxy `$3`, expiring `$4`
+/// microseconds from now.
+pub(crate) const UPSERT_SESSION: &str = "INSERT INTO proxy_session \
+       (pool_id, session_key, proxy_id, expires_at, updated_at) \
+     SELECT p.pool_id, $2, p.id, now() + $4::float8 * interval '1 microsecond', now() \
+     FROM proxy p WHERE p.id = $3 AND p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
+     ON CONFLICT (pool_id, session_key) DO UPDATE SET proxy_id = EXCLUDED.proxy_id, \
+       expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at";
+
 /// The first statement of an outcome report's transaction: locks lease `$1`
-/// (`FOR SHARE`: a racing release waits for the report, and the report sees
-/// whether the lease is still active) and then its proxy (`FOR UPDATE`), in
+/// (`FOR NO KEY UPDATE`, the lock its own write of `outcomes_applied`
+/// needs: a shared lock would let two reports both hold it and then
+/// deadlock upgrading it; a racing release waits for the report, and the
+/// report sees whether the lease is still active) and then its proxy
+/// (`FOR UPDATE`), in
 /// that order (the adapter's lock order: lease rows before proxy rows), and
 /// reads the proxy, the ban of target `$2` (NULL for none), the lease's
 /// status and `outcomes_applied`, and the database's `now()`. No row: no
 /// such lease (or its proxy is gone).
 pub(crate) fn report_read_statement() -> String {
     format!(
-        "WITH l AS (SELECT proxy_id, status, outcomes_applied FROM lease WHERE id = $1 FOR SHARE) \
+        "WITH l AS (SELECT proxy_id, status, outcomes_applied FROM lease WHERE id = $1 \
+           FOR NO KEY UPDATE) \
          SELECT {}, (SELECT status FROM l) AS lease_status, \
            (SELECT outcomes_applied FROM l) AS outcomes_applied, now() AS now, \
            b.until AS ban_until, b.consecutive AS ban_consecutive \
