@@ -134,7 +134,9 @@ async fn concurrent_up_both_succeed() {
             "pool_selector_state",
             "proxy",
             "proxy_health_record",
-            "proxy_pool"
+            "proxy_pool",
+            "proxy_session",
+            "proxy_target_ban"
         ]
     );
     drop_schema(&name).await;
@@ -165,6 +167,23 @@ async fn proxy_column_default(db: &DatabaseConnection, column: &str) -> Option<S
     .unwrap()
     .unwrap()
     .try_get::<Option<String>>("", "d")
+    .unwrap()
+}
+
+/// Whether `proxy` has a column named `column`.
+async fn proxy_column_exists(db: &DatabaseConnection, column: &str) -> bool {
+    db.query_one_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'proxy' \
+               AND column_name = '{column}') AS e"
+        ),
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<bool>("", "e")
     .unwrap()
 }
 
@@ -215,6 +234,54 @@ async fn down_then_up_and_fresh() {
             .contains(&"proxy_checked_idx".to_owned()),
         "m0009"
     );
+    // m0012: usage columns with Python-safe defaults, the ban and session
+    // tables, cascading from proxy.
+    assert_eq!(
+        proxy_column_default(&db, "error_score").await.as_deref(),
+        Some("0"),
+        "m0012"
+    );
+    assert_eq!(
+        proxy_column_default(&db, "consecutive_cooldowns")
+            .await
+            .as_deref(),
+        Some("0"),
+        "m0012"
+    );
+    let all_tables = tables(&db).await;
+    for table in ["proxy_target_ban", "proxy_session"] {
+        assert!(all_tables.contains(&table.to_owned()), "m0012: {table}");
+    }
+    assert_eq!(
+        foreign_keys(&db, "proxy_session").await,
+        ["proxy_session_proxy_id_fkey"],
+        "m0012: sessions cascade from proxy only"
+    );
+    assert_eq!(
+        foreign_keys(&db, "proxy_target_ban").await,
+        ["proxy_target_ban_proxy_id_fkey"],
+        "m0012"
+    );
+    assert_eq!(
+        indexes(&db, "proxy_session").await,
+        ["proxy_session_pkey", "proxy_session_proxy_idx"],
+        "m0012"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0012_usage_bans_sessions"], "{down:?}");
+    let all_tables = tables(&db).await;
+    for table in ["proxy_target_ban", "proxy_session"] {
+        assert!(
+            !all_tables.contains(&table.to_owned()),
+            "down drops {table}"
+        );
+    }
+    for column in ["error_score", "cooldown_until", "consecutive_cooldowns"] {
+        assert!(
+            !proxy_column_exists(&db, column).await,
+            "down drops proxy.{column}"
+        );
+    }
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0009_proxy_checked_index"], "{down:?}");
     assert!(
@@ -366,6 +433,22 @@ async fn python_style_inserts_still_work() {
         .unwrap();
     assert_eq!(defaults.try_get::<i32>("", "max_concurrency").unwrap(), 1);
     assert_eq!(defaults.try_get::<i32>("", "current_leases").unwrap(), 1);
+    // The usage columns of m0012 default to a clean standing.
+    let usage = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT error_score, consecutive_cooldowns, cooldown_until IS NULL AS no_cooldown \
+             FROM proxy WHERE id = '00000000-0000-0000-0000-0000000000a3'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(usage.try_get::<f64>("", "error_score").unwrap(), 0.0);
+    assert_eq!(
+        usage.try_get::<i32>("", "consecutive_cooldowns").unwrap(),
+        0
+    );
+    assert!(usage.try_get::<bool>("", "no_cooldown").unwrap());
     // And a checked_at, as Python's own schema gives it (its model requires
     // one), without naming the column.
     assert!(

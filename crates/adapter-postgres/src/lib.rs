@@ -24,10 +24,12 @@ pub mod entities;
 mod error;
 mod hot;
 mod locks;
+mod outcomes;
 mod rows;
 mod sql;
 mod storage;
 pub mod testing;
+mod usage_sql;
 
 pub use config::{ConfigError, ENV_DATABASE_URL, PostgresConfig, SslMode};
 pub use error::MAX_ATTEMPTS;

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use pharox_domain::{
-    Credentials, HealthRecord, Lease, LeaseId, LeaseStatus, Proxy, ProxyHealth, ProxyProtocol,
-    ProxyStatus,
+    Credentials, HealthRecord, Lease, LeaseId, LeaseSession, LeaseStatus, Proxy, ProxyHealth,
+    ProxyProtocol, ProxyStatus, ProxyUsage,
 };
 use pharox_ports::{AcquireRequest, StorageError};
 use sea_orm::sqlx::postgres::PgRow;
@@ -105,6 +105,7 @@ fn proxy_at(row: &PgRow, base: usize) -> Result<Proxy, StorageError> {
     let current_leases: i32 = c.get(15, "current_leases")?;
     let consecutive_failures: i32 = c.get(18, "consecutive_failures")?;
     let last_http_status: Option<i32> = c.get(21, "last_http_status")?;
+    let consecutive_cooldowns: i32 = c.get(24, "consecutive_cooldowns")?;
     Ok(Proxy {
         id: c.get::<Uuid>(0, "id")?.into(),
         pool_id: c.get::<Uuid>(1, "pool_id")?.into(),
@@ -145,7 +146,11 @@ fn proxy_at(row: &PgRow, base: usize) -> Result<Proxy, StorageError> {
                 .transpose()
                 .map_err(|_| bad_row("proxy.last_http_status"))?,
         },
-        usage: pharox_domain::ProxyUsage::default(),
+        usage: ProxyUsage {
+            error_score: c.get(22, "error_score")?,
+            cooldown_until: c.get(23, "cooldown_until")?,
+            consecutive_cooldowns: u32::try_from(consecutive_cooldowns.max(0)).unwrap_or(0),
+        },
     })
 }
 
@@ -189,6 +194,20 @@ pub(crate) fn acquired_lease(
         return Ok(None);
     }
     let proxy = proxy_at(row, base)?;
+    // A session acquire's row ends with whether the session moved
+    // (`crate::usage_sql::session_acquire_statement`).
+    let moved_at = base + crate::usage_sql::PROXY_COLUMN_COUNT;
+    let session = match &request.session {
+        Some(session) => Some(LeaseSession {
+            key: session.key.clone(),
+            moved: if row.columns().len() > moved_at {
+                c.get(moved_at, "session_moved")?
+            } else {
+                false
+            },
+        }),
+        None => None,
+    };
     Ok(Some(Lease {
         id,
         proxy_id: proxy.id,
@@ -200,7 +219,7 @@ pub(crate) fn acquired_lease(
         expires_at: c.get(1, "lease_expires_at")?,
         released_at: None,
         proxy: Arc::new(proxy),
-        session: None,
+        session,
     }))
 }
 

@@ -46,7 +46,8 @@ impl Binds {
         }
     }
 
-    fn push(&mut self, arg: Arg) -> String {
+    /// Adds a bind value; gives its placeholder (`$n`).
+    pub(crate) fn push(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.offset + self.args.len())
     }
@@ -196,7 +197,8 @@ pub(crate) fn order_by(selector: Selector, n: &str) -> String {
 pub(crate) const PROXY_COLUMNS: &str = "p.id, p.pool_id, p.host, p.port, p.protocol, p.status, \
      p.credentials::text AS credentials, p.source, p.country, p.city, p.latitude, p.longitude, \
      p.isp, p.asn, p.max_concurrency, p.current_leases, p.checked_at, p.created_at, \
-     p.consecutive_failures, p.last_latency_ms, p.last_error, p.last_http_status";
+     p.consecutive_failures, p.last_latency_ms, p.last_error, p.last_http_status, \
+     p.error_score, p.cooldown_until, p.consecutive_cooldowns";
 
 /// The lease columns in the order [`lease_columns`] lists them (and
 /// [`crate::rows::lease`] reads them), before the proxy's.
@@ -232,7 +234,7 @@ fn cursor_cte(pool_id: &str) -> String {
 }
 
 /// Pool id from the pool name in `$1`.
-const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
+pub(crate) const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
 
 /// Proxy `p` is in the pool named `$1`, as a range on `pool_id` rather than
 /// an equality, on purpose.
@@ -245,7 +247,7 @@ const POOL_ID: &str = "(SELECT id FROM proxy_pool WHERE name = $1)";
 /// big one (UUIDv7 ids: a pool created later) reads the whole big pool on
 /// every acquire. A range keeps the ordering on `(pool_id, id)`, which only
 /// the pool indexes deliver, and selects exactly the same rows.
-const IN_POOL: &str = "p.pool_id >= (SELECT id FROM proxy_pool WHERE name = $1) \
+pub(crate) const IN_POOL: &str = "p.pool_id >= (SELECT id FROM proxy_pool WHERE name = $1) \
      AND p.pool_id <= (SELECT id FROM proxy_pool WHERE name = $1)";
 
 /// Whether the consumer `$2` exists. Acquire leases nothing otherwise (and
@@ -253,7 +255,7 @@ const IN_POOL: &str = "p.pool_id >= (SELECT id FROM proxy_pool WHERE name = $1) 
 /// key since m0004, because the key-share lock it takes on the one consumer
 /// row that workers share made concurrent acquires contend (MultiXacts).
 /// Uncorrelated, so PostgreSQL evaluates it once per statement.
-const CONSUMER_EXISTS: &str = "EXISTS (SELECT 1 FROM consumer c WHERE c.id = $2)";
+pub(crate) const CONSUMER_EXISTS: &str = "EXISTS (SELECT 1 FROM consumer c WHERE c.id = $2)";
 
 /// Upsert of the round-robin cursor to the proxy just leased (`b`).
 const ADVANCE_CURSOR: &str = ", cur AS (\
@@ -309,7 +311,7 @@ fn final_select() -> String {
 /// `ANALYZE`): `(x.proxy_id = p.id) IS TRUE` is not an index condition, so
 /// `lease_proxy_id_idx` (every lease the proxy ever had) does not apply, and
 /// the predicate of `lease_consumer_id_idx` (m0004) is not implied.
-const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
+pub(crate) const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
      WHERE x.pool_id = p.pool_id AND (x.proxy_id = p.id) IS TRUE \
        AND x.status = 'active' AND x.expires_at <= now() OFFSET 0)";
 
@@ -455,6 +457,10 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
     sql
 }
 
+/// The candidate condition of an acquire with no filter and no target:
+/// what [`crate::usage_sql::leasable`] makes of the empty filter.
+const UNFILTERED: &str = crate::usage_sql::UNFILTERED_LEASABLE;
+
 /// [`acquire_statement`] without a filter and with `SKIP LOCKED`, the
 /// statement of nearly every acquire, built once per selector.
 ///
@@ -465,11 +471,16 @@ pub(crate) fn unfiltered_acquire_statement(selector: Selector) -> Arc<str> {
     static STATEMENTS: LazyLock<Vec<(Selector, Arc<str>)>> = LazyLock::new(|| {
         Selector::ALL
             .into_iter()
-            .map(|s| (s, Arc::from(acquire_statement(s, "TRUE", Lock::SkipLocked))))
+            .map(|s| {
+                (
+                    s,
+                    Arc::from(acquire_statement(s, UNFILTERED, Lock::SkipLocked)),
+                )
+            })
             .collect()
     });
     STATEMENTS.iter().find(|(s, _)| *s == selector).map_or_else(
-        || Arc::from(acquire_statement(selector, "TRUE", Lock::SkipLocked)),
+        || Arc::from(acquire_statement(selector, UNFILTERED, Lock::SkipLocked)),
         |(_, statement)| Arc::clone(statement),
     )
 }
@@ -701,7 +712,10 @@ pub(crate) const POOL_STATS: &str = "WITH pool AS (SELECT id, name FROM proxy_po
        count(p.id)::bigint AS total, \
        (count(p.id) FILTER (WHERE p.status = 'active'))::bigint AS active, \
        (count(p.id) FILTER (WHERE p.status = 'active' AND (p.max_concurrency IS NULL \
-            OR p.current_leases - COALESCE(ex.n, 0) < p.max_concurrency)))::bigint AS available, \
+            OR p.current_leases - COALESCE(ex.n, 0) < p.max_concurrency) \
+            AND (p.cooldown_until IS NULL OR p.cooldown_until <= now())))::bigint AS available, \
+       (count(p.id) FILTER (WHERE p.status = 'active' \
+            AND p.cooldown_until > now()))::bigint AS cooling, \
        (count(p.id) FILTER (WHERE p.current_leases - COALESCE(ex.n, 0) > 0))::bigint AS leased, \
        COALESCE(sum(GREATEST(p.current_leases - COALESCE(ex.n, 0), 0)), 0)::bigint AS leases \
      FROM pool LEFT JOIN proxy p ON p.pool_id = pool.id LEFT JOIN ex ON ex.proxy_id = p.id \
@@ -744,7 +758,11 @@ mod tests {
     fn unfiltered_acquire_statements_are_the_built_ones() {
         for selector in Selector::ALL {
             let mut binds = Binds::after(4);
-            let filter_sql = compile_filter(&ProxyFilter::new(), Predicates::AsTrue, &mut binds);
+            let filter_sql = crate::usage_sql::leasable(
+                &compile_filter(&ProxyFilter::new(), Predicates::AsTrue, &mut binds),
+                None,
+                &mut binds,
+            );
             assert!(binds.args.is_empty());
             assert_eq!(
                 &*unfiltered_acquire_statement(selector),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pharox_domain::{
     ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease, LeaseId,
-    PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector,
-    ValidationError, truncate_to_micros, validate_name, validate_ttl,
+    Outcome, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId, ProxyPool, Selector,
+    TargetBan, UsagePolicy, ValidationError, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError, StorageResult,
@@ -30,6 +30,7 @@ use crate::error::{map_db, map_sqlx, with_retry};
 use crate::hot::{Backend, HotConnection, Stash, Unresolved, is_lost_connection, timed};
 use crate::rows;
 use crate::sql::{self, Binds, Lock, Predicates};
+use crate::usage_sql;
 
 /// How many candidates the predicate path locks and tests per round trip.
 const PREDICATE_BATCH: usize = 32;
@@ -38,7 +39,7 @@ const PREDICATE_BATCH: usize = 32;
 /// keeps breaking under it. One retry is not enough where every connection
 /// of an application is terminated at once, repeatedly: the retry's fresh
 /// connection can be among the next batch.
-const LOST_CONNECTION_TRIES: u32 = 3;
+pub(crate) const LOST_CONNECTION_TRIES: u32 = 3;
 
 /// Proxy storage on PostgreSQL (see the crate docs for the design).
 ///
@@ -46,16 +47,16 @@ const LOST_CONNECTION_TRIES: u32 = 3;
 #[derive(Clone)]
 pub struct PostgresStorage {
     db: DatabaseConnection,
-    pool: PgPool,
-    stash: Arc<Stash>,
+    pub(crate) pool: PgPool,
+    pub(crate) stash: Arc<Stash>,
     unresolved: Arc<Unresolved>,
     /// [`sql::RELEASE`], or [`sql::RELEASE_DURABLE`] with `durable_release`.
-    release_sql: &'static str,
+    pub(crate) release_sql: &'static str,
     /// [`PostgresConfig::query_timeout`].
-    query_timeout: Duration,
-    /// How long an acquire that lost its reply keeps trying to learn its
-    /// outcome ([`PostgresConfig::acquire_timeout`]).
-    resolve_timeout: Duration,
+    pub(crate) query_timeout: Duration,
+    /// How long an acquire (or an outcome report) that lost its reply keeps
+    /// trying to learn its outcome ([`PostgresConfig::acquire_timeout`]).
+    pub(crate) resolve_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -340,7 +341,7 @@ impl PostgresStorage {
 
     /// A connection for a hot-path call (see [`Stash::checkout`]). Give it
     /// back with `self.stash.put` once the call has succeeded.
-    async fn checkout(&self, context: &'static str) -> StorageResult<HotConnection> {
+    pub(crate) async fn checkout(&self, context: &'static str) -> StorageResult<HotConnection> {
         self.stash
             .checkout(&self.pool, context, self.query_timeout)
             .await
@@ -423,8 +424,16 @@ impl PostgresStorage {
         lock: Lock,
     ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(3);
-        let filter_sql = sql::compile_filter(&request.filter, Predicates::Superset, &mut binds);
+        let filter_sql = usage_sql::leasable(
+            &sql::compile_filter(&request.filter, Predicates::Superset, &mut binds),
+            request.target.as_ref(),
+            &mut binds,
+        );
         let candidates = sql::candidates_statement(request.selector, &filter_sql, lock);
+        let session_candidate = request
+            .session
+            .as_ref()
+            .map(|_| usage_sql::session_candidate_statement(&filter_sql));
         let claim = sql::claim_statement(request.selector);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
@@ -440,7 +449,38 @@ impl PostgresStorage {
                 .await
                 .map_err(|e| map_sqlx("acquire", e))?;
             let mut seen: Vec<Uuid> = Vec::new();
+            // Under a session, its proxy first, if it still qualifies.
+            let mut session_proxy: Option<Uuid> = None;
+            let mut bound = None;
+            if let (Some(session), Some(statement)) = (&request.session, &session_candidate) {
+                session_proxy = sqlx::query_scalar(usage_sql::SESSION_PROXY)
+                    .bind(pool_name)
+                    .bind(session.key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx("acquire", e))?;
+                if let Some(id) = session_proxy {
+                    let query = sqlx::query(AssertSqlSafe(statement.clone()))
+                        .bind(pool_name)
+                        .bind(id)
+                        .bind(1_i64);
+                    let found = binds
+                        .bind_to(query)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))?;
+                    if let Some(row) = found {
+                        let proxy = rows::proxy(&row)?;
+                        if sql::matches(&request.filter, &proxy) {
+                            bound = Some(proxy.id);
+                        }
+                    }
+                }
+            }
             let chosen = 'search: loop {
+                if bound.is_some() {
+                    break bound;
+                }
                 let query = sqlx::query(AssertSqlSafe(candidates.clone()))
                     .bind(pool_name)
                     .bind(seen.clone())
@@ -479,6 +519,24 @@ impl PostgresStorage {
                 }
                 None => None,
             };
+            let lease = match (lease, &request.session) {
+                (Some(mut lease), Some(session)) => {
+                    sqlx::query(usage_sql::UPSERT_SESSION)
+                        .bind(pool_name)
+                        .bind(session.key.as_str())
+                        .bind(lease.proxy_id.0)
+                        .bind(ttl_micros(session.ttl))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx("acquire", e))?;
+                    lease.session = Some(pharox_domain::LeaseSession {
+                        key: session.key.clone(),
+                        moved: session_proxy.is_some_and(|id| id != lease.proxy_id.0),
+                    });
+                    Some(lease)
+                }
+                (lease, _) => lease,
+            };
             tx.commit().await.map_err(|e| map_sqlx("acquire", e))?;
             Ok(lease)
         }))
@@ -495,23 +553,74 @@ impl PostgresStorage {
         lease_id: LeaseId,
     ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(4);
-        let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
+        let filter_sql = usage_sql::leasable(
+            &sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds),
+            request.target.as_ref(),
+            &mut binds,
+        );
+        // A session's key and TTL follow the filter's and the target's binds.
+        let session = request.session.as_ref().map(|session| {
+            (
+                binds.push(sql::Arg::Text(session.key.as_str().to_owned())),
+                binds.push(sql::Arg::Float(ttl_micros(session.ttl))),
+            )
+        });
+        let plain = request.filter.is_empty() && request.target.is_none() && session.is_none();
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
         let limit = self.query_timeout;
         for lock in [Lock::SkipLocked, Lock::Wait] {
+            if let Some((key, session_ttl)) = &session {
+                // One statement; only when its pick is held by expired
+                // leases, the pool's expired leases are reclaimed and the
+                // statement runs once more (a rare path).
+                let statement: Arc<str> = Arc::from(usage_sql::session_acquire_statement(
+                    request.selector,
+                    &filter_sql,
+                    lock,
+                    key,
+                    session_ttl,
+                ));
+                for step in 0..2 {
+                    let row = with_retry!(timed("acquire", limit, async {
+                        let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
+                            .bind(pool_name)
+                            .bind(request.consumer_id.0)
+                            .bind(ttl)
+                            .bind(lease_id.0);
+                        binds
+                            .bind_to(query)
+                            .fetch_optional(&mut **conn)
+                            .await
+                            .map_err(|e| map_sqlx("acquire", e))
+                    }))?;
+                    let Some(row) = row else { break };
+                    if let Some(lease) = rows::acquired_lease(&row, lease_id, request)? {
+                        return Ok(Some(lease));
+                    }
+                    if step == 0 {
+                        with_retry!(timed("acquire", limit, async {
+                            sqlx::query(sql::RECLAIM_POOL)
+                                .bind(pool_name)
+                                .execute(&mut **conn)
+                                .await
+                                .map_err(|e| map_sqlx("acquire", e))
+                        }))?;
+                    }
+                }
+                continue;
+            }
             // The common path first; only when its pick is held by expired
             // leases (a row without a lease) the statement that reclaims,
             // built only then: it is not the hot path.
             let builders: [fn(Selector, &str, Lock) -> String; 2] =
                 [sql::acquire_statement, sql::reclaiming_acquire_statement];
             for (step, build) in builders.into_iter().enumerate() {
-                let statement: Arc<str> =
-                    if step == 0 && lock == Lock::SkipLocked && request.filter.is_empty() {
-                        sql::unfiltered_acquire_statement(request.selector)
-                    } else {
-                        Arc::from(build(request.selector, &filter_sql, lock))
-                    };
+                let statement: Arc<str> = if step == 0 && lock == Lock::SkipLocked && plain {
+                    sql::unfiltered_acquire_statement(request.selector)
+                } else {
+                    Arc::from(build(request.selector, &filter_sql, lock))
+                };
                 let row = with_retry!(timed("acquire", limit, async {
                     let query = sqlx::query(AssertSqlSafe(Arc::clone(&statement)))
                         .bind(pool_name)
@@ -593,7 +702,7 @@ impl PostgresStorage {
     /// Releases the leases whose acquire lost its reply and could not be
     /// resolved then (see [`Unresolved`]). A load of one flag when there are
     /// none.
-    async fn settle_unresolved(&self) {
+    pub(crate) async fn settle_unresolved(&self) {
         if !self.unresolved.is_pending() {
             return;
         }
@@ -645,6 +754,27 @@ impl PostgresStorage {
                 .await
                 .map_err(|e| map_sqlx("release", e))
         }))
+    }
+
+    /// What a release that released nothing says: the lease was released
+    /// before (by a caller or a reclaim), or it is unknown.
+    pub(crate) async fn not_released(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
+        let released_at: Option<Option<OffsetDateTime>> =
+            timed("release", self.query_timeout, async {
+                sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
+                    .bind(lease_id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("release", e))
+            })
+            .await?;
+        match released_at {
+            Some(released_at) => Ok(ReleaseOutcome::AlreadyReleased {
+                lease_id,
+                released_at,
+            }),
+            None => Err(StorageError::not_found("lease", lease_id)),
+        }
     }
 
     async fn fetch_lease(&self, lease_id: LeaseId) -> StorageResult<Option<Lease>> {
@@ -838,7 +968,7 @@ fn pool_from_model(m: proxy_pool::Model) -> ProxyPool {
     }
 }
 
-fn released_from_row(row: &PgRow, lease_id: LeaseId) -> StorageResult<ReleasedLease> {
+pub(crate) fn released_from_row(row: &PgRow, lease_id: LeaseId) -> StorageResult<ReleasedLease> {
     let get = |e| map_sqlx("release", e);
     Ok(ReleasedLease {
         lease_id,
@@ -1115,23 +1245,38 @@ impl ProxyStorage for PostgresStorage {
         if let Some(row) = row {
             return released_from_row(&row, lease_id).map(ReleaseOutcome::Released);
         }
-        // Not active: released before (by a caller or a reclaim), or unknown.
-        let released_at: Option<Option<OffsetDateTime>> =
-            timed("release", self.query_timeout, async {
-                sqlx::query_scalar("SELECT released_at FROM lease WHERE id = $1")
-                    .bind(lease_id.0)
-                    .fetch_optional(&self.pool)
+        self.not_released(lease_id).await
+    }
+
+    async fn release_with_outcome<'a>(
+        &self,
+        lease_id: LeaseId,
+        outcome: Option<&'a Outcome>,
+        policy: &UsagePolicy,
+    ) -> StorageResult<ReleaseOutcome> {
+        match outcome {
+            Some(outcome) => {
+                self.release_with_outcome_now(lease_id, outcome, policy)
                     .await
-                    .map_err(|e| map_sqlx("release", e))
-            })
-            .await?;
-        match released_at {
-            Some(released_at) => Ok(ReleaseOutcome::AlreadyReleased {
-                lease_id,
-                released_at,
-            }),
-            None => Err(StorageError::not_found("lease", lease_id)),
+            }
+            None => {
+                policy.validate()?;
+                self.release(lease_id).await
+            }
         }
+    }
+
+    async fn report_outcome(
+        &self,
+        lease_id: LeaseId,
+        outcome: &Outcome,
+        policy: &UsagePolicy,
+    ) -> StorageResult<Proxy> {
+        self.report_outcome_now(lease_id, outcome, policy).await
+    }
+
+    async fn list_target_bans(&self, proxy_id: ProxyId) -> StorageResult<Vec<TargetBan>> {
+        self.list_target_bans_now(proxy_id).await
     }
 
     async fn renew(&self, lease_id: LeaseId, ttl: Duration) -> StorageResult<Lease> {
@@ -1196,7 +1341,11 @@ impl ProxyStorage for PostgresStorage {
             Predicates::AsTrue
         };
         let mut binds = Binds::after(3);
-        let filter_sql = sql::compile_filter(filter, mode, &mut binds);
+        let filter_sql = usage_sql::leasable(
+            &sql::compile_filter(filter, mode, &mut binds),
+            None,
+            &mut binds,
+        );
         let statement = sql::candidates_statement(selector, &filter_sql, Lock::None);
         let batch = if with_predicates { PREDICATE_BATCH } else { 1 };
         let mut seen: Vec<Uuid> = Vec::new();
@@ -1236,6 +1385,13 @@ impl ProxyStorage for PostgresStorage {
                 .await
                 .map_err(|e| map_sqlx("cleanup_expired", e))
         })?;
+        // Sessions past their TTL are never read again.
+        with_retry!(async {
+            sqlx::query(crate::usage_sql::DELETE_EXPIRED_SESSIONS)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_sqlx("cleanup_expired", e))
+        })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -1251,7 +1407,10 @@ impl ProxyStorage for PostgresStorage {
         );
         let update = format!(
             "UPDATE proxy p SET status = $2, checked_at = $3, consecutive_failures = $4, \
-               last_latency_ms = $5, last_error = $6, last_http_status = $7 \
+               last_latency_ms = $5, last_error = $6, last_http_status = $7, \
+               error_score = CASE WHEN $8 THEN 0 ELSE p.error_score END, \
+               cooldown_until = CASE WHEN $8 THEN NULL ELSE p.cooldown_until END, \
+               consecutive_cooldowns = CASE WHEN $8 THEN 0 ELSE p.consecutive_cooldowns END \
              WHERE p.id = $1 RETURNING {}",
             sql::PROXY_COLUMNS
         );
@@ -1280,6 +1439,9 @@ impl ProxyStorage for PostgresStorage {
                 .bind(outcome.health.last_latency_ms)
                 .bind(outcome.health.last_error.as_deref())
                 .bind(outcome.health.last_http_status.map(i32::from))
+                // The policy's outcome ends the cooldown: the usage is reset
+                // (bans per target stay).
+                .bind(outcome.ends_cooldown)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| map_sqlx("apply_health_result", e))?;
@@ -1363,7 +1525,7 @@ impl ProxyStorage for PostgresStorage {
             total_proxies: get("total")?,
             active_proxies: get("active")?,
             available_proxies: get("available")?,
-            cooling_down_proxies: 0,
+            cooling_down_proxies: get("cooling")?,
             leased_proxies: get("leased")?,
             total_leases: get("leases")?,
         })

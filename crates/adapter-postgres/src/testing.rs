@@ -168,7 +168,8 @@ impl TimeShift {
         Self { pool }
     }
 
-    /// Makes `by` pass for every lease of the schema.
+    /// Makes `by` pass for every lease, cooldown, ban per target and sticky
+    /// session of the schema.
     pub async fn advance(&self, by: Duration) -> StorageResult<()> {
         let micros = by.as_micros() as f64;
         sqlx::query(
@@ -180,6 +181,21 @@ impl TimeShift {
         .execute(&self.pool)
         .await
         .map_err(|e| crate::error::map_sqlx("time travel", e))?;
+        // Cooldowns, bans per target and sessions end by the database clock
+        // too (issue 13).
+        for statement in [
+            "UPDATE proxy SET cooldown_until = cooldown_until - $1::float8 * interval '1 microsecond' \
+             WHERE cooldown_until IS NOT NULL",
+            "UPDATE proxy_target_ban SET until = until - $1::float8 * interval '1 microsecond'",
+            "UPDATE proxy_session SET expires_at = expires_at - $1::float8 * interval '1 microsecond', \
+               updated_at = updated_at - $1::float8 * interval '1 microsecond'",
+        ] {
+            sqlx::query(statement)
+                .bind(micros)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| crate::error::map_sqlx("time travel", e))?;
+        }
         Ok(())
     }
 }
@@ -224,13 +240,51 @@ pub async fn explain_acquire(
     selector: pharox_domain::Selector,
     filter: &pharox_domain::ProxyFilter,
 ) -> StorageResult<serde_json::Value> {
-    use crate::sql::{self, Binds, Lock, Predicates};
+    explain_acquire_with(
+        storage,
+        pool_name,
+        consumer_id,
+        selector,
+        filter,
+        None,
+        None,
+    )
+    .await
+}
+
+/// [`explain_acquire`] of the statement an acquire with `target` and/or
+/// `session` runs first (the ban anti-join; the sticky-session statement).
+pub async fn explain_acquire_with(
+    storage: &PostgresStorage,
+    pool_name: &str,
+    consumer_id: uuid::Uuid,
+    selector: pharox_domain::Selector,
+    filter: &pharox_domain::ProxyFilter,
+    target: Option<&pharox_domain::TargetHost>,
+    session: Option<&pharox_domain::SessionRequest>,
+) -> StorageResult<serde_json::Value> {
+    use crate::sql::{self, Arg, Binds, Lock, Predicates};
     let mut binds = Binds::after(4);
-    let filter_sql = sql::compile_filter(filter, Predicates::AsTrue, &mut binds);
-    let statement = format!(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
-        sql::acquire_statement(selector, &filter_sql, Lock::SkipLocked)
+    let filter_sql = crate::usage_sql::leasable(
+        &sql::compile_filter(filter, Predicates::AsTrue, &mut binds),
+        target,
+        &mut binds,
     );
+    let acquire = match session {
+        Some(session) => {
+            let key = binds.push(Arg::Text(session.key.as_str().to_owned()));
+            let ttl = binds.push(Arg::Float(session.ttl.as_micros() as f64));
+            crate::usage_sql::session_acquire_statement(
+                selector,
+                &filter_sql,
+                Lock::SkipLocked,
+                &key,
+                &ttl,
+            )
+        }
+        None => sql::acquire_statement(selector, &filter_sql, Lock::SkipLocked),
+    };
+    let statement = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {acquire}");
     let mut tx = storage
         .pg_pool()
         .begin()

@@ -11,8 +11,8 @@
 
 mod common;
 
-use pharox_adapter_postgres::testing::explain_acquire;
-use pharox_domain::{ProxyFilter, Selector};
+use pharox_adapter_postgres::testing::explain_acquire_with;
+use pharox_domain::{ProxyFilter, Selector, SessionKey, SessionRequest, TargetHost};
 use sea_orm::sqlx;
 use serde_json::Value;
 
@@ -101,7 +101,48 @@ async fn no_acquire_statement_reads_the_whole_pool() {
     .execute(db)
     .await
     .unwrap();
+    // Issue 13's predicates: every 7th proxy banned for the target, every
+    // 11th cooling down, and a live session bound to a proxy that is
+    // cooling down (so the session statement falls back to the selector's
+    // walk, the costlier case).
+    sqlx::query(
+        "INSERT INTO proxy_target_ban (proxy_id, target, until, consecutive) \
+         SELECT id, 'shop.example', now() + interval '1 hour', 1 FROM proxy \
+         WHERE pool_id = $1 AND abs(hashtext(id::text)) % 7 = 0",
+    )
+    .bind(pool_id)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE proxy SET cooldown_until = now() + interval '1 hour', error_score = 3, \
+           consecutive_cooldowns = 1 \
+         WHERE pool_id = $1 AND abs(hashtext(id::text || 'c')) % 11 = 0",
+    )
+    .bind(pool_id)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO proxy_session (pool_id, session_key, proxy_id, expires_at) \
+         SELECT $1, 'guard-session', id, now() + interval '1 hour' FROM proxy \
+         WHERE pool_id = $1 AND cooldown_until IS NOT NULL ORDER BY id LIMIT 1",
+    )
+    .bind(pool_id)
+    .execute(db)
+    .await
+    .unwrap();
     sqlx::query("ANALYZE").execute(db).await.unwrap();
+    let target = TargetHost::new("shop.example").unwrap();
+    let session = SessionRequest::new(
+        SessionKey::new("guard-session").unwrap(),
+        std::time::Duration::from_secs(600),
+    );
+    let variants: [(&str, Option<&TargetHost>, Option<&SessionRequest>); 3] = [
+        ("", None, None),
+        (" +target", Some(&target), None),
+        (" +session", None, Some(&session)),
+    ];
 
     let filters = [
         ("no filter", ProxyFilter::new()),
@@ -113,14 +154,26 @@ async fn no_acquire_statement_reads_the_whole_pool() {
     ];
     let mut failures = Vec::new();
     for selector in Selector::ALL {
-        for (name, filter) in &filters {
-            let plan = explain_acquire(schema.storage(), "big", consumer, selector, filter)
-                .await
-                .unwrap();
+        for ((name, filter), (variant, target, session)) in filters
+            .iter()
+            .flat_map(|f| variants.iter().map(move |v| (f, *v)))
+        {
+            let name = format!("{name}{variant}");
+            let plan = explain_acquire_with(
+                schema.storage(),
+                "big",
+                consumer,
+                selector,
+                filter,
+                target,
+                session,
+            )
+            .await
+            .unwrap();
             let cost = cost(&plan);
             let known = KNOWN_FULL_SCANS.contains(&selector);
             println!(
-                "{selector:>15} {name:>9}: {} buffers, {} rows{}",
+                "{selector:>15} {name:>18}: {} buffers, {} rows{}",
                 cost.buffers,
                 cost.rows,
                 if known { " (known full scan)" } else { "" }
