@@ -16,6 +16,7 @@ mod error;
 mod health;
 #[cfg(feature = "postgres")]
 mod import;
+#[cfg(feature = "postgres")]
 mod lease;
 mod limits;
 #[cfg(feature = "postgres")]
