@@ -1005,6 +1005,52 @@ mod tests {
         assert_eq!((plan.workers, plan.proxies), (100_000, 10_000_000));
     }
 
+    #[test]
+    fn seed_only_and_reuse_pool_need_a_pool_name_and_a_database() {
+        assert_eq!(rejected_flag(&["--seed-only"]), "seed-only");
+        assert_eq!(rejected_flag(&["--reuse-pool"]), "reuse-pool");
+        assert_eq!(
+            rejected_flag(&["--reuse-pool", "--pool", " "]),
+            "reuse-pool"
+        );
+        assert_eq!(rejected_flag(&["--pool", "big"]), "pool");
+        // In memory the pool would not outlive the command.
+        assert_eq!(
+            rejected_flag(&["--seed-only", "--pool", "big"]),
+            "seed-only"
+        );
+        assert_eq!(
+            rejected_flag(&["--reuse-pool", "--pool", "big"]),
+            "reuse-pool"
+        );
+        assert_eq!(plan(&[]).unwrap().pool, PoolUse::Fresh);
+        for conflicting in [
+            ["--seed-only", "--reuse-pool"],
+            ["--seed-only", "--duration=1"],
+            ["--seed-only", "--iterations=1"],
+        ] {
+            let args = ["pharox", "bench", "--pool", "big"]
+                .into_iter()
+                .chain(conflicting);
+            assert!(Cli::try_parse_from(args).is_err(), "{conflicting:?}");
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn seed_only_and_reuse_pool_name_their_pool() {
+        let url = ["--database-url", "postgres://postgres@127.0.0.1:5432/x"];
+        let with = |flags: &[&str]| plan(&[&url[..], flags].concat()).unwrap().pool;
+        assert_eq!(
+            with(&["--seed-only", "--pool", "big"]),
+            PoolUse::SeedOnly("big".to_owned())
+        );
+        assert_eq!(
+            with(&["--reuse-pool", "--pool", "big", "--duration", "1"]),
+            PoolUse::Reuse("big".to_owned())
+        );
+    }
+
     fn backend(message: &str) -> PharoxError {
         PharoxError::Storage(StorageError::Backend {
             message: message.to_owned(),
