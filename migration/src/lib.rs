@@ -56,6 +56,7 @@ mod m0007_proxy_checked_at_for_python;
 mod m0008_proxy_latency_index;
 mod m0009_proxy_checked_index;
 mod m0010_proxy_pick_key;
+mod m0011_proxy_scalar_filter_indexes;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -79,6 +80,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_proxy_latency_index::Migration),
             Box::new(m0009_proxy_checked_index::Migration),
             Box::new(m0010_proxy_pick_key::Migration),
+            Box::new(m0011_proxy_scalar_filter_indexes::Migration),
         ]
     }
 }

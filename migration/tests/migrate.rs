@@ -226,6 +226,27 @@ async fn down_then_up_and_fresh() {
         Some("now()"),
         "m0007"
     );
+    let scalar_indexes = |all: &[String]| {
+        all.iter()
+            .filter(|name| {
+                ["source", "country", "city", "isp", "asn"]
+                    .iter()
+                    .any(|column| name.starts_with(&format!("proxy_{column}_")))
+            })
+            .count()
+    };
+    assert_eq!(scalar_indexes(&indexes(&db, "proxy").await), 20, "m0011");
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(
+        down.changed,
+        ["m0011_proxy_scalar_filter_indexes"],
+        "{down:?}"
+    );
+    assert_eq!(
+        scalar_indexes(&indexes(&db, "proxy").await),
+        0,
+        "down drops them"
+    );
     assert!(
         indexes(&db, "proxy")
             .await

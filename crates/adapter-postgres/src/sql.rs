@@ -68,14 +68,81 @@ impl Binds {
 }
 
 /// Compiles `filter` to a boolean SQL expression over the proxy alias `p`.
-/// NULL-safe: every leaf yields TRUE or FALSE, never NULL, so `NOT` in
-/// `none_of` means what it means in Rust.
+/// NULL-safe under `NOT`: every leaf inside a `none_of` yields TRUE or
+/// FALSE, never NULL, so `NOT` there means what it means in Rust.
+///
+/// Scalar leaves outside every `none_of` are plain equalities
+/// (`p.country = $5`), which may be NULL: above them are only AND and OR,
+/// under which a NULL leaf selects exactly the rows a FALSE one would
+/// (three-valued AND/OR is monotone, and WHERE drops NULL). Plain, they are
+/// conditions the planner can match to an index (m0011) and treat as a
+/// constant in the selector's ORDER BY; `COALESCE(..)` hides them from
+/// both.
 pub(crate) fn compile_filter(filter: &ProxyFilter, mode: Predicates, binds: &mut Binds) -> String {
-    compile_node(filter, mode, true, binds)
+    compile_node(filter, mode, true, false, binds)
 }
 
-fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut Binds) -> String {
+/// [`compile_filter`] for the one-statement acquires
+/// ([`acquire_statement`], [`reclaiming_acquire_statement`]): with
+/// predicates as true, and, when the filter requires one value of an
+/// indexed scalar column ([`has_indexed_leaf`]), [`KEYED_POOL`] after it.
+pub(crate) fn compile_acquire_filter(filter: &ProxyFilter, binds: &mut Binds) -> String {
+    let sql = compile_filter(filter, Predicates::AsTrue, binds);
+    if has_indexed_leaf(filter) {
+        format!("{sql} AND {KEYED_POOL}")
+    } else {
+        sql
+    }
+}
+
+/// Whether every proxy `filter` selects has one given value of `source`,
+/// `country`, `city`, `isp` or `asn`: a leaf at the top of the tree or in
+/// its `all_of` children (AND all the way up), which an index of m0011 in
+/// each selector order serves.
+pub(crate) fn has_indexed_leaf(filter: &ProxyFilter) -> bool {
+    filter.source.is_some()
+        || filter.country.is_some()
+        || filter.city.is_some()
+        || filter.isp.is_some()
+        || filter.asn.is_some()
+        || filter.all_of.iter().any(has_indexed_leaf)
+}
+
+/// The pool as an equality, appended to a filter that [`has_indexed_leaf`].
+///
+/// The m0011 indexes lead with `(pool_id, column)`. With both as
+/// equalities the btree scan starts at the first proxy of the pool with the
+/// value and stops after its last one, and the planner drops both from the
+/// selector's ORDER BY, which the index then delivers. Under [`IN_POOL`]'s
+/// range the column's equality is not a bound the scan stops at (the
+/// column before it has no equality), so a value the pool lacks read the
+/// pool's index entries from that value to the pool's end. The risk
+/// [`IN_POOL`] avoids (walking the primary key in id order) does not arise:
+/// the m0011 index is cheaper than any walk that filters on the column.
+pub(crate) const KEYED_POOL: &str = "p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1)";
+
+/// Whether `filter_sql` came from [`compile_acquire_filter`] for a filter
+/// with an indexed leaf (it is built from fixed text only, so the marker is
+/// exact).
+fn is_keyed(filter_sql: &str) -> bool {
+    filter_sql.ends_with(KEYED_POOL)
+}
+
+fn compile_node(
+    f: &ProxyFilter,
+    mode: Predicates,
+    positive: bool,
+    under_none_of: bool,
+    binds: &mut Binds,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
+    let equal = |column: &str, p: String| {
+        if under_none_of {
+            format!("COALESCE(p.{column} = {p}, FALSE)")
+        } else {
+            format!("p.{column} = {p}")
+        }
+    };
     for (column, value) in [
         ("source", &f.source),
         ("country", &f.country),
@@ -84,12 +151,12 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
     ] {
         if let Some(v) = value {
             let p = binds.push(Arg::Text(v.clone()));
-            parts.push(format!("COALESCE(p.{column} = {p}, FALSE)"));
+            parts.push(equal(column, p));
         }
     }
     if let Some(asn) = f.asn {
         let p = binds.push(Arg::Int(i64::from(asn)));
-        parts.push(format!("COALESCE(p.asn = {p}, FALSE)"));
+        parts.push(equal("asn", p));
     }
     if let (Some(lat), Some(lon)) = (f.latitude, f.longitude) {
         let lat = binds.push(Arg::Float(lat));
@@ -120,13 +187,13 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
         }
     }
     for child in &f.all_of {
-        parts.push(compile_node(child, mode, positive, binds));
+        parts.push(compile_node(child, mode, positive, under_none_of, binds));
     }
     if !f.any_of.is_empty() {
         let alternatives: Vec<String> = f
             .any_of
             .iter()
-            .map(|c| compile_node(c, mode, positive, binds))
+            .map(|c| compile_node(c, mode, positive, under_none_of, binds))
             .collect();
         parts.push(format!("({})", alternatives.join(" OR ")));
     }
@@ -134,7 +201,7 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
         let excluded: Vec<String> = f
             .none_of
             .iter()
-            .map(|c| compile_node(c, mode, !positive, binds))
+            .map(|c| compile_node(c, mode, !positive, true, binds))
             .collect();
         parts.push(format!("NOT ({})", excluded.join(" OR ")));
     }
@@ -328,13 +395,25 @@ const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
 /// with no cursor the comparison is NULL and `pick_first` alone runs.
 /// `pick_first` reads nothing when `pick_next` found a proxy (its NOT
 /// EXISTS is evaluated once, before the scan).
+///
+/// A keyed `candidate` (ending in [`KEYED_POOL`]) has the pool and the
+/// filter's column as equalities, so `p.id > cursor` is the third bound of
+/// an m0011 `(pool_id, column, id)` index and the scan starts at it
+/// exactly; the row comparison would match only that index's first column.
 fn round_robin_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
     let lock = lock.clause();
+    let after_cursor = if is_keyed(candidate) {
+        "p.id > (SELECT last_proxy_id FROM st)".to_owned()
+    } else {
+        format!(
+            "(p.pool_id, p.id) > ({POOL_ID}, (SELECT last_proxy_id FROM st)) \
+             AND p.pool_id <= {POOL_ID}"
+        )
+    };
     format!(
         "pick_next AS (\
            SELECT {columns} FROM proxy p {joins} \
-           WHERE (p.pool_id, p.id) > ({POOL_ID}, (SELECT last_proxy_id FROM st)) \
-             AND p.pool_id <= {POOL_ID} AND {candidate} \
+           WHERE {after_cursor} AND {candidate} \
            ORDER BY p.pool_id, p.id LIMIT 1{lock}), \
          pick_first AS (\
            SELECT {columns} FROM proxy p {joins} \
@@ -385,12 +464,22 @@ pub(crate) const RANDOM_WINDOW: usize = 16;
 fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
     let lock = lock.clause();
     let order = "p.pool_id, p.pick_key, p.id";
+    // Keyed (see round_robin_pick): the pool and the column are
+    // equalities, so a plain bound on `pick_key` is the third column of the
+    // m0011 `(pool_id, column, pick_key, id)` index.
+    let from_r = if is_keyed(candidate) {
+        "p.pick_key >= (SELECT r FROM rnd)".to_owned()
+    } else {
+        format!(
+            "(p.pool_id, p.pick_key) >= ({POOL_ID}, (SELECT r FROM rnd)) \
+             AND p.pool_id <= {POOL_ID}"
+        )
+    };
     format!(
         "rnd AS MATERIALIZED (SELECT random() AS r), \
          window_next AS (\
            SELECT p.id FROM proxy p {joins} \
-           WHERE (p.pool_id, p.pick_key) >= ({POOL_ID}, (SELECT r FROM rnd)) \
-             AND p.pool_id <= {POOL_ID} AND {candidate} \
+           WHERE {from_r} AND {candidate} \
            ORDER BY {order} LIMIT {RANDOM_WINDOW}), \
          window_first AS (\
            SELECT p.id FROM proxy p {joins} \
@@ -865,7 +954,7 @@ mod tests {
         let sql = compile_filter(&filter, Predicates::Superset, &mut binds);
         assert!(!sql.contains("DROP"), "{sql}");
         assert!(!sql.contains("7303"), "{sql}");
-        assert!(sql.contains("p.country = $5,"), "{sql}");
+        assert!(sql.contains("(p.country = $5 AND"), "{sql}");
         assert_eq!(binds.args[0], Arg::Text("AR'; DROP TABLE proxy; --".into()));
         // The predicate under none_of compiles to FALSE (superset).
         assert!(sql.contains("FALSE)"), "{sql}");
@@ -874,6 +963,58 @@ mod tests {
             compile_filter(&ProxyFilter::new(), Predicates::AsTrue, &mut binds),
             "TRUE"
         );
+    }
+
+    #[test]
+    fn scalar_leaves_are_plain_equalities_outside_none_of() {
+        let filter = ProxyFilter::new()
+            .city("Rosario")
+            .all_of([ProxyFilter::new().asn(7303)])
+            .none_of([ProxyFilter::new().isp("x")]);
+        let mut binds = Binds::after(4);
+        let sql = compile_filter(&filter, Predicates::AsTrue, &mut binds);
+        assert!(sql.contains("(p.city = $5 AND (p.asn = $6)"), "{sql}");
+        // Under NOT a NULL leaf must count as FALSE.
+        assert!(sql.contains("NOT ((COALESCE(p.isp = $7, FALSE)))"), "{sql}");
+    }
+
+    #[test]
+    fn only_filters_with_an_indexed_leaf_get_the_keyed_pool() {
+        let keyed = [
+            ProxyFilter::new().source("s"),
+            ProxyFilter::new().country("AR"),
+            ProxyFilter::new().city("c"),
+            ProxyFilter::new().isp("i"),
+            ProxyFilter::new().asn(1),
+            ProxyFilter::new().all_of([ProxyFilter::new().all_of([ProxyFilter::new().asn(1)])]),
+        ];
+        for filter in &keyed {
+            let sql = compile_acquire_filter(filter, &mut Binds::after(4));
+            assert!(is_keyed(&sql), "{sql}");
+            for selector in [Selector::RoundRobin, Selector::FirstAvailable] {
+                let statement = acquire_statement(selector, &sql, Lock::SkipLocked);
+                assert!(statement.contains(KEYED_POOL), "{statement}");
+            }
+        }
+        let unkeyed = [
+            ProxyFilter::new(),
+            ProxyFilter::new().near(1.0, 2.0, 3.0),
+            ProxyFilter::new().any_of([ProxyFilter::new().country("AR")]),
+            ProxyFilter::new().none_of([ProxyFilter::new().country("AR")]),
+        ];
+        for filter in &unkeyed {
+            let sql = compile_acquire_filter(filter, &mut Binds::after(4));
+            assert!(!is_keyed(&sql), "{sql}");
+        }
+        // Round robin starts a keyed scan at the cursor, not at a row
+        // comparison the m0011 index cannot bound.
+        let sql = compile_acquire_filter(&ProxyFilter::new().country("AR"), &mut Binds::after(4));
+        let statement = acquire_statement(Selector::RoundRobin, &sql, Lock::SkipLocked);
+        assert!(
+            statement.contains("WHERE p.id > (SELECT last_proxy_id FROM st) AND"),
+            "{statement}"
+        );
+        assert!(!statement.contains("(p.pool_id, p.id) >"), "{statement}");
     }
 
     #[test]

@@ -512,7 +512,7 @@ impl PostgresStorage {
         lease_id: LeaseId,
     ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(4);
-        let filter_sql = sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds);
+        let filter_sql = sql::compile_acquire_filter(&request.filter, &mut binds);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
         let limit = self.query_timeout;
