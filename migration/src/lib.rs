@@ -55,6 +55,8 @@ mod m0006_max_concurrency_default;
 mod m0007_proxy_checked_at_for_python;
 mod m0008_proxy_latency_index;
 mod m0009_proxy_checked_index;
+mod m0010_proxy_pick_key;
+mod m0011_proxy_scalar_filter_indexes;
 mod m0012_usage_bans_sessions;
 
 /// The key of the PostgreSQL advisory lock held while migrating
@@ -78,6 +80,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_proxy_checked_at_for_python::Migration),
             Box::new(m0008_proxy_latency_index::Migration),
             Box::new(m0009_proxy_checked_index::Migration),
+            Box::new(m0010_proxy_pick_key::Migration),
+            Box::new(m0011_proxy_scalar_filter_indexes::Migration),
             Box::new(m0012_usage_bans_sessions::Migration),
         ]
     }

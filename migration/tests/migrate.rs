@@ -170,20 +170,20 @@ async fn proxy_column_default(db: &DatabaseConnection, column: &str) -> Option<S
     .unwrap()
 }
 
-/// Whether `proxy` has a column named `column`.
-async fn proxy_column_exists(db: &DatabaseConnection, column: &str) -> bool {
+/// How many columns of `proxy` are named `column` (0 or 1).
+async fn proxy_column_count(db: &DatabaseConnection, column: &str) -> i64 {
     db.query_one_raw(Statement::from_string(
         db.get_database_backend(),
         format!(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+            "SELECT count(*) AS n FROM information_schema.columns \
              WHERE table_schema = current_schema() AND table_name = 'proxy' \
-               AND column_name = '{column}') AS e"
+               AND column_name = '{column}'"
         ),
     ))
     .await
     .unwrap()
     .unwrap()
-    .try_get::<bool>("", "e")
+    .try_get::<i64>("", "n")
     .unwrap()
 }
 
@@ -227,12 +227,6 @@ async fn down_then_up_and_fresh() {
         proxy_column_default(&db, "checked_at").await.as_deref(),
         Some("now()"),
         "m0007"
-    );
-    assert!(
-        indexes(&db, "proxy")
-            .await
-            .contains(&"proxy_checked_idx".to_owned()),
-        "m0009"
     );
     // m0012: usage columns with Python-safe defaults, the ban and session
     // tables, cascading from proxy.
@@ -278,10 +272,61 @@ async fn down_then_up_and_fresh() {
     }
     for column in ["error_score", "cooldown_until", "consecutive_cooldowns"] {
         assert!(
-            !proxy_column_exists(&db, column).await,
+            proxy_column_count(&db, column).await == 0,
             "down drops proxy.{column}"
         );
     }
+    let scalar_indexes = |all: &[String]| {
+        all.iter()
+            .filter(|name| {
+                ["source", "country", "city", "isp", "asn"]
+                    .iter()
+                    .any(|column| name.starts_with(&format!("proxy_{column}_")))
+            })
+            .count()
+    };
+    assert_eq!(scalar_indexes(&indexes(&db, "proxy").await), 20, "m0011");
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(
+        down.changed,
+        ["m0011_proxy_scalar_filter_indexes"],
+        "{down:?}"
+    );
+    assert_eq!(
+        scalar_indexes(&indexes(&db, "proxy").await),
+        0,
+        "down drops them"
+    );
+    assert!(
+        indexes(&db, "proxy")
+            .await
+            .contains(&"proxy_pick_idx".to_owned()),
+        "m0010"
+    );
+    assert_eq!(
+        proxy_column_default(&db, "pick_key").await.as_deref(),
+        Some("random()"),
+        "m0010"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0010_proxy_pick_key"], "{down:?}");
+    assert!(
+        !indexes(&db, "proxy")
+            .await
+            .contains(&"proxy_pick_idx".to_owned()),
+        "down drops it"
+    );
+    assert_eq!(
+        proxy_column_count(&db, "pick_key").await,
+        0,
+        "down drops the column"
+    );
+    assert!(
+        indexes(&db, "proxy")
+            .await
+            .contains(&"proxy_checked_idx".to_owned()),
+        "m0009"
+    );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0009_proxy_checked_index"], "{down:?}");
     assert!(
@@ -457,6 +502,18 @@ async fn python_style_inserts_still_work() {
             .is_some_and(|t| !t.starts_with("1970")),
         "checked_at defaults to now()"
     );
+    // And a random pick key each (m0010), without naming the column.
+    let keys = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(DISTINCT pick_key) AS distinct_keys, \
+                    bool_and(pick_key >= 0 AND pick_key < 1) AS in_range FROM proxy",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.try_get::<i64>("", "distinct_keys").unwrap(), 2);
+    assert!(keys.try_get::<bool>("", "in_range").unwrap());
     // The CHECKs (table CHECKs and the column domains of m0005) hold the
     // line on bad values, under the same constraint names.
     for (bad, check) in [

@@ -69,14 +69,83 @@ impl Binds {
 }
 
 /// Compiles `filter` to a boolean SQL expression over the proxy alias `p`.
-/// NULL-safe: every leaf yields TRUE or FALSE, never NULL, so `NOT` in
-/// `none_of` means what it means in Rust.
+/// NULL-safe under `NOT`: every leaf inside a `none_of` yields TRUE or
+/// FALSE, never NULL, so `NOT` there means what it means in Rust.
+///
+/// Scalar leaves outside every `none_of` are plain equalities
+/// (`p.country = $5`), which may be NULL: above them are only AND and OR,
+/// under which a NULL leaf selects exactly the rows a FALSE one would
+/// (three-valued AND/OR is monotone, and WHERE drops NULL). Plain, they are
+/// conditions the planner can match to an index (m0011) and treat as a
+/// constant in the selector's ORDER BY; `COALESCE(..)` hides them from
+/// both.
 pub(crate) fn compile_filter(filter: &ProxyFilter, mode: Predicates, binds: &mut Binds) -> String {
-    compile_node(filter, mode, true, binds)
+    compile_node(filter, mode, true, false, binds)
 }
 
-fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut Binds) -> String {
+/// [`compile_filter`] for the one-statement acquires
+/// ([`acquire_statement`], [`reclaiming_acquire_statement`]): with
+/// predicates as true, and, when the filter requires one value of an
+/// indexed scalar column ([`has_indexed_leaf`]), [`KEYED_POOL`] after it.
+pub(crate) fn compile_acquire_filter(filter: &ProxyFilter, binds: &mut Binds) -> String {
+    let sql = compile_filter(filter, Predicates::AsTrue, binds);
+    if has_indexed_leaf(filter) {
+        format!("{sql} AND {KEYED_POOL}")
+    } else {
+        sql
+    }
+}
+
+/// Whether every proxy `filter` selects has one given value of `source`,
+/// `country`, `city`, `isp` or `asn`: a leaf at the top of the tree or in
+/// its `all_of` children (AND all the way up), which an index of m0011 in
+/// each selector order serves.
+pub(crate) fn has_indexed_leaf(filter: &ProxyFilter) -> bool {
+    filter.source.is_some()
+        || filter.country.is_some()
+        || filter.city.is_some()
+        || filter.isp.is_some()
+        || filter.asn.is_some()
+        || filter.all_of.iter().any(has_indexed_leaf)
+}
+
+/// The pool as an equality, appended to a filter that [`has_indexed_leaf`].
+///
+/// The m0011 indexes lead with `(pool_id, column)`. With both as
+/// equalities the btree scan starts at the first proxy of the pool with the
+/// value and stops after its last one, and the planner drops both from the
+/// selector's ORDER BY, which the index then delivers. Under [`IN_POOL`]'s
+/// range the column's equality is not a bound the scan stops at (the
+/// column before it has no equality), so a value the pool lacks read the
+/// pool's index entries from that value to the pool's end. The risk
+/// [`IN_POOL`] avoids (walking the primary key in id order) does not arise:
+/// the m0011 index is cheaper than any walk that filters on the column.
+pub(crate) const KEYED_POOL: &str = "p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1)";
+
+/// Whether `filter_sql` came from [`compile_acquire_filter`] for a filter
+/// with an indexed leaf (it is built from fixed text only, so the marker is
+/// exact).
+fn is_keyed(filter_sql: &str) -> bool {
+    // `contains`, not `ends_with`: the usage conditions (a target's ban
+    // test) may follow the compiled filter.
+    filter_sql.contains(KEYED_POOL)
+}
+
+fn compile_node(
+    f: &ProxyFilter,
+    mode: Predicates,
+    positive: bool,
+    under_none_of: bool,
+    binds: &mut Binds,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
+    let equal = |column: &str, p: String| {
+        if under_none_of {
+            format!("COALESCE(p.{column} = {p}, FALSE)")
+        } else {
+            format!("p.{column} = {p}")
+        }
+    };
     for (column, value) in [
         ("source", &f.source),
         ("country", &f.country),
@@ -85,12 +154,12 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
     ] {
         if let Some(v) = value {
             let p = binds.push(Arg::Text(v.clone()));
-            parts.push(format!("COALESCE(p.{column} = {p}, FALSE)"));
+            parts.push(equal(column, p));
         }
     }
     if let Some(asn) = f.asn {
         let p = binds.push(Arg::Int(i64::from(asn)));
-        parts.push(format!("COALESCE(p.asn = {p}, FALSE)"));
+        parts.push(equal("asn", p));
     }
     if let (Some(lat), Some(lon)) = (f.latitude, f.longitude) {
         let lat = binds.push(Arg::Float(lat));
@@ -121,13 +190,13 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
         }
     }
     for child in &f.all_of {
-        parts.push(compile_node(child, mode, positive, binds));
+        parts.push(compile_node(child, mode, positive, under_none_of, binds));
     }
     if !f.any_of.is_empty() {
         let alternatives: Vec<String> = f
             .any_of
             .iter()
-            .map(|c| compile_node(c, mode, positive, binds))
+            .map(|c| compile_node(c, mode, positive, under_none_of, binds))
             .collect();
         parts.push(format!("({})", alternatives.join(" OR ")));
     }
@@ -135,7 +204,7 @@ fn compile_node(f: &ProxyFilter, mode: Predicates, positive: bool, binds: &mut B
         let excluded: Vec<String> = f
             .none_of
             .iter()
-            .map(|c| compile_node(c, mode, !positive, binds))
+            .map(|c| compile_node(c, mode, !positive, true, binds))
             .collect();
         parts.push(format!("NOT ({})", excluded.join(" OR ")));
     }
@@ -188,7 +257,9 @@ pub(crate) fn order_by(selector: Selector, n: &str) -> String {
         // `proxy_latency_idx` (m0008), so the pick reads it instead of
         // sorting the pool.
         Selector::LowestLatency => "p.pool_id, p.last_latency_ms ASC NULLS LAST, p.id".to_owned(),
-        Selector::Random => "random()".to_owned(),
+        // The order of `proxy_pick_idx` (m0010), from which random's pick
+        // starts at a random key and wraps ([`random_pick`]).
+        Selector::Random => "p.pool_id, p.pick_key, p.id".to_owned(),
         Selector::RoundRobin => "COALESCE(p.id <= st.last_proxy_id, FALSE), p.id".to_owned(),
     }
 }
@@ -328,13 +399,25 @@ pub(crate) const HAS_EXPIRED_LEASE: &str = "EXISTS (SELECT 1 FROM lease x \
 /// with no cursor the comparison is NULL and `pick_first` alone runs.
 /// `pick_first` reads nothing when `pick_next` found a proxy (its NOT
 /// EXISTS is evaluated once, before the scan).
+///
+/// A keyed `candidate` (ending in [`KEYED_POOL`]) has the pool and the
+/// filter's column as equalities, so `p.id > cursor` is the third bound of
+/// an m0011 `(pool_id, column, id)` index and the scan starts at it
+/// exactly; the row comparison would match only that index's first column.
 fn round_robin_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
     let lock = lock.clause();
+    let after_cursor = if is_keyed(candidate) {
+        "p.id > (SELECT last_proxy_id FROM st)".to_owned()
+    } else {
+        format!(
+            "(p.pool_id, p.id) > ({POOL_ID}, (SELECT last_proxy_id FROM st)) \
+             AND p.pool_id <= {POOL_ID}"
+        )
+    };
     format!(
         "pick_next AS (\
            SELECT {columns} FROM proxy p {joins} \
-           WHERE (p.pool_id, p.id) > ({POOL_ID}, (SELECT last_proxy_id FROM st)) \
-             AND p.pool_id <= {POOL_ID} AND {candidate} \
+           WHERE {after_cursor} AND {candidate} \
            ORDER BY p.pool_id, p.id LIMIT 1{lock}), \
          pick_first AS (\
            SELECT {columns} FROM proxy p {joins} \
@@ -342,6 +425,93 @@ fn round_robin_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> 
            ORDER BY p.pool_id, p.id LIMIT 1{lock}), \
          pick AS (SELECT * FROM pick_next UNION ALL SELECT * FROM pick_first)"
     )
+}
+
+/// How many candidates random's pick draws its proxy from: the next ones
+/// from a random key in `proxy_pick_idx` order (see [`random_pick`]).
+pub(crate) const RANDOM_WINDOW: usize = 16;
+
+/// The random `pick` (and the CTEs it reads): a uniform point `r`, the
+/// first [`RANDOM_WINDOW`] candidates at or after `r` in key order
+/// (`window_next`, a range scan of `proxy_pick_idx` from `(pool, r)`), as
+/// many more from the pool's smallest key when that reached the pool's end
+/// (`window_first`, the wrap-around; it reads nothing when `window_next`
+/// was full), then one of them at random, locked (`ORDER BY random() LIMIT
+/// 1 FOR UPDATE SKIP LOCKED` over at most [`RANDOM_WINDOW`] rows: locked
+/// candidates are passed over and the WHERE clause is re-checked on the
+/// newest row version). It replaces `ORDER BY random()` over the pool (28
+/// pairs/s at 100,000 proxies).
+///
+/// The window's ids reach `pick` as an array (an InitPlan), so `p.id =
+/// ANY (...)` is a condition on `proxy_pkey` whatever the statistics say.
+/// Written as `p.id IN (SELECT ...)` next to the pool range, the generic
+/// plan after a `VACUUM ANALYZE` of an empty `proxy` walked the pool index
+/// and probed the window per row: 4 pairs/s at 100,000 proxies.
+///
+/// Why a window and a new key ([`REDRAW_PICK_KEY`]), not just the first
+/// candidate after `r`: that one's chance is the gap between its key and
+/// the previous candidate's. n uniform keys leave roughly exponential gaps
+/// (in a pool of 40 the widest is on average ~4.3 times the mean), so with
+/// fixed keys some proxies would get several times their share, for good.
+/// Drawing a new key for the proxy just leased moves it out of its gap, so
+/// over time every proxy gets the same share (the rules treat every proxy
+/// alike and the keys start out independent and uniform); but a proxy
+/// with a narrow gap waits long for its neighbours to move, so the counts
+/// still scatter about twice as widely as independent uniform draws would
+/// (simulated: a chi-squared statistic of ~79 on average over 40 proxies
+/// and 4,000 picks, where uniform draws give 39; on the server it failed
+/// the test at 88.6). Choosing among the next k makes a proxy's chance the
+/// mean of k gaps instead of one: simulated means 40.9 for k = 8 (64.2 seen
+/// once on the server, near the bound 80.6), 39.5 for 12, 38.4 for 16. 16
+/// it is; under a filter that 1 proxy in 100 passes it reads ~1,600 index
+/// entries. `tests/random_uniformity.rs` checks the counts on the server.
+fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
+    let lock = lock.clause();
+    let order = "p.pool_id, p.pick_key, p.id";
+    // Keyed (see round_robin_pick): the pool and the column are
+    // equalities, so a plain bound on `pick_key` is the third column of the
+    // m0011 `(pool_id, column, pick_key, id)` index.
+    let from_r = if is_keyed(candidate) {
+        "p.pick_key >= (SELECT r FROM rnd)".to_owned()
+    } else {
+        format!(
+            "(p.pool_id, p.pick_key) >= ({POOL_ID}, (SELECT r FROM rnd)) \
+             AND p.pool_id <= {POOL_ID}"
+        )
+    };
+    format!(
+        "rnd AS MATERIALIZED (SELECT random() AS r), \
+         window_next AS (\
+           SELECT p.id FROM proxy p {joins} \
+           WHERE {from_r} AND {candidate} \
+           ORDER BY {order} LIMIT {RANDOM_WINDOW}), \
+         window_first AS (\
+           SELECT p.id FROM proxy p {joins} \
+           WHERE {IN_POOL} AND p.pick_key < (SELECT r FROM rnd) AND {candidate} \
+           ORDER BY {order} LIMIT {RANDOM_WINDOW} - (SELECT count(*) FROM window_next)), \
+         pick AS (\
+           SELECT {columns} FROM proxy p {joins} \
+           WHERE p.id = ANY (ARRAY(SELECT id FROM window_next UNION ALL SELECT id FROM window_first)) \
+             AND {candidate} \
+           ORDER BY random() LIMIT 1{lock})"
+    )
+}
+
+/// What random's acquire adds to the `UPDATE` that leases the picked
+/// proxy: a new uniform key (why: [`random_pick`]).
+///
+/// The price: `pick_key` is indexed, so this update is not HOT (measured
+/// in the adapter README). Release does not touch the key, and no other
+/// selector does.
+const REDRAW_PICK_KEY: &str = ", pick_key = random()";
+
+/// [`REDRAW_PICK_KEY`] for random, nothing for the other selectors.
+fn redraw(selector: Selector) -> &'static str {
+    if selector == Selector::Random {
+        REDRAW_PICK_KEY
+    } else {
+        ""
+    }
 }
 
 /// The least_used `pick` of [`acquire_statement`] (with its CTEs), over
@@ -424,6 +594,8 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
     );
     if rr {
         sql.push_str(&round_robin_pick("p.id", "", &candidate, lock));
+    } else if selector == Selector::Random {
+        sql.push_str(&random_pick("p.id", "", &candidate, lock));
     } else if least_used {
         sql.push_str(&least_used_pick(&candidate, lock));
     } else {
@@ -441,10 +613,11 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
     let _ = write!(
         sql,
         ", bumped AS (\
-           UPDATE proxy p SET current_leases = p.current_leases + 1 \
+           UPDATE proxy p SET current_leases = p.current_leases + 1{redraw} \
            WHERE p.id = (SELECT id FROM pick) \
              AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency) \
-           RETURNING p.*)"
+           RETURNING p.*)",
+        redraw = redraw(selector),
     );
     sql.push_str(INSERT_LEASE);
     if rr {
@@ -533,6 +706,8 @@ pub(crate) fn reclaiming_acquire_statement(
             ", {}",
             round_robin_pick(columns, joins, &candidate, lock)
         );
+    } else if selector == Selector::Random {
+        let _ = write!(sql, ", {}", random_pick(columns, joins, &candidate, lock));
     } else {
         let _ = write!(
             sql,
@@ -547,12 +722,13 @@ pub(crate) fn reclaiming_acquire_statement(
     let _ = write!(
         sql,
         ", bumped AS (\
-           UPDATE proxy p SET current_leases = p.current_leases - (SELECT n FROM pick) + 1 \
+           UPDATE proxy p SET current_leases = p.current_leases - (SELECT n FROM pick) + 1{redraw} \
            WHERE p.id = (SELECT id FROM pick) RETURNING p.*), \
          unreclaimed AS (\
            UPDATE proxy p SET current_leases = p.current_leases - rc.n \
            FROM rc WHERE p.id = rc.proxy_id \
-             AND p.id IS DISTINCT FROM (SELECT id FROM pick))"
+             AND p.id IS DISTINCT FROM (SELECT id FROM pick))",
+        redraw = redraw(selector),
     );
     sql.push_str(INSERT_LEASE);
     if rr {
@@ -585,12 +761,21 @@ pub(crate) const CLEANUP_EXPIRED: &str = "WITH reclaimed AS (\
      SELECT count(*)::bigint FROM reclaimed";
 
 /// A batch of candidates, in selector order. Fixed parameters: `$1` pool
-/// name, `$2` ids already looked at (uuid[]), `$3` batch size; the filter's
-/// binds follow (`Binds::after(3)`). `lock` adds `FOR UPDATE SKIP LOCKED`
-/// (acquire's predicate path, after [`RECLAIM_POOL`] in the same
-/// transaction); without it (find_available) leases past their expiry are
-/// subtracted the way acquire would reclaim them, and the result has an
-/// `expired` column.
+/// name, `$2` ids already looked at (uuid[]), `$3` batch size, `$4` the
+/// random selector's start key (float8 in `[0, 1)`, the same for every batch
+/// of one call; bound for every selector, read only by random); the
+/// filter's binds follow (`Binds::after(CANDIDATES_FIXED_PARAMS)`). `lock`
+/// adds `FOR UPDATE SKIP LOCKED` (acquire's predicate path, after
+/// [`RECLAIM_POOL`] in the same transaction); without it (find_available)
+/// leases past their expiry are subtracted the way acquire would reclaim
+/// them, and the result has an `expired` column.
+///
+/// random walks `proxy_pick_idx` from `$4`, then from the pool's smallest
+/// key ([`random_candidates`]), instead of sorting the pool by `random()`.
+/// The claim that follows gives the leased proxy a new key
+/// ([`REDRAW_PICK_KEY`]), as the one-statement acquire does. find_available
+/// leases nothing, so it redraws no key: each call returns the candidate
+/// after a random point, whose chance is its gap (a peek, not a lease).
 pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: Lock) -> String {
     let rr = selector == Selector::RoundRobin;
     let lock_clause = lock.clause();
@@ -607,6 +792,27 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: L
         ctes.push(cursor_cte(POOL_ID));
     }
     let n = if lock { "0" } else { "COALESCE(rc.n, 0)" };
+    let rc_join = if lock {
+        ""
+    } else {
+        "LEFT JOIN rc ON rc.proxy_id = p.id"
+    };
+    let condition = format!(
+        "p.status = 'active' \
+         AND (p.max_concurrency IS NULL OR p.current_leases - {n} < p.max_concurrency) \
+         AND p.id <> ALL($2::uuid[]) \
+         AND {filter_sql}"
+    );
+    if selector == Selector::Random {
+        ctes.extend(random_candidates(rc_join, &condition, lock_clause));
+        return format!(
+            "WITH {} SELECT {PROXY_COLUMNS}, {n} AS expired \
+             FROM (SELECT 0 AS part, * FROM walk_next UNION ALL SELECT 1, * FROM walk_first) c \
+             JOIN proxy p ON p.id = c.id {rc_join} \
+             ORDER BY c.part, c.pick_key, c.id",
+            ctes.join(", ")
+        );
+    }
     let mut sql = String::new();
     if !ctes.is_empty() {
         let _ = write!(sql, "WITH {} ", ctes.join(", "));
@@ -614,20 +820,40 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: L
     let _ = write!(
         sql,
         "SELECT {PROXY_COLUMNS}, {n} AS expired FROM proxy p {rc_join} {st_join} \
-         WHERE {IN_POOL} AND p.status = 'active' \
-           AND (p.max_concurrency IS NULL OR p.current_leases - {n} < p.max_concurrency) \
-           AND p.id <> ALL($2::uuid[]) \
-           AND {filter_sql} \
+         WHERE {IN_POOL} AND {condition} \
          ORDER BY {order} LIMIT $3{lock_clause}",
-        rc_join = if lock {
-            ""
-        } else {
-            "LEFT JOIN rc ON rc.proxy_id = p.id"
-        },
         st_join = if rr { "LEFT JOIN st ON TRUE" } else { "" },
         order = order_by(selector, n),
     );
     sql
+}
+
+/// The fixed parameters of [`candidates_statement`] (`$1` to `$4`).
+pub(crate) const CANDIDATES_FIXED_PARAMS: usize = 4;
+
+/// The two walks of random's [`candidates_statement`] on `proxy_pick_idx`:
+/// `walk_next` up to `$3` candidates at or after the start key `$4`,
+/// `walk_first` as many more as that left room for, from the pool's
+/// smallest key up to `$4` (the wrap-around; it reads nothing when
+/// `walk_next` filled the batch, so it locks nothing either). Both return
+/// the id and the key, for the batch's order.
+fn random_candidates(rc_join: &str, condition: &str, lock: &str) -> [String; 2] {
+    [
+        format!(
+            "walk_next AS (\
+               SELECT p.id, p.pick_key FROM proxy p {rc_join} \
+               WHERE (p.pool_id, p.pick_key) >= ({POOL_ID}, $4::float8) \
+                 AND p.pool_id <= {POOL_ID} AND {condition} \
+               ORDER BY p.pool_id, p.pick_key, p.id LIMIT $3{lock})"
+        ),
+        format!(
+            "walk_first AS (\
+               SELECT p.id, p.pick_key FROM proxy p {rc_join} \
+               WHERE {IN_POOL} AND p.pick_key < $4::float8 AND {condition} \
+               ORDER BY p.pool_id, p.pick_key, p.id \
+               LIMIT $3 - (SELECT count(*) FROM walk_next){lock})"
+        ),
+    ]
 }
 
 /// Leases one proxy already locked by this transaction. Fixed parameters as
@@ -635,10 +861,11 @@ pub(crate) fn candidates_statement(selector: Selector, filter_sql: &str, lock: L
 pub(crate) fn claim_statement(selector: Selector) -> String {
     let mut sql = format!(
         "WITH bumped AS (\
-         UPDATE proxy p SET current_leases = p.current_leases + 1 \
+         UPDATE proxy p SET current_leases = p.current_leases + 1{redraw} \
          WHERE p.id = $5 AND p.pool_id = (SELECT id FROM proxy_pool WHERE name = $1) \
            AND {CONSUMER_EXISTS} \
-         RETURNING p.*)"
+         RETURNING p.*)",
+        redraw = redraw(selector),
     );
     sql.push_str(INSERT_LEASE);
     if selector == Selector::RoundRobin {
@@ -743,7 +970,7 @@ mod tests {
         let sql = compile_filter(&filter, Predicates::Superset, &mut binds);
         assert!(!sql.contains("DROP"), "{sql}");
         assert!(!sql.contains("7303"), "{sql}");
-        assert!(sql.contains("p.country = $5,"), "{sql}");
+        assert!(sql.contains("(p.country = $5 AND"), "{sql}");
         assert_eq!(binds.args[0], Arg::Text("AR'; DROP TABLE proxy; --".into()));
         // The predicate under none_of compiles to FALSE (superset).
         assert!(sql.contains("FALSE)"), "{sql}");
@@ -752,6 +979,58 @@ mod tests {
             compile_filter(&ProxyFilter::new(), Predicates::AsTrue, &mut binds),
             "TRUE"
         );
+    }
+
+    #[test]
+    fn scalar_leaves_are_plain_equalities_outside_none_of() {
+        let filter = ProxyFilter::new()
+            .city("Rosario")
+            .all_of([ProxyFilter::new().asn(7303)])
+            .none_of([ProxyFilter::new().isp("x")]);
+        let mut binds = Binds::after(4);
+        let sql = compile_filter(&filter, Predicates::AsTrue, &mut binds);
+        assert!(sql.contains("(p.city = $5 AND (p.asn = $6)"), "{sql}");
+        // Under NOT a NULL leaf must count as FALSE.
+        assert!(sql.contains("NOT ((COALESCE(p.isp = $7, FALSE)))"), "{sql}");
+    }
+
+    #[test]
+    fn only_filters_with_an_indexed_leaf_get_the_keyed_pool() {
+        let keyed = [
+            ProxyFilter::new().source("s"),
+            ProxyFilter::new().country("AR"),
+            ProxyFilter::new().city("c"),
+            ProxyFilter::new().isp("i"),
+            ProxyFilter::new().asn(1),
+            ProxyFilter::new().all_of([ProxyFilter::new().all_of([ProxyFilter::new().asn(1)])]),
+        ];
+        for filter in &keyed {
+            let sql = compile_acquire_filter(filter, &mut Binds::after(4));
+            assert!(is_keyed(&sql), "{sql}");
+            for selector in [Selector::RoundRobin, Selector::FirstAvailable] {
+                let statement = acquire_statement(selector, &sql, Lock::SkipLocked);
+                assert!(statement.contains(KEYED_POOL), "{statement}");
+            }
+        }
+        let unkeyed = [
+            ProxyFilter::new(),
+            ProxyFilter::new().near(1.0, 2.0, 3.0),
+            ProxyFilter::new().any_of([ProxyFilter::new().country("AR")]),
+            ProxyFilter::new().none_of([ProxyFilter::new().country("AR")]),
+        ];
+        for filter in &unkeyed {
+            let sql = compile_acquire_filter(filter, &mut Binds::after(4));
+            assert!(!is_keyed(&sql), "{sql}");
+        }
+        // Round robin starts a keyed scan at the cursor, not at a row
+        // comparison the m0011 index cannot bound.
+        let sql = compile_acquire_filter(&ProxyFilter::new().country("AR"), &mut Binds::after(4));
+        let statement = acquire_statement(Selector::RoundRobin, &sql, Lock::SkipLocked);
+        assert!(
+            statement.contains("WHERE p.id > (SELECT last_proxy_id FROM st) AND"),
+            "{statement}"
+        );
+        assert!(!statement.contains("(p.pool_id, p.id) >"), "{statement}");
     }
 
     #[test]
@@ -810,15 +1089,14 @@ pub(crate) fn matches(filter: &ProxyFilter, proxy: &pharox_domain::Proxy) -> boo
 #[cfg(test)]
 mod print {
     #[test]
-    #[ignore = "prints the acquire statement for EXPLAIN"]
+    #[ignore = "prints the acquire statements for EXPLAIN"]
     fn print_acquire() {
-        println!(
-            "{}",
-            super::acquire_statement(
-                pharox_domain::Selector::FirstAvailable,
-                "TRUE",
-                super::Lock::SkipLocked
-            )
-        );
+        for selector in pharox_domain::Selector::ALL {
+            println!("-- {selector}");
+            println!(
+                "{};",
+                super::acquire_statement(selector, "TRUE", super::Lock::SkipLocked)
+            );
+        }
     }
 }

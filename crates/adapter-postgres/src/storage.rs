@@ -423,7 +423,7 @@ impl PostgresStorage {
         lease_id: LeaseId,
         lock: Lock,
     ) -> StorageResult<Option<Lease>> {
-        let mut binds = Binds::after(3);
+        let mut binds = Binds::after(sql::CANDIDATES_FIXED_PARAMS);
         let filter_sql = usage_sql::leasable(
             &sql::compile_filter(&request.filter, Predicates::Superset, &mut binds),
             request.target.as_ref(),
@@ -434,6 +434,8 @@ impl PostgresStorage {
             .session
             .as_ref()
             .map(|_| usage_sql::session_candidate_statement(&filter_sql));
+        // random's start key, one for every batch of this call.
+        let start_key: f64 = rand::random();
         let claim = sql::claim_statement(request.selector);
         let ttl = ttl_micros(request.ttl);
         let pool_name = request.pool_name.as_str();
@@ -463,7 +465,10 @@ impl PostgresStorage {
                     let query = sqlx::query(AssertSqlSafe(statement.clone()))
                         .bind(pool_name)
                         .bind(id)
-                        .bind(1_i64);
+                        .bind(1_i64)
+                        // `$4`, the candidates' start key: unused here, bound
+                        // so the filter's placeholders mean the same.
+                        .bind(start_key);
                     let found = binds
                         .bind_to(query)
                         .fetch_optional(&mut *tx)
@@ -477,6 +482,11 @@ impl PostgresStorage {
                     }
                 }
             }
+            // random: the passing candidates of the batch, up to the window
+            // the one-statement pick draws from (`sql::RANDOM_WINDOW`, why
+            // there), one of them chosen at random.
+            let random = request.selector == Selector::Random;
+            let mut passing: Vec<ProxyId> = Vec::new();
             let chosen = 'search: loop {
                 if bound.is_some() {
                     break bound;
@@ -484,7 +494,8 @@ impl PostgresStorage {
                 let query = sqlx::query(AssertSqlSafe(candidates.clone()))
                     .bind(pool_name)
                     .bind(seen.clone())
-                    .bind(batch);
+                    .bind(batch)
+                    .bind(start_key);
                 let found = binds
                     .bind_to(query)
                     .fetch_all(&mut *tx)
@@ -494,8 +505,17 @@ impl PostgresStorage {
                     let proxy = rows::proxy(row)?;
                     seen.push(proxy.id.0);
                     if sql::matches(&request.filter, &proxy) {
-                        break 'search Some(proxy.id);
+                        if !random {
+                            break 'search Some(proxy.id);
+                        }
+                        passing.push(proxy.id);
+                        if passing.len() == sql::RANDOM_WINDOW {
+                            break;
+                        }
                     }
+                }
+                if !passing.is_empty() {
+                    break passing.get(rand::random_range(0..passing.len())).copied();
                 }
                 if found.len() < PREDICATE_BATCH {
                     break None;
@@ -554,7 +574,7 @@ impl PostgresStorage {
     ) -> StorageResult<Option<Lease>> {
         let mut binds = Binds::after(4);
         let filter_sql = usage_sql::leasable(
-            &sql::compile_filter(&request.filter, Predicates::AsTrue, &mut binds),
+            &sql::compile_acquire_filter(&request.filter, &mut binds),
             request.target.as_ref(),
             &mut binds,
         );
@@ -1340,20 +1360,23 @@ impl ProxyStorage for PostgresStorage {
         } else {
             Predicates::AsTrue
         };
-        let mut binds = Binds::after(3);
+        let mut binds = Binds::after(sql::CANDIDATES_FIXED_PARAMS);
         let filter_sql = usage_sql::leasable(
             &sql::compile_filter(filter, mode, &mut binds),
             None,
             &mut binds,
         );
         let statement = sql::candidates_statement(selector, &filter_sql, Lock::None);
+        // random's start key, one for every batch of this call.
+        let start_key: f64 = rand::random();
         let batch = if with_predicates { PREDICATE_BATCH } else { 1 };
         let mut seen: Vec<Uuid> = Vec::new();
         loop {
             let query = sqlx::query(AssertSqlSafe(statement.as_str()))
                 .bind(pool_name)
                 .bind(seen.clone())
-                .bind(i64::try_from(batch).unwrap_or(1));
+                .bind(i64::try_from(batch).unwrap_or(1))
+                .bind(start_key);
             let found = binds
                 .bind_to(query)
                 .fetch_all(&self.pool)

@@ -230,7 +230,8 @@ async fn drop_stale_schemas(pool: &PgPool, now: u64) {
 /// [`PostgresStorage`] runs first for `selector` and `filter` (the
 /// one-statement acquire with `SKIP LOCKED`), in a transaction that is
 /// rolled back, so nothing is leased. For the guard against statements that
-/// read the whole pool (`tests/selectors_at_scale.rs`).
+/// read the whole pool (`tests/selectors_at_scale.rs`). The plan is the one
+/// PostgreSQL makes for these parameter values (a custom plan).
 ///
 /// `filter` must hold no predicate (a predicate takes the other path).
 pub async fn explain_acquire(
@@ -240,7 +241,7 @@ pub async fn explain_acquire(
     selector: pharox_domain::Selector,
     filter: &pharox_domain::ProxyFilter,
 ) -> StorageResult<serde_json::Value> {
-    explain_acquire_with(
+    explain(
         storage,
         pool_name,
         consumer_id,
@@ -248,6 +249,7 @@ pub async fn explain_acquire(
         filter,
         None,
         None,
+        Plan::Custom,
     )
     .await
 }
@@ -263,10 +265,72 @@ pub async fn explain_acquire_with(
     target: Option<&pharox_domain::TargetHost>,
     session: Option<&pharox_domain::SessionRequest>,
 ) -> StorageResult<serde_json::Value> {
-    use crate::sql::{self, Arg, Binds, Lock, Predicates};
+    explain(
+        storage,
+        pool_name,
+        consumer_id,
+        selector,
+        filter,
+        target,
+        session,
+        Plan::Custom,
+    )
+    .await
+}
+
+/// As [`explain_acquire`], with the generic plan: the statement is
+/// prepared and executed under `plan_cache_mode = force_generic_plan`, so
+/// the plan does not know the parameter values. It is the plan a hot
+/// connection runs once it has executed the same statement five times and
+/// PostgreSQL judged the generic plan no costlier than the custom ones
+/// (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`).
+pub async fn explain_acquire_generic(
+    storage: &PostgresStorage,
+    pool_name: &str,
+    consumer_id: uuid::Uuid,
+    selector: pharox_domain::Selector,
+    filter: &pharox_domain::ProxyFilter,
+) -> StorageResult<serde_json::Value> {
+    explain(
+        storage,
+        pool_name,
+        consumer_id,
+        selector,
+        filter,
+        None,
+        None,
+        Plan::Generic,
+    )
+    .await
+}
+
+/// Which plan [`explain`] shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Custom,
+    Generic,
+}
+
+/// The prepared statement [`explain_acquire_generic`] executes (dropped
+/// before its transaction ends: a prepared statement outlives a rollback).
+const EXPLAINED: &str = "pharox_explained_acquire";
+
+#[allow(clippy::too_many_arguments)]
+async fn explain(
+    storage: &PostgresStorage,
+    pool_name: &str,
+    consumer_id: uuid::Uuid,
+    selector: pharox_domain::Selector,
+    filter: &pharox_domain::ProxyFilter,
+    target: Option<&pharox_domain::TargetHost>,
+    session: Option<&pharox_domain::SessionRequest>,
+    plan: Plan,
+) -> StorageResult<serde_json::Value> {
+    use crate::sql::{self, Arg, Binds, Lock};
+    let fail = |context: &'static str| move |e| crate::error::map_sqlx(context, e);
     let mut binds = Binds::after(4);
     let filter_sql = crate::usage_sql::leasable(
-        &sql::compile_filter(filter, Predicates::AsTrue, &mut binds),
+        &sql::compile_acquire_filter(filter, &mut binds),
         target,
         &mut binds,
     );
@@ -284,26 +348,69 @@ pub async fn explain_acquire_with(
         }
         None => sql::acquire_statement(selector, &filter_sql, Lock::SkipLocked),
     };
-    let statement = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {acquire}");
     let mut tx = storage
         .pg_pool()
         .begin()
         .await
-        .map_err(|e| crate::error::map_sqlx("explain: begin", e))?;
-    let query = sqlx::query(AssertSqlSafe(statement))
-        .bind(pool_name)
-        .bind(consumer_id)
-        .bind(60_000_000.0_f64)
-        .bind(uuid::Uuid::now_v7());
-    let row = binds
-        .bind_to(query)
+        .map_err(fail("explain: begin"))?;
+    let query = match plan {
+        Plan::Custom => {
+            let query = sqlx::query(AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {acquire}"
+            )))
+            .bind(pool_name)
+            .bind(consumer_id)
+            .bind(60_000_000.0_f64)
+            .bind(uuid::Uuid::now_v7());
+            binds.bind_to(query)
+        }
+        Plan::Generic => {
+            // EXECUTE takes no bind parameters of its own statement, so the
+            // values go in as quoted literals (test values, quotes doubled).
+            let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+            let mut types = vec!["text", "uuid", "float8", "uuid"];
+            let mut values = vec![
+                quote(pool_name),
+                quote(&consumer_id.to_string()),
+                "60000000".to_owned(),
+                quote(&uuid::Uuid::now_v7().to_string()),
+            ];
+            for arg in &binds.args {
+                let (kind, value) = match arg {
+                    Arg::Text(text) => ("text", quote(text)),
+                    Arg::Int(int) => ("int8", int.to_string()),
+                    Arg::Float(float) => ("float8", quote(&float.to_string())),
+                };
+                types.push(kind);
+                values.push(value);
+            }
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "SET LOCAL plan_cache_mode = force_generic_plan; \
+                 PREPARE {EXPLAINED} ({}) AS {acquire}",
+                types.join(", ")
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail("explain: prepare"))?;
+            sqlx::query(AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {EXPLAINED} ({})",
+                values.join(", ")
+            )))
+        }
+    };
+    let row = query
+        .persistent(false)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| crate::error::map_sqlx("explain acquire", e))?;
-    let plan: serde_json::Value = sqlx::Row::try_get(&row, 0)
-        .map_err(|e| crate::error::map_sqlx("explain acquire: the plan", e))?;
-    tx.rollback()
-        .await
-        .map_err(|e| crate::error::map_sqlx("explain: rollback", e))?;
-    Ok(plan)
+        .map_err(fail("explain acquire"))?;
+    let explained: serde_json::Value =
+        sqlx::Row::try_get(&row, 0).map_err(fail("explain acquire: the plan"))?;
+    if plan == Plan::Generic {
+        sqlx::raw_sql(AssertSqlSafe(format!("DEALLOCATE {EXPLAINED}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail("explain: deallocate"))?;
+    }
+    tx.rollback().await.map_err(fail("explain: rollback"))?;
+    Ok(explained)
 }

@@ -72,6 +72,19 @@ pub struct BenchArgs {
     #[cfg(feature = "postgres")]
     #[arg(long, requires = "database_url")]
     migrate: bool,
+    /// The benchmark pool's name, for --seed-only and --reuse-pool (without
+    /// them each run seeds a pool of a random name and removes it).
+    #[arg(long)]
+    pool: Option<String>,
+    /// Seed the pool named by --pool (--proxies, --max-concurrency), print
+    /// what was seeded, keep it and exit without measuring.
+    #[arg(long, conflicts_with_all = ["reuse_pool", "iterations", "duration"])]
+    seed_only: bool,
+    /// Measure on the pool named by --pool, seeded before with --seed-only,
+    /// instead of seeding one; it must hold exactly --proxies proxies of
+    /// --max-concurrency each, and it is kept after the run.
+    #[arg(long)]
+    reuse_pool: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +108,18 @@ struct Plan {
     hold: Duration,
     filter: ProxyFilter,
     selector: Selector,
+    pool: PoolUse,
+}
+
+/// Which pool a run measures on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PoolUse {
+    /// A pool of a fresh name, seeded for the run and removed after it.
+    Fresh,
+    /// `--seed-only`: seed this pool, keep it, measure nothing.
+    SeedOnly(String),
+    /// `--reuse-pool`: measure on this pool as seeded, keep it.
+    Reuse(String),
 }
 
 enum Stop {
@@ -129,7 +154,34 @@ impl BenchArgs {
             })?,
             None => ProxyFilter::new(),
         };
+        let named = |flag: &'static str| match &self.pool {
+            Some(name) if !name.trim().is_empty() => Ok(name.clone()),
+            _ => Err(usage(flag, "needs --pool NAME (the pool to seed or reuse)")),
+        };
+        let pool = match (self.seed_only, self.reuse_pool) {
+            (true, _) => PoolUse::SeedOnly(named("seed-only")?),
+            (false, true) => PoolUse::Reuse(named("reuse-pool")?),
+            (false, false) if self.pool.is_some() => {
+                return Err(usage(
+                    "pool",
+                    "is only used with --seed-only or --reuse-pool",
+                ));
+            }
+            (false, false) => PoolUse::Fresh,
+        };
+        if pool != PoolUse::Fresh && !self.uses_database() {
+            let flag = if self.seed_only {
+                "seed-only"
+            } else {
+                "reuse-pool"
+            };
+            return Err(usage(
+                flag,
+                "needs --database-url: an in-memory pool does not outlive the command",
+            ));
+        }
         Ok(Plan {
+            pool,
             proxies: self.proxies,
             workers: self.workers,
             stop,
@@ -138,6 +190,20 @@ impl BenchArgs {
             filter,
             selector: self.selector,
         })
+    }
+}
+
+impl BenchArgs {
+    /// Whether the run goes to PostgreSQL.
+    fn uses_database(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        {
+            self.database_url.is_some()
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            false
+        }
     }
 }
 
@@ -180,11 +246,17 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     // SIGINT and SIGTERM reach the code below instead of ending the process.
     let mut signals = Signals::install()?;
     let target = tokio::select! {
-        target = open_storage(&args, plan.workers) => target?,
+        target = open_storage(&args, &plan) => target?,
         signal = signals.recv() => return Err(CliError::Interrupted(signal)),
     };
+    if let PoolUse::SeedOnly(_) = plan.pool {
+        return seed_only(&plan, &target, &mut signals).await;
+    }
     let outcome = bench(&plan, &target, &mut signals).await;
-    let cleanup = remove_pool(&target, &mut signals).await;
+    let cleanup = match plan.pool {
+        PoolUse::Fresh => remove_pool(&target, &mut signals).await,
+        PoolUse::SeedOnly(_) | PoolUse::Reuse(_) => Ok(()),
+    };
     let mut failures = Vec::new();
     match outcome {
         Ok(Outcome::Measured(measured)) => {
@@ -237,20 +309,24 @@ struct Target {
     pool_name: String,
 }
 
-async fn open_storage(args: &BenchArgs, workers: usize) -> Result<Target, CliError> {
+async fn open_storage(args: &BenchArgs, plan: &Plan) -> Result<Target, CliError> {
     #[cfg(feature = "postgres")]
     if let Some(url) = &args.database_url {
-        let storage = crate::migrate::open_for_bench(url, workers, args.migrate).await?;
-        return Ok(Target {
-            storage,
-            name: "postgres",
+        let storage = crate::migrate::open_for_bench(url, plan.workers, args.migrate).await?;
+        let pool_name = match &plan.pool {
+            PoolUse::SeedOnly(name) | PoolUse::Reuse(name) => name.clone(),
             // Every lease row stores its pool's name (the Python schema's
             // `lease.pool_name`): 48 random bits keep concurrent runs apart
             // and the rows as long as a real pool name makes them.
-            pool_name: format!("bench-{:012x}", uuid::Uuid::new_v4().as_u128() >> 80),
+            PoolUse::Fresh => format!("bench-{:012x}", uuid::Uuid::new_v4().as_u128() >> 80),
+        };
+        return Ok(Target {
+            storage,
+            name: "postgres",
+            pool_name,
         });
     }
-    let _ = (args, workers);
+    let _ = args;
     Ok(Target {
         storage: Arc::new(MemoryStorage::new()),
         name: "memory",
@@ -415,13 +491,10 @@ impl Tally {
 /// Seeds the pool and prepares the request the workers send.
 async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
     let storage = &target.storage;
-    let pool = storage
-        .save_pool(&ProxyPool::new(target.pool_name.clone())?)
-        .await?;
-    let proxies = crate::seed::proxies(pool.id, plan.proxies, plan.max_concurrency)?;
-    for chunk in proxies.chunks(1000) {
-        storage.add_proxies(chunk).await?;
-    }
+    let proxies = match plan.pool {
+        PoolUse::Reuse(_) => seeded_proxies(plan, target).await?,
+        PoolUse::Fresh | PoolUse::SeedOnly(_) => seed_pool(plan, target).await?,
+    };
     let per_proxy = proxies.iter().map(|p| (p.id, AtomicU32::new(0))).collect();
     let manager = ProxyManager::from_arc(Arc::clone(storage));
     // Validated and with its consumer created before the clock starts; the
@@ -449,6 +522,92 @@ async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
         capacity: plan.proxies as u64 * u64::from(plan.max_concurrency),
         over_leased: AtomicU64::new(0),
     })
+}
+
+/// Creates the pool and adds `--proxies` proxies to it.
+async fn seed_pool(plan: &Plan, target: &Target) -> Result<Vec<pharox::Proxy>, CliError> {
+    let storage = &target.storage;
+    let pool = storage
+        .save_pool(&ProxyPool::new(target.pool_name.clone())?)
+        .await?;
+    let proxies = crate::seed::proxies(pool.id, plan.proxies, plan.max_concurrency)?;
+    for chunk in proxies.chunks(1000) {
+        storage.add_proxies(chunk).await?;
+    }
+    Ok(proxies)
+}
+
+/// The proxies of the pool `--reuse-pool` names, if it is what the flags
+/// describe: refused (naming the flag) when the pool is missing, holds
+/// another number of proxies, or proxies of another capacity, since the
+/// run's capacity and over-lease checks are computed from the flags.
+async fn seeded_proxies(plan: &Plan, target: &Target) -> Result<Vec<pharox::Proxy>, CliError> {
+    let storage = &target.storage;
+    let usage = |flag, reason: String| CliError::Usage { flag, reason };
+    let pool = match storage.get_pool_by_name(&target.pool_name).await {
+        Ok(pool) => pool,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(usage(
+                "reuse-pool",
+                format!(
+                    "no pool named {:?}: seed it first with --seed-only --pool {0:?}",
+                    target.pool_name
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let proxies = storage.list_proxies(pool.id).await?;
+    if proxies.len() != plan.proxies {
+        return Err(usage(
+            "proxies",
+            format!(
+                "is {} but pool {:?} holds {} proxies (--reuse-pool measures the pool as seeded)",
+                plan.proxies,
+                target.pool_name,
+                proxies.len()
+            ),
+        ));
+    }
+    if let Some(other) = proxies
+        .iter()
+        .find(|p| p.max_concurrency != Some(plan.max_concurrency))
+    {
+        return Err(usage(
+            "max-concurrency",
+            format!(
+                "is {} but pool {:?} has proxies of {} (--reuse-pool measures the pool as seeded)",
+                plan.max_concurrency,
+                target.pool_name,
+                other
+                    .max_concurrency
+                    .map_or_else(|| "unlimited".to_owned(), |m| m.to_string())
+            ),
+        ));
+    }
+    Ok(proxies)
+}
+
+/// `--seed-only`: seeds the pool, says so, keeps it.
+async fn seed_only(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<(), CliError> {
+    let started = Instant::now();
+    tokio::select! {
+        seeded = seed_pool(plan, target) => { seeded?; }
+        signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+    }
+    output::print(|stdout| {
+        outln!(
+            stdout,
+            "pharox bench: seeded pool {} with {} proxies x {} in {:.2} s; kept for --reuse-pool --pool {}",
+            target.pool_name,
+            plan.proxies,
+            plan.max_concurrency,
+            started.elapsed().as_secs_f64(),
+            target.pool_name
+        );
+        Ok(())
+    })
+    .map_err(CliError::from)
 }
 
 async fn bench(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<Outcome, CliError> {
@@ -844,6 +1003,52 @@ mod tests {
         assert_eq!(rejected_flag(&["--proxies", "10000001"]), "proxies");
         let plan = plan(&["--workers", "100000", "--proxies", "10000000"]).unwrap();
         assert_eq!((plan.workers, plan.proxies), (100_000, 10_000_000));
+    }
+
+    #[test]
+    fn seed_only_and_reuse_pool_need_a_pool_name_and_a_database() {
+        assert_eq!(rejected_flag(&["--seed-only"]), "seed-only");
+        assert_eq!(rejected_flag(&["--reuse-pool"]), "reuse-pool");
+        assert_eq!(
+            rejected_flag(&["--reuse-pool", "--pool", " "]),
+            "reuse-pool"
+        );
+        assert_eq!(rejected_flag(&["--pool", "big"]), "pool");
+        // In memory the pool would not outlive the command.
+        assert_eq!(
+            rejected_flag(&["--seed-only", "--pool", "big"]),
+            "seed-only"
+        );
+        assert_eq!(
+            rejected_flag(&["--reuse-pool", "--pool", "big"]),
+            "reuse-pool"
+        );
+        assert_eq!(plan(&[]).unwrap().pool, PoolUse::Fresh);
+        for conflicting in [
+            ["--seed-only", "--reuse-pool"],
+            ["--seed-only", "--duration=1"],
+            ["--seed-only", "--iterations=1"],
+        ] {
+            let args = ["pharox", "bench", "--pool", "big"]
+                .into_iter()
+                .chain(conflicting);
+            assert!(Cli::try_parse_from(args).is_err(), "{conflicting:?}");
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn seed_only_and_reuse_pool_name_their_pool() {
+        let url = ["--database-url", "postgres://postgres@127.0.0.1:5432/x"];
+        let with = |flags: &[&str]| plan(&[&url[..], flags].concat()).unwrap().pool;
+        assert_eq!(
+            with(&["--seed-only", "--pool", "big"]),
+            PoolUse::SeedOnly("big".to_owned())
+        );
+        assert_eq!(
+            with(&["--reuse-pool", "--pool", "big", "--duration", "1"]),
+            PoolUse::Reuse("big".to_owned())
+        );
     }
 
     fn backend(message: &str) -> PharoxError {

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use pharox::{
-    Lease, LeaseId, LeaseRequest, Operator, PoolOverview, Proxy, ProxyFilter, ProxyId,
-    ProxyManager, ProxyStatus, ProxyStorage, Selector,
-};
+use pharox::{Operator, PoolOverview, Proxy, ProxyFilter, ProxyId, ProxyStatus, ProxyStorage};
 use serde_json::json;
 
 use crate::database_url::DatabaseUrl;

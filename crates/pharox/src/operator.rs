@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use pharox_domain::{
-    PoolOverview, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus, TargetBan,
-};
+use pharox_domain::{PoolOverview, Proxy, ProxyFilter, ProxyId, ProxyPool, ProxyStatus, TargetBan};
 use pharox_ports::{ProxyStorage, StorageError};
 
 use crate::PharoxError;

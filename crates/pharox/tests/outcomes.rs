@@ -29,7 +29,7 @@ fn invalid_field(err: &PharoxError) -> &str {
     }
 }
 
-async fn one_proxy_pool(max_concurrency: u32) -> (MemoryStorage, Proxy) {
+async fn one_proxy_pool(max_concurrency: u32) -> (Arc<MemoryStorage>, Proxy) {
     let storage = MemoryStorage::new();
     let pool = storage
         .save_pool(&ProxyPool::new("eu").unwrap())
@@ -40,7 +40,7 @@ async fn one_proxy_pool(max_concurrency: u32) -> (MemoryStorage, Proxy) {
         .build()
         .unwrap();
     let proxy = storage.save_proxy(&proxy).await.unwrap();
-    (storage, proxy)
+    (Arc::new(storage), proxy)
 }
 
 #[derive(Default)]
@@ -78,7 +78,10 @@ async fn sessions_and_targets_are_checked_before_anything_is_created() {
                 .session_ttl(Duration::ZERO),
             "session.ttl",
         ),
-        (LeaseRequest::new("eu").target("https://shop.example/"), "target"),
+        (
+            LeaseRequest::new("eu").target("https://shop.example/"),
+            "target",
+        ),
         (LeaseRequest::new("eu").target(" "), "target"),
     ];
     for (request, field) in cases {
@@ -169,8 +172,7 @@ async fn a_report_is_tried_once_because_a_lost_reply_may_have_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_release_with_an_outcome_is_retried_and_a_retry_that_finds_it_released_applies_nothing()
-{
+async fn a_release_with_an_outcome_is_retried_and_a_retry_that_finds_it_released_applies_nothing() {
     let mut storage = MockProxyStorage::new();
     let lease_id = LeaseId::new();
     let mut calls = 0;
@@ -207,7 +209,7 @@ async fn a_release_with_an_outcome_is_retried_and_a_retry_that_finds_it_released
 async fn with_lease_reporting_applies_the_mapped_outcome_with_the_release() {
     let (storage, proxy) = one_proxy_pool(1).await;
     let recorder = Arc::new(OutcomeRecorder::default());
-    let manager = ProxyManager::new(storage.clone()).with_observer(recorder.clone());
+    let manager = ProxyManager::from_arc(storage.clone()).with_observer(recorder.clone());
     let err = manager
         .with_lease_reporting(
             "eu",
@@ -220,7 +222,10 @@ async fn with_lease_reporting_applies_the_mapped_outcome_with_the_release() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, WithLeaseError::Task("connection reset by proxy")));
+    assert!(matches!(
+        err,
+        WithLeaseError::Task("connection reset by proxy")
+    ));
     let stored = storage.get_proxy(proxy.id).await.unwrap();
     assert_eq!(stored.usage.error_score, 1.0);
     assert_eq!(stored.current_leases, 0, "released");
@@ -239,14 +244,17 @@ async fn with_lease_reporting_applies_the_mapped_outcome_with_the_release() {
         .await
         .unwrap();
     assert_eq!(recorder.outcomes.lock().len(), 1);
-    assert_eq!(storage.get_proxy(proxy.id).await.unwrap().usage.error_score, 1.0);
+    assert_eq!(
+        storage.get_proxy(proxy.id).await.unwrap().usage.error_score,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn reports_cool_a_proxy_down_and_the_manager_stops_leasing_it() {
     let (storage, proxy) = one_proxy_pool(4).await;
     let recorder = Arc::new(OutcomeRecorder::default());
-    let manager = ProxyManager::new(storage.clone()).with_observer(recorder.clone());
+    let manager = ProxyManager::from_arc(storage.clone()).with_observer(recorder.clone());
     let lease = manager.acquire("eu").await.unwrap().unwrap();
     let failure = Outcome::proxy_failure(ProxyFailureKind::ConnectRefused);
     for expected in [1.0, 2.0] {
@@ -258,7 +266,10 @@ async fn reports_cool_a_proxy_down_and_the_manager_stops_leasing_it() {
     assert!(after.usage.cooldown_until.is_some(), "threshold 3 reached");
     assert!(manager.acquire("eu").await.unwrap().is_none());
     let stats = manager.pool_stats("eu").await.unwrap();
-    assert_eq!((stats.available_proxies, stats.cooling_down_proxies), (0, 1));
+    assert_eq!(
+        (stats.available_proxies, stats.cooling_down_proxies),
+        (0, 1)
+    );
     assert_eq!(after.id, proxy.id);
     assert_eq!(
         recorder
