@@ -23,7 +23,7 @@ pub(crate) const UNFILTERED_LEASABLE: &str =
 
 /// The candidate condition of an acquire (and of `find_available`): the
 /// compiled filter `filter_sql`, and the proxy not cooling down; with a
-/// target, also not banned for it now. The ban test is an anti-join probing
+/// target, also not banned for it now. The ban test probes
 /// `proxy_target_ban`'s primary key `(proxy_id, target)` once per visited
 /// row, so it keeps a walk as bounded as it was. The target is bound (the
 /// next parameter of `binds`), never formatted in.
@@ -31,9 +31,15 @@ pub(crate) fn leasable(filter_sql: &str, target: Option<&TargetHost>, binds: &mu
     let mut condition = format!("{NOT_COOLING_DOWN} AND {filter_sql}");
     if let Some(target) = target {
         let placeholder = binds.push(Arg::Text(target.as_str().to_owned()));
+        // A scalar subquery, not NOT EXISTS: the planner turns NOT EXISTS
+        // into an anti-join, and chose a merge join that read the ban
+        // table's index from its start up to the walk's first proxy (7,000
+        // entries in the guard with a round-robin cursor mid-pool). A
+        // scalar subquery stays a per-row probe of the primary key (at
+        // most one row: the key is (proxy_id, target)).
         condition.push_str(&format!(
-            " AND NOT EXISTS (SELECT 1 FROM proxy_target_ban b \
-             WHERE b.proxy_id = p.id AND b.target = {placeholder} AND b.until > now())"
+            " AND NOT COALESCE((SELECT b.until > now() FROM proxy_target_ban b \
+             WHERE b.proxy_id = p.id AND b.target = {placeholder}), FALSE)"
         ));
     }
     condition

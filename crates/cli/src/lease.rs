@@ -147,39 +147,43 @@ impl OutcomeFlags {
     }
 }
 
+/// Flags of `pharox lease acquire`.
+#[derive(Debug, Args)]
+struct AcquireFlags {
+    /// The pool.
+    #[arg(long)]
+    pub(crate) pool: String,
+    /// Who holds the lease.
+    #[arg(long, default_value = pharox::DEFAULT_CONSUMER)]
+    pub(crate) consumer: String,
+    /// Seconds the lease holds the proxy.
+    #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
+    pub(crate) ttl: u64,
+    /// Only proxies matching this filter (its JSON form).
+    #[arg(long)]
+    pub(crate) filter: Option<String>,
+    /// first_available, round_robin, random, least_used, lowest_latency.
+    #[arg(long)]
+    pub(crate) selector: Option<String>,
+    /// A sticky session: the proxy this key used last, while it
+    /// qualifies; shared with every worker using the key.
+    #[arg(long)]
+    pub(crate) session: Option<String>,
+    /// Seconds the session is remembered after this use (default 600).
+    #[arg(long, requires = "session")]
+    pub(crate) session_ttl: Option<u64>,
+    /// The site the lease is for: proxies banned for it are skipped.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Print only the proxy URL (for `curl -x "$(...)"`).
+    #[arg(long)]
+    pub(crate) url_only: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum LeaseCommand {
     /// Lease a proxy and print its URL with credentials.
-    Acquire {
-        /// The pool.
-        #[arg(long)]
-        pool: String,
-        /// Who holds the lease.
-        #[arg(long, default_value = pharox::DEFAULT_CONSUMER)]
-        consumer: String,
-        /// Seconds the lease holds the proxy.
-        #[arg(long, default_value_t = pharox::DEFAULT_TTL.as_secs())]
-        ttl: u64,
-        /// Only proxies matching this filter (its JSON form).
-        #[arg(long)]
-        filter: Option<String>,
-        /// first_available, round_robin, random, least_used, lowest_latency.
-        #[arg(long)]
-        selector: Option<String>,
-        /// A sticky session: the proxy this key used last, while it
-        /// qualifies; shared with every worker using the key.
-        #[arg(long)]
-        session: Option<String>,
-        /// Seconds the session is remembered after this use (default 600).
-        #[arg(long, requires = "session")]
-        session_ttl: Option<u64>,
-        /// The site the lease is for: proxies banned for it are skipped.
-        #[arg(long)]
-        target: Option<String>,
-        /// Print only the proxy URL (for `curl -x "$(...)"`).
-        #[arg(long)]
-        url_only: bool,
-    },
+    Acquire(AcquireFlags),
     /// Report what a use of a held lease came to (several per lease).
     Report {
         /// The lease's id.
@@ -229,17 +233,28 @@ enum LeaseCommand {
 
 /// The lease-request flags of `lease acquire`, checked before the database
 /// is opened.
-fn lease_request(
-    pool: &str,
-    consumer: &str,
-    ttl: u64,
-    filter: Option<&str>,
-    selector: Option<&str>,
-    session: Option<&str>,
-    session_ttl: Option<u64>,
-    target: Option<&str>,
-) -> Result<LeaseRequest, CliError> {
-    let mut request = LeaseRequest::new(pool).consumer(consumer).ttl(ttl_of(ttl)?);
+fn lease_request(flags: &AcquireFlags) -> Result<LeaseRequest, CliError> {
+    let AcquireFlags {
+        pool,
+        consumer,
+        ttl,
+        filter,
+        selector,
+        session,
+        session_ttl,
+        target,
+        ..
+    } = flags;
+    let (filter, selector, session, target) = (
+        filter.as_deref(),
+        selector.as_deref(),
+        session.as_deref(),
+        target.as_deref(),
+    );
+    let (ttl, session_ttl) = (*ttl, *session_ttl);
+    let mut request = LeaseRequest::new(pool.as_str())
+        .consumer(consumer.as_str())
+        .ttl(ttl_of(ttl)?);
     if let Some(json) = filter {
         request =
             request.filter(ProxyFilter::from_json(json).map_err(|e| usage("filter", &e.reason))?);
@@ -292,32 +307,13 @@ pub async fn lease(args: LeaseArgs) -> Result<(), CliError> {
         _ => None,
     };
     let request = match &command {
-        LeaseCommand::Acquire {
-            pool,
-            consumer,
-            ttl,
-            filter,
-            selector,
-            session,
-            session_ttl,
-            target,
-            ..
-        } => Some(lease_request(
-            pool,
-            consumer,
-            *ttl,
-            filter.as_deref(),
-            selector.as_deref(),
-            session.as_deref(),
-            *session_ttl,
-            target.as_deref(),
-        )?),
+        LeaseCommand::Acquire(flags) => Some(lease_request(flags)?),
         _ => None,
     };
     let storage = args.db.storage().await?;
     let manager = ProxyManager::from_arc(Arc::clone(&storage));
     match command {
-        LeaseCommand::Acquire { pool, url_only, .. } => {
+        LeaseCommand::Acquire(AcquireFlags { pool, url_only, .. }) => {
             let Some(request) = request else {
                 return Err(usage("pool", "is required"));
             };

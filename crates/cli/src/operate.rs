@@ -256,10 +256,26 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
             let id = proxy_id(&id)?;
             let operator = db.operator().await?;
             let proxy = operator.proxy(id).await?;
+            let bans = operator.target_bans(id).await?;
             if json {
-                return print_value(&proxy_json(&proxy));
+                let mut value = proxy_json(&proxy);
+                value["target_bans"] = bans
+                    .iter()
+                    .map(|b| json!({"target": b.target, "until": rfc3339(b.until)}))
+                    .collect();
+                return print_value(&value);
             }
-            let row = proxy_row(&proxy);
+            let mut row = proxy_row(&proxy);
+            row.push(proxy.usage.error_score.to_string());
+            row.push(opt(proxy.usage.cooldown_until.map(rfc3339)));
+            row.push(if bans.is_empty() {
+                "-".to_owned()
+            } else {
+                bans.iter()
+                    .map(|b| format!("{} until {}", b.target, rfc3339(b.until)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
             let names = [
                 "id",
                 "url",
@@ -272,6 +288,9 @@ pub async fn proxy(args: ProxyArgs) -> Result<(), CliError> {
                 "failure_streak",
                 "last_error",
                 "checked_at",
+                "error_score",
+                "cooldown_until",
+                "target_bans",
             ];
             output::print(|out| {
                 for (name, value) in names.iter().zip(row) {
@@ -395,6 +414,8 @@ fn proxy_json(p: &Proxy) -> serde_json::Value {
         "consecutive_failures": p.health.consecutive_failures,
         "last_error": p.health.last_error,
         "checked_at": p.checked_at.map(rfc3339),
+        "error_score": p.usage.error_score,
+        "cooldown_until": p.usage.cooldown_until.map(rfc3339),
     })
 }
 
