@@ -85,6 +85,14 @@ pub struct BenchArgs {
     /// --max-concurrency each, and it is kept after the run.
     #[arg(long)]
     reuse_pool: bool,
+    /// Acquire under a sticky session, one of N distinct keys chosen at
+    /// random per operation (0: no session).
+    #[arg(long, default_value_t = 0)]
+    session_keys: usize,
+    /// Acquire for a target site, one of N distinct host names chosen at
+    /// random per operation (0: no target).
+    #[arg(long, default_value_t = 0)]
+    target_count: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +117,8 @@ struct Plan {
     filter: ProxyFilter,
     selector: Selector,
     pool: PoolUse,
+    session_keys: usize,
+    target_count: usize,
 }
 
 /// Which pool a run measures on.
@@ -135,6 +145,17 @@ impl BenchArgs {
         };
         limits::count("proxies", self.proxies, limits::MAX_PROXIES)?;
         limits::count("workers", self.workers, limits::MAX_WORKERS)?;
+        for (flag, n) in [
+            ("session-keys", self.session_keys),
+            ("target-count", self.target_count),
+        ] {
+            if n > limits::MAX_BENCH_KEYS {
+                return Err(usage(
+                    flag,
+                    &format!("must be at most {}", limits::MAX_BENCH_KEYS),
+                ));
+            }
+        }
         if self.max_concurrency == 0 {
             return Err(usage("max-concurrency", "must be at least 1"));
         }
@@ -189,6 +210,8 @@ impl BenchArgs {
             hold: Duration::from_millis(self.hold_ms),
             filter,
             selector: self.selector,
+            session_keys: self.session_keys,
+            target_count: self.target_count,
         })
     }
 }
@@ -416,7 +439,9 @@ impl Measurement {
 /// Shared state of the workers.
 struct Run {
     manager: ProxyManager,
-    request: PreparedRequest,
+    /// The requests the workers send: one, or one per session key / target
+    /// (`--session-keys`, `--target-count`), drawn at random per operation.
+    requests: Vec<PreparedRequest>,
     hold: Duration,
     /// Set when the run is over; workers check it before every operation.
     stop: AtomicBool,
@@ -499,18 +524,25 @@ async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
     let manager = ProxyManager::from_arc(Arc::clone(storage));
     // Validated and with its consumer created before the clock starts; the
     // workers then acquire the way a worker loop should.
-    let request = manager
-        .prepare(
-            LeaseRequest::new(target.pool_name.clone())
-                .consumer(BENCH_CONSUMER)
-                .ttl(Duration::from_secs(300))
-                .filter(plan.filter.clone())
-                .selector(plan.selector),
-        )
-        .await?;
+    let variants = plan.session_keys.max(plan.target_count).max(1);
+    let mut requests = Vec::with_capacity(variants);
+    for i in 0..variants {
+        let mut request = LeaseRequest::new(target.pool_name.clone())
+            .consumer(BENCH_CONSUMER)
+            .ttl(Duration::from_secs(300))
+            .filter(plan.filter.clone())
+            .selector(plan.selector);
+        if plan.session_keys > 0 {
+            request = request.session(format!("bench-session-{}", i % plan.session_keys));
+        }
+        if plan.target_count > 0 {
+            request = request.target(format!("site-{}.bench.test", i % plan.target_count));
+        }
+        requests.push(manager.prepare(request).await?);
+    }
     Ok(Run {
         manager,
-        request,
+        requests,
         hold: plan.hold,
         stop: AtomicBool::new(false),
         stopped: watch::Sender::new(false),
@@ -695,6 +727,8 @@ fn print_json(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), Outpu
     let out = json!({
         "storage": target.name,
         "workers": plan.workers,
+        "session_keys": plan.session_keys,
+        "target_count": plan.target_count,
         "proxies": plan.proxies,
         "operations": m.operations(),
         "ops_per_sec": round2(m.pairs_per_sec()),
@@ -819,6 +853,12 @@ async fn worker(
     let mut tally = Tally::default();
     let mut stopped = run.stopped.subscribe();
     let mut done: u64 = 0;
+    // A cheap per-worker generator (xorshift) for the request to send: the
+    // draw must not cost what an in-memory acquire costs.
+    // Each worker its own start, so the workers do not draw in lockstep.
+    static NEXT_SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut draw = NEXT_SEED.fetch_add(0x6A09_E667_F3BC_C909, Ordering::Relaxed) | 1;
+    let variants = run.requests.len() as u64;
     loop {
         if done > 0 && done.is_multiple_of(YIELD_EVERY) {
             run.progress.fetch_add(YIELD_EVERY, Ordering::Relaxed);
@@ -834,7 +874,15 @@ async fn worker(
             run.halt();
             break;
         }
-        let outcome = run.manager.acquire_prepared(&run.request).await;
+        let request = if variants == 1 {
+            &run.requests[0]
+        } else {
+            draw ^= draw << 13;
+            draw ^= draw >> 7;
+            draw ^= draw << 17;
+            &run.requests[(draw % variants) as usize]
+        };
+        let outcome = run.manager.acquire_prepared(request).await;
         latency.saturating_record(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
         match outcome {
             Ok(Some(lease)) => {
@@ -1001,6 +1049,16 @@ mod tests {
             "proxies"
         );
         assert_eq!(rejected_flag(&["--proxies", "10000001"]), "proxies");
+        assert_eq!(
+            rejected_flag(&["--session-keys", "1000001"]),
+            "session-keys"
+        );
+        assert_eq!(
+            rejected_flag(&["--target-count", "1000001"]),
+            "target-count"
+        );
+        let keyed = plan(&["--session-keys", "1000000", "--target-count", "7"]).unwrap();
+        assert_eq!((keyed.session_keys, keyed.target_count), (1_000_000, 7));
         let plan = plan(&["--workers", "100000", "--proxies", "10000000"]).unwrap();
         assert_eq!((plan.workers, plan.proxies), (100_000, 10_000_000));
     }

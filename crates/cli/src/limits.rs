@@ -10,6 +10,10 @@ use crate::error::CliError;
 /// memory first.
 pub const MAX_PROXIES: usize = 10_000_000;
 
+/// The most distinct session keys or targets a benchmark draws from
+/// (`--session-keys`, `--target-count`): one prepared request each.
+pub const MAX_BENCH_KEYS: usize = 1_000_000;
+
 /// The most benchmark workers (`pharox bench --workers`): a tokio task each,
 /// and with PostgreSQL a pooled connection each.
 pub const MAX_WORKERS: usize = 100_000;

@@ -127,9 +127,11 @@ fn pharox(args: &[&str]) -> Run {
 }
 
 /// The keys of `pharox bench --json`, whatever the storage.
-const BENCH_KEYS: [&str; 14] = [
+const BENCH_KEYS: [&str; 16] = [
     "storage",
     "workers",
+    "session_keys",
+    "target_count",
     "proxies",
     "operations",
     "ops_per_sec",
@@ -206,6 +208,34 @@ fn assert_clean_bench(run: &Run, storage: &str, workers: u64, proxies: u64, oper
 fn memory_bench_prints_the_documented_json() {
     let run = pharox(&["bench", "--json", "--iterations", "1000"]);
     assert_clean_bench(&run, "memory", 8, 1000, 1000);
+}
+
+#[test]
+fn memory_bench_with_session_keys_and_targets() {
+    let run = pharox(&[
+        "bench",
+        "--json",
+        "--iterations",
+        "1000",
+        "--session-keys",
+        "16",
+        "--target-count",
+        "3",
+    ]);
+    assert_clean_bench(&run, "memory", 8, 1000, 1000);
+    let json = bench_json(&run);
+    assert_eq!(
+        (json["session_keys"].as_u64(), json["target_count"].as_u64()),
+        (Some(16), Some(3))
+    );
+    let plain = bench_json(&pharox(&["bench", "--json", "--iterations", "10"]));
+    assert_eq!(
+        (
+            plain["session_keys"].as_u64(),
+            plain["target_count"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 }
 
 #[test]
