@@ -427,82 +427,158 @@ fn round_robin_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> 
     )
 }
 
-/// How many candidates random's pick draws its proxy from: the next ones
-/// from a random key in `proxy_pick_idx` order (see [`random_pick`]).
+/// How many candidates the predicate path's random pick draws its proxy
+/// from: the next ones from a random key in `proxy_pick_idx` order, of
+/// which one is chosen at random and given a new key
+/// ([`REDRAW_PICK_KEY`]). The one-statement pick ([`random_pick`]) keeps
+/// keys fixed instead.
 pub(crate) const RANDOM_WINDOW: usize = 16;
 
-/// The random `pick` (and the CTEs it reads): a uniform point `r`, the
-/// first [`RANDOM_WINDOW`] candidates at or after `r` in key order
-/// (`window_next`, a range scan of `proxy_pick_idx` from `(pool, r)`), as
-/// many more from the pool's smallest key when that reached the pool's end
-/// (`window_first`, the wrap-around; it reads nothing when `window_next`
-/// was full), then one of them at random, locked (`ORDER BY random() LIMIT
-/// 1 FOR UPDATE SKIP LOCKED` over at most [`RANDOM_WINDOW`] rows: locked
-/// candidates are passed over and the WHERE clause is re-checked on the
-/// newest row version). It replaces `ORDER BY random()` over the pool (28
-/// pairs/s at 100,000 proxies).
+/// K of [`random_pick`]: how many candidates before a proxy its chance is
+/// measured over, and how many after a random point it is chosen among.
+pub(crate) const RANDOM_SPAN: usize = 32;
+
+/// T of [`random_pick`]: the attempts one statement makes before it falls
+/// back to an unweighted choice.
+pub(crate) const RANDOM_ATTEMPTS: usize = 8;
+
+/// α of [`random_pick`]: the share of attempts accepted on average.
+const RANDOM_ACCEPT: &str = "0.5";
+
+/// The random `pick` (and the CTEs it reads): uniform over the candidates,
+/// with fixed keys, by rejection sampling on `proxy_pick_idx`. It reads a
+/// bounded number of index entries (a few hundred) and writes nothing but
+/// the lease, so the proxy's update stays HOT like every other selector's.
 ///
-/// The window's ids reach `pick` as an array (an InitPlan), so `p.id =
-/// ANY (...)` is a condition on `proxy_pkey` whatever the statistics say.
-/// Written as `p.id IN (SELECT ...)` next to the pool range, the generic
-/// plan after a `VACUUM ANALYZE` of an empty `proxy` walked the pool index
-/// and probed the window per row: 4 pairs/s at 100,000 proxies.
+/// Every proxy has a fixed uniform key (`pick_key`, m0010). An attempt
+/// draws a point `r` and a rank `j` below K ([`RANDOM_SPAN`]) and takes the
+/// `j`-th candidate at or after `r` in key order, wrapping at the pool's
+/// end. Candidate `x` is reached that way when `r` falls in the K gaps
+/// before it, so with chance `W(x) / K`, where `W(x)` is its key minus the
+/// key of the K-th candidate before it (wrapping): the spans differ from
+/// proxy to proxy (a Gamma(K) spread, about ±18 % for K = 32), so that
+/// alone is not uniform. The attempt is accepted with chance `c / W(x)`,
+/// which makes every candidate's chance `c / K`: the same for all. `c` is
+/// α ([`RANDOM_ACCEPT`]) times a span measured once per statement after an
+/// independent point (`est`), so about α of the attempts are accepted
+/// whatever the pool's size; a candidate whose span is below `c` (about
+/// one in 100 for one statement in 1,000) is accepted always and so comes
+/// out slightly rarer. The first accepted attempt whose proxy is not
+/// locked wins; after T ([`RANDOM_ATTEMPTS`]) attempts without one (0.5 %
+/// of statements, simulated) the first unlocked attempted proxy is taken
+/// unweighted.
 ///
-/// Why a window and a new key ([`REDRAW_PICK_KEY`]), not just the first
-/// candidate after `r`: that one's chance is the gap between its key and
-/// the previous candidate's. n uniform keys leave roughly exponential gaps
-/// (in a pool of 40 the widest is on average ~4.3 times the mean), so with
-/// fixed keys some proxies would get several times their share, for good.
-/// Drawing a new key for the proxy just leased moves it out of its gap, so
-/// over time every proxy gets the same share (the rules treat every proxy
-/// alike and the keys start out independent and uniform); but a proxy
-/// with a narrow gap waits long for its neighbours to move, so the counts
-/// still scatter about twice as widely as independent uniform draws would
-/// (simulated: a chi-squared statistic of ~79 on average over 40 proxies
-/// and 4,000 picks, where uniform draws give 39; on the server it failed
-/// the test at 88.6). Choosing among the next k makes a proxy's chance the
-/// mean of k gaps instead of one: simulated means 40.9 for k = 8 (64.2 seen
-/// once on the server, near the bound 80.6), 39.5 for 12, 38.4 for 16. 16
-/// it is; under a filter that 1 proxy in 100 passes it reads ~1,600 index
-/// entries. `tests/random_uniformity.rs` checks the counts on the server.
+/// With fewer than K candidates (`est` finds them all), `j` is drawn below
+/// their number and every attempt is accepted: uniform as it stands. With
+/// none, no attempt is made: `est` has walked every candidate already (as
+/// any selector's miss does), and eight more walks would find nothing.
+///
+/// Each attempt reads `j + 1` candidates forward and K backward, one
+/// statement about 32 + 2 × 48 on average; `LIMIT 1` over the attempts
+/// stops at the first accepted one. Simulated over 1,000 proxies and
+/// 100,000 picks, the counts' chi-squared statistic is 990 against 999
+/// degrees of freedom (uniform draws give 999 on average); the design
+/// before this one (a window of 16 after `r`, one chosen at random, its
+/// key redrawn on lease) gave 1,494 there, passed the 40-proxy test only
+/// because its window was 40 % of the pool, and made every random lease a
+/// non-HOT update of all 26 indexes of `proxy`.
+/// `tests/random_uniformity.rs` checks the counts on the server.
 fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
     let lock = lock.clause();
-    let order = "p.pool_id, p.pick_key, p.id";
+    let asc = "p.pool_id, p.pick_key, p.id";
+    let desc = "p.pool_id DESC, p.pick_key DESC, p.id DESC";
+    let k = RANDOM_SPAN;
     // Keyed (see round_robin_pick): the pool and the column are
     // equalities, so a plain bound on `pick_key` is the third column of the
-    // m0011 `(pool_id, column, pick_key, id)` index.
-    let from_r = if is_keyed(candidate) {
-        "p.pick_key >= (SELECT r FROM rnd)".to_owned()
-    } else {
+    // m0011 `(pool_id, column, pick_key, id)` index; otherwise a row
+    // comparison starts the `(pool_id, pick_key, id)` scan exactly.
+    let keyed = is_keyed(candidate);
+    let from = |key: &str| {
+        if keyed {
+            format!("p.pick_key >= {key}")
+        } else {
+            format!("(p.pool_id, p.pick_key) >= ({POOL_ID}, {key}) AND p.pool_id <= {POOL_ID}")
+        }
+    };
+    let below = |key: &str| {
+        if keyed {
+            format!("p.pick_key < {key}")
+        } else {
+            format!("(p.pool_id, p.pick_key) < ({POOL_ID}, {key}) AND p.pool_id >= {POOL_ID}")
+        }
+    };
+    // The wrap-arounds: from the pool's smallest key up to `key`, and from
+    // its largest key down to `key`. Each runs only when the scan before it
+    // ran out of the pool (CASE evaluates its branches lazily).
+    let wrap_up = |key: &str| format!("{IN_POOL} AND p.pick_key < {key}");
+    let wrap_down = |key: &str| format!("{IN_POOL} AND p.pick_key > {key}");
+    // Up to K keys of candidates, as an array. A constant LIMIT, not
+    // `OFFSET j`: with a parameter there PostgreSQL assumes a tenth of the
+    // pool is read and sorts the pool instead of walking the index.
+    let keys = |bound: &str, order: &str| {
         format!(
-            "(p.pool_id, p.pick_key) >= ({POOL_ID}, (SELECT r FROM rnd)) \
-             AND p.pool_id <= {POOL_ID}"
+            "ARRAY(SELECT p.pick_key FROM proxy p {joins} WHERE {bound} AND {candidate} \
+             ORDER BY {order} LIMIT {k})"
         )
     };
+    let est_next = keys(&from("rnd.r"), asc);
+    let est_first = keys(&wrap_up("n.r"), asc);
+    let nth_next = keys(&from("a.r"), asc);
+    let nth_first = keys(&wrap_up("a.r"), asc);
+    let kth_before = keys(&below("t.key"), desc);
+    let kth_last = keys(&wrap_down("t.key"), desc);
+    // Found by its key: the pool as an equality, so `pick_key` is the
+    // second bound of `proxy_pick_idx` (after a range on `pool_id` it would
+    // only filter the pool's entries).
+    let lock_one = format!(
+        "LATERAL (SELECT {columns} FROM proxy p {joins} \
+           WHERE p.pool_id = {POOL_ID} AND p.pick_key = t.key AND {candidate}{lock}) l"
+    );
+    // `OFFSET 0` keeps each LATERAL a subquery of its own: pulled up, its
+    // expression would be copied into every reference and run once per
+    // copy.
     format!(
         "rnd AS MATERIALIZED (SELECT random() AS r), \
-         window_next AS (\
-           SELECT p.id FROM proxy p {joins} \
-           WHERE {from_r} AND {candidate} \
-           ORDER BY {order} LIMIT {RANDOM_WINDOW}), \
-         window_first AS (\
-           SELECT p.id FROM proxy p {joins} \
-           WHERE {IN_POOL} AND p.pick_key < (SELECT r FROM rnd) AND {candidate} \
-           ORDER BY {order} LIMIT {RANDOM_WINDOW} - (SELECT count(*) FROM window_next)), \
-         pick AS (\
-           SELECT {columns} FROM proxy p {joins} \
-           WHERE p.id = ANY (ARRAY(SELECT id FROM window_next UNION ALL SELECT id FROM window_first)) \
-             AND {candidate} \
-           ORDER BY random() LIMIT 1{lock})"
+         est AS MATERIALIZED (\
+           SELECT cardinality(n.keys) + cardinality(w.keys) AS m, \
+             COALESCE(n.keys[{k}], w.keys[{k} - cardinality(n.keys)] + 1) - n.r AS span \
+           FROM (SELECT rnd.r, {est_next} AS keys FROM rnd OFFSET 0) n, \
+           LATERAL (SELECT CASE WHEN cardinality(n.keys) < {k} THEN {est_first} \
+             ELSE '{{}}'::float8[] END AS keys OFFSET 0) w), \
+         att AS MATERIALIZED (\
+           SELECT random() AS r, floor(random() * LEAST((SELECT m FROM est), {k}))::int AS j, \
+             random() AS u \
+           FROM generate_series(1, {RANDOM_ATTEMPTS}) WHERE (SELECT m FROM est) > 0), \
+         tries AS (\
+           SELECT a.u, x.key FROM att a, \
+           LATERAL (SELECT {nth_next} AS keys OFFSET 0) f, \
+           LATERAL (SELECT CASE WHEN cardinality(f.keys) > a.j THEN f.keys[a.j + 1] \
+             ELSE ({nth_first})[a.j + 1 - cardinality(f.keys)] END AS key OFFSET 0) x \
+           WHERE x.key IS NOT NULL), \
+         judged AS (\
+           SELECT t.key, CASE WHEN (SELECT m FROM est) < {k} THEN TRUE \
+             ELSE t.u * (t.key - COALESCE(b.back, t.key - 1)) \
+               < {RANDOM_ACCEPT} * (SELECT span FROM est) END AS accepted \
+           FROM tries t, \
+           LATERAL (SELECT {kth_before} AS keys OFFSET 0) bk, \
+           LATERAL (SELECT CASE WHEN cardinality(bk.keys) = {k} THEN bk.keys[{k}] \
+             ELSE ({kth_last})[{k} - cardinality(bk.keys)] - 1 END AS back OFFSET 0) b), \
+         pick_accepted AS (SELECT l.* FROM judged t, {lock_one} WHERE t.accepted LIMIT 1), \
+         pick_any AS (\
+           SELECT l.* FROM tries t, {lock_one} \
+           WHERE NOT EXISTS (SELECT 1 FROM pick_accepted) LIMIT 1), \
+         pick AS (SELECT * FROM pick_accepted UNION ALL SELECT * FROM pick_any)"
     )
 }
 
-/// What random's acquire adds to the `UPDATE` that leases the picked
-/// proxy: a new uniform key (why: [`random_pick`]).
+/// What the predicate path's random claim adds to the `UPDATE` that leases
+/// the picked proxy: a new uniform key, so a proxy's chance (the gaps
+/// before it in a window of [`RANDOM_WINDOW`]) changes over time instead
+/// of staying what its key's neighbours give it.
 ///
-/// The price: `pick_key` is indexed, so this update is not HOT (measured
-/// in the adapter README). Release does not touch the key, and no other
-/// selector does.
+/// The price: `pick_key` is indexed, so this update is not HOT. Only the
+/// predicate path (filters no index serves, evaluated in Rust) pays it;
+/// keys stay independent and uniform, which [`random_pick`] relies on.
 const REDRAW_PICK_KEY: &str = ", pick_key = random()";
 
 /// [`REDRAW_PICK_KEY`] for random, nothing for the other selectors.
@@ -613,11 +689,10 @@ pub(crate) fn acquire_statement(selector: Selector, filter_sql: &str, lock: Lock
     let _ = write!(
         sql,
         ", bumped AS (\
-           UPDATE proxy p SET current_leases = p.current_leases + 1{redraw} \
+           UPDATE proxy p SET current_leases = p.current_leases + 1 \
            WHERE p.id = (SELECT id FROM pick) \
              AND (p.max_concurrency IS NULL OR p.current_leases < p.max_concurrency) \
            RETURNING p.*)",
-        redraw = redraw(selector),
     );
     sql.push_str(INSERT_LEASE);
     if rr {
@@ -722,13 +797,12 @@ pub(crate) fn reclaiming_acquire_statement(
     let _ = write!(
         sql,
         ", bumped AS (\
-           UPDATE proxy p SET current_leases = p.current_leases - (SELECT n FROM pick) + 1{redraw} \
+           UPDATE proxy p SET current_leases = p.current_leases - (SELECT n FROM pick) + 1 \
            WHERE p.id = (SELECT id FROM pick) RETURNING p.*), \
          unreclaimed AS (\
            UPDATE proxy p SET current_leases = p.current_leases - rc.n \
            FROM rc WHERE p.id = rc.proxy_id \
              AND p.id IS DISTINCT FROM (SELECT id FROM pick))",
-        redraw = redraw(selector),
     );
     sql.push_str(INSERT_LEASE);
     if rr {
