@@ -15,7 +15,8 @@ impl MemoryStorage {
     /// [`ProxyStorage::pool_overview`](pharox_ports::ProxyStorage::pool_overview).
     pub(crate) fn overview(&self, pool_name: &str) -> StorageResult<PoolOverview> {
         validate_name("pool_name", pool_name)?;
-        let now_us = micros(self.clock.now());
+        let now = self.clock.now();
+        let now_us = micros(now);
         let catalog = self.catalog.read();
         let cell = catalog
             .by_name
@@ -27,11 +28,15 @@ impl MemoryStorage {
         let mut latencies = Vec::new();
         let mut checked = CheckedRange::default();
         let mut proxies = 0_u64;
+        let mut cooling_down = 0_u64;
         for slot in state.slots() {
             let proxy = &slot.proxy;
             proxies += 1;
             *by_status.entry(proxy.status).or_insert(0) += 1;
             if proxy.status == ProxyStatus::Active {
+                if proxy.usage.is_cooling_down_at(now) {
+                    cooling_down += 1;
+                }
                 capacity = match (capacity, proxy.max_concurrency) {
                     (Some(sum), Some(max)) => Some(sum + u64::from(max)),
                     _ => None,
@@ -61,6 +66,7 @@ impl MemoryStorage {
             by_status,
             leased_proxies: leased.len() as u64,
             active_leases,
+            cooling_down,
             capacity,
             expired_unreclaimed,
             latency_ms: LatencySummary::of(latencies),

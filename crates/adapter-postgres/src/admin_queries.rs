@@ -30,6 +30,8 @@ const POOL_OVERVIEW: &str = "WITH pool AS (SELECT id, name FROM proxy_pool WHERE
                   count(*) FILTER (WHERE status = 'inactive')::bigint AS n_inactive, \
                   count(*) FILTER (WHERE status = 'slow')::bigint AS n_slow, \
                   count(*) FILTER (WHERE status = 'banned')::bigint AS n_banned, \
+                  count(*) FILTER (WHERE status = 'active' AND cooldown_until > now())::bigint \
+                      AS n_cooling, \
                   COALESCE(bool_or(status = 'active' AND max_concurrency IS NULL), FALSE) \
                       AS unlimited, \
                   COALESCE(sum(max_concurrency) FILTER (WHERE status = 'active'), 0)::bigint \
@@ -82,6 +84,7 @@ impl PostgresStorage {
             by_status,
             leased_proxies: count("leased")?,
             active_leases: count("live")?,
+            cooling_down: count("n_cooling")?,
             capacity: if unlimited {
                 None
             } else {

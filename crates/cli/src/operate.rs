@@ -438,6 +438,7 @@ fn overview_lines(o: &PoolOverview) -> Vec<String> {
         format!("proxies              {} ({})", o.proxies, status_counts(o)),
         format!("leased proxies       {}", o.leased_proxies),
         format!("active leases        {}", o.active_leases),
+        format!("cooling down         {}", o.cooling_down),
         format!("capacity             {}", capacity(o)),
         format!("expired unreclaimed  {}", o.expired_unreclaimed),
         format!(

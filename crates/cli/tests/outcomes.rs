@@ -98,6 +98,26 @@ fn outcomes_and_sessions_from_the_command_line() {
     assert_eq!(moved["session_moved"], true, "{moved}");
     assert_ne!(moved["proxy_id"], first["proxy_id"]);
 
+    // Three failures reach the default threshold: the pool counts one
+    // proxy cooling down.
+    let overview = json(&schema.pharox(&["pool", "show", "p", "--json"]));
+    assert_eq!(overview["cooling_down"], 0, "{overview}");
+    let moved_lease = moved["lease_id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let run = schema.pharox(&[
+            "lease",
+            "report",
+            &moved_lease,
+            "--outcome",
+            "proxy-failure",
+        ]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+    }
+    let overview = json(&schema.pharox(&["pool", "show", "p", "--json"]));
+    assert_eq!(overview["cooling_down"], 1, "{overview}");
+    let text = schema.pharox(&["pool", "show", "p"]);
+    assert!(text.stdout.contains("cooling down         1"), "{text:?}");
+
     // A report on a released lease changes nothing and says why.
     let late = schema.pharox(&["lease", "report", &lease, "--outcome", "success"]);
     assert_eq!(late.code, Some(1), "{late:?}");

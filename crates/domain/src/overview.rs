@@ -30,6 +30,9 @@ pub struct PoolOverview {
     pub leased_proxies: u64,
     /// Leases that are active and not expired.
     pub active_leases: u64,
+    /// Active proxies whose error score put them in a cooldown that has not
+    /// ended (never leased until it does; see `UsagePolicy`).
+    pub cooling_down: u64,
     /// How many leases the pool's active proxies can carry at once (the sum
     /// of their `max_concurrency`); `None` when one of them is unlimited.
     pub capacity: Option<u64>,
@@ -127,6 +130,7 @@ mod tests {
             by_status: PoolOverview::empty_by_status(),
             leased_proxies: 0,
             active_leases: 0,
+            cooling_down: 0,
             capacity: None,
             expired_unreclaimed: 0,
             latency_ms: LatencySummary::default(),

@@ -153,8 +153,9 @@ pub async fn score_rises_with_failures_and_decays_with_successes(fx: &ContractFi
 }
 
 /// At the threshold the proxy cools down: acquire skips it, find_available
-/// does not offer it, pool_stats counts it cooling and not available;
-/// outcomes reported while it cools change nothing.
+/// does not offer it, pool_stats counts it cooling and not available,
+/// pool_overview counts it cooling; outcomes reported while it cools change
+/// nothing.
 pub async fn cooldown_starts_at_the_threshold(fx: &ContractFixture) {
     let (pool, consumer, lease) = one_leased(fx, "cooldown").await;
     let policy = policy();
@@ -199,6 +200,11 @@ pub async fn cooldown_starts_at_the_threshold(fx: &ContractFixture) {
         "pool_stats: {s:?}"
     );
     assert_eq!(s.total_leases, 1, "the lease granted before still holds");
+    let overview = store(fx)
+        .pool_overview(&pool.name)
+        .await
+        .unwrap_or_else(|e| panic!("pool_overview failed: {e}"));
+    assert_eq!(overview.cooling_down, 1, "pool_overview: {overview:?}");
 
     let again = report(fx, lease, &failure(), &policy).await;
     assert_eq!(again, cooled, "a failure while cooling changes nothing");
@@ -206,8 +212,8 @@ pub async fn cooldown_starts_at_the_threshold(fx: &ContractFixture) {
     assert_eq!(again, cooled, "a success while cooling changes nothing");
 }
 
-/// A cooldown lasts `cooldown_base`: cooling before its end,
-/// leasable at the end itself (the end is exclusive).
+/// A cooldown lasts `cooldown_base`: cooling before its end, leasable (and
+/// no longer counted cooling) at the end itself (the end is exclusive).
 pub async fn cooldown_ends_after_its_base(fx: &ContractFixture) {
     let (pool, consumer, lease) = one_leased(fx, "cool-end").await;
     let policy = policy();
@@ -225,6 +231,14 @@ pub async fn cooldown_ends_after_its_base(fx: &ContractFixture) {
     );
     let s = stats(fx, &pool).await;
     assert_eq!((s.available_proxies, s.cooling_down_proxies), (1, 0));
+    let overview = store(fx)
+        .pool_overview(&pool.name)
+        .await
+        .unwrap_or_else(|e| panic!("pool_overview failed: {e}"));
+    assert_eq!(
+        overview.cooling_down, 0,
+        "the cooldown is over: {overview:?}"
+    );
 }
 
 /// A failure right after a cooldown sends the proxy straight back, for
