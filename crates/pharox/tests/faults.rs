@@ -1,6 +1,7 @@
 //! Faults on a real PostgreSQL server: backends terminated during an
 //! acquire/release loop, the server restarted (fast and immediate, on a
-//! throwaway cluster of the test's own), and a connection that stalls.
+//! throwaway cluster of the test's own), a connection that stalls, and an
+//! outcome report or release whose COMMIT (or only its reply) is lost.
 //! Every test ends with the invariants checked in SQL: no active lease that
 //! no worker holds, `current_leases` equal to the active leases, no proxy
 //! over its `max_concurrency`.
@@ -14,10 +15,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use pharox::postgres::testing::cluster::{Cluster, StopMode};
 use pharox::postgres::testing::{TestSchema, TimeShift};
-use pharox::postgres::{PostgresConfig, PostgresStorage};
+use pharox::postgres::{PostgresConfig, PostgresStorage, SslMode};
 use pharox::{
-    AcquireRequest, LeaseId, LeaseRequest, ManagerConfig, Proxy, ProxyManager, ProxyPool,
-    ProxyProtocol, ProxyStorage, RetryPolicy, StorageError,
+    AcquireRequest, LeaseId, LeaseRequest, ManagerConfig, Outcome, Proxy, ProxyFailureKind,
+    ProxyManager, ProxyPool, ProxyProtocol, ProxyStorage, RetryPolicy, StorageError, UsagePolicy,
 };
 use sea_orm::sqlx::{self, PgPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -376,7 +377,7 @@ struct Relay {
 }
 
 /// Which relayed bytes are held.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Gate {
     /// Connections numbered below this are stalled.
     stall_below: u64,
@@ -384,13 +385,34 @@ struct Gate {
     replies_only: bool,
     /// Every connection, new ones too, is stalled.
     all: bool,
+    /// Armed by [`Relay::hold_next_commit`]: the next connection to send a
+    /// COMMIT is held from there on (its replies; its requests too, COMMIT
+    /// included, when `commit_arrives` is false).
+    next_commit: Option<CommitHold>,
+    /// The connection held that way, and whether its requests are held.
+    held_at_commit: Option<(u64, bool)>,
+}
+
+/// How [`Relay::hold_next_commit`] holds the connection that commits.
+#[derive(Debug, Clone, Copy)]
+struct CommitHold {
+    /// The COMMIT reaches the server (only its reply is lost), or not.
+    commit_arrives: bool,
 }
 
 impl Gate {
     fn holds(&self, connection: u64, reply: bool) -> bool {
-        self.all || (connection < self.stall_below && (reply || !self.replies_only))
+        self.all
+            || (connection < self.stall_below && (reply || !self.replies_only))
+            || self
+                .held_at_commit
+                .is_some_and(|(held, requests)| held == connection && (reply || requests))
     }
 }
+
+/// A simple-protocol `COMMIT` as sqlx sends it: `Q`, the length (4 + 7),
+/// the text and its NUL.
+const COMMIT_QUERY: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
 impl Relay {
     async fn start(server_port: u16) -> Self {
@@ -411,14 +433,14 @@ impl Relay {
                 tokio::spawn(pipe(
                     client_read,
                     server_write,
-                    gates.subscribe(),
+                    gates.clone(),
                     connection,
                     false,
                 ));
                 tokio::spawn(pipe(
                     server_read,
                     client_write,
-                    gates.subscribe(),
+                    gates.clone(),
                     connection,
                     true,
                 ));
@@ -448,16 +470,36 @@ impl Relay {
     fn resume(&self) {
         self.gate.send_replace(Gate::default());
     }
+
+    /// Holds the next connection that sends a COMMIT from that moment: the
+    /// server's reply to it is never relayed, and when `commit_arrives` is
+    /// false neither is the COMMIT.
+    fn hold_next_commit(&self, commit_arrives: bool) {
+        self.gate.send_modify(|g| {
+            g.next_commit = Some(CommitHold { commit_arrives });
+            g.held_at_commit = None;
+        });
+    }
+
+    /// Whether a connection was held at its COMMIT since the last
+    /// [`hold_next_commit`](Self::hold_next_commit).
+    fn held_a_commit(&self) -> bool {
+        self.gate.borrow().held_at_commit.is_some()
+    }
 }
 
-/// Copies bytes one way, holding them while the gate says so.
+/// Copies bytes one way, holding them while the gate says so. A request
+/// that carries a COMMIT while [`Relay::hold_next_commit`] is armed holds
+/// the connection before it is relayed, so the server cannot have replied
+/// yet.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut gate: watch::Receiver<Gate>,
+    gates: watch::Sender<Gate>,
     connection: u64,
     reply: bool,
 ) {
+    let mut gate = gates.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if gate
@@ -471,6 +513,19 @@ async fn pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if !reply
+            && buf[..n]
+                .windows(COMMIT_QUERY.len())
+                .any(|w| w == COMMIT_QUERY)
+        {
+            gates.send_if_modified(|g| match g.next_commit.take() {
+                Some(hold) => {
+                    g.held_at_commit = Some((connection, !hold.commit_arrives));
+                    true
+                }
+                None => false,
+            });
+        }
         if gate
             .wait_for(|g| !g.holds(connection, reply))
             .await
@@ -485,11 +540,12 @@ async fn pipe(
 }
 
 /// A storage on the test schema whose connections go through `relay`, with
-/// a 1 s query timeout.
+/// a 1 s query timeout, without TLS (so the relay can see a COMMIT).
 async fn through(relay: &Relay, schema: &TestSchema, resolve_within: Duration) -> PostgresStorage {
     let mut config = config_named(schema.config(), "pharox-stall").with_max_connections(4);
     config.host = "127.0.0.1".to_owned();
     config.port = relay.port;
+    config.ssl_mode = SslMode::Disable;
     config.query_timeout = Duration::from_secs(1);
     config.acquire_timeout = resolve_within;
     config.connect_timeout = Duration::from_secs(5);
@@ -577,6 +633,79 @@ async fn an_acquire_whose_connection_stalls_is_resolved_on_another() {
         assert_eq!(invariants(admin, "resolved").await.drifted_proxies, 0);
         storage.release(lease.id).await.unwrap();
         assert_eq!(invariants(admin, "resolved").await, NONE_LEFT);
+        relay.resume();
+        storage.close().await;
+    }
+    schema.drop_schema().await.unwrap();
+}
+
+/// How often the lease's outcomes were applied, and its proxy's score.
+async fn applied(pool: &PgPool, lease: LeaseId) -> (i32, f64) {
+    sqlx::query_as(
+        "SELECT l.outcomes_applied, p.error_score FROM lease l JOIN proxy p ON p.id = l.proxy_id \
+         WHERE l.id = $1",
+    )
+    .bind(lease.0)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_whose_commit_or_its_reply_is_lost_is_applied_once() {
+    let schema = TestSchema::create().await.unwrap();
+    seed(schema.storage(), "outcomes", 4).await;
+    let relay = Relay::start(schema.config().port).await;
+    let admin = schema.storage().pg_pool();
+    // No cooldown in the way: every failure adds to the score.
+    let policy = UsagePolicy {
+        score_threshold: 100.0,
+        ..UsagePolicy::default()
+    };
+    let failure = Outcome::proxy_failure(ProxyFailureKind::Timeout);
+    for commit_arrives in [true, false] {
+        let storage = through(&relay, &schema, Duration::from_secs(20)).await;
+        let consumer = storage.ensure_consumer("w").await.unwrap();
+        let request = AcquireRequest::new("outcomes", consumer, TTL);
+        let lease = storage
+            .acquire(&request)
+            .await
+            .unwrap()
+            .expect("a free proxy");
+        let (_, score_before) = applied(admin, lease.id).await;
+
+        // A report: the COMMIT (or its reply) is lost, the call finds out
+        // whether it committed, and the outcome counts once.
+        relay.hold_next_commit(commit_arrives);
+        let proxy = tokio::time::timeout(
+            Duration::from_secs(60),
+            storage.report_outcome(lease.id, &failure, &policy),
+        )
+        .await
+        .expect("the report returns instead of hanging")
+        .unwrap();
+        assert!(relay.held_a_commit(), "the relay saw no COMMIT");
+        let (count, score) = applied(admin, lease.id).await;
+        assert_eq!(count, 1, "commit_arrives {commit_arrives}");
+        assert_eq!(score, score_before + policy.failure_penalty);
+        assert_eq!(proxy.usage.error_score, score);
+        relay.resume();
+
+        // A release with an outcome: released once, applied once.
+        relay.hold_next_commit(commit_arrives);
+        let released = tokio::time::timeout(
+            Duration::from_secs(60),
+            storage.release_with_outcome(lease.id, Some(&failure), &policy),
+        )
+        .await
+        .expect("the release returns instead of hanging")
+        .unwrap();
+        assert!(relay.held_a_commit(), "the relay saw no COMMIT");
+        assert!(released.was_released(), "commit_arrives {commit_arrives}");
+        let (count, score) = applied(admin, lease.id).await;
+        assert_eq!(count, 2, "commit_arrives {commit_arrives}");
+        assert_eq!(score, score_before + 2.0 * policy.failure_penalty);
+        assert_eq!(invariants(admin, "outcomes").await, NONE_LEFT);
         relay.resume();
         storage.close().await;
     }
