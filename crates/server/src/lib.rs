@@ -1,0 +1,123 @@
+//! pharox-server: the HTTP lease service behind `pharox serve`.
+//!
+//! [`router`] builds the API over an [`AppState`] (a `ProxyManager` on any
+//! storage, the API keys and the limits); [`serve`] runs it on a listener
+//! until a shutdown signal, letting requests in flight finish. The crate
+//! knows no storage adapter: the caller (the CLI) chooses one. The API and
+//! its auth are described in this crate's README.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use pharox::{MemoryStorage, ProxyManager};
+//! use pharox_server::{ApiKeys, AppState, Limits, serve};
+//!
+//! let keys = ApiKeys::parse("lease:worker-key-0123456789,admin:admin-key-0123456789")
+//!     .expect("a valid key list");
+//! let state = AppState::new(Arc::new(ProxyManager::new(MemoryStorage::new())), keys, Limits::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+pub mod wire;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+
+pub use auth::{ApiKeys, Caller, Scope};
+pub use config::{Limits, ServerArgs};
+pub use error::ApiError;
+pub use state::AppState;
+
+use routes::{health, leases, pools, proxies};
+
+/// The API's routes and limits over `state`.
+///
+/// Every request passes a concurrency cap (over it: 503 `overloaded` at
+/// once, nothing queued), a timeout (408 `request_timeout`) and a body
+/// limit (413 `payload_too_large`).
+pub fn router(state: AppState) -> Router {
+    let limits = *state.limits();
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/pools", get(pools::list).post(pools::create))
+        .route(
+            "/v1/pools/{pool}",
+            get(pools::overview).delete(pools::delete),
+        )
+        .route(
+            "/v1/pools/{pool}/proxies",
+            get(pools::proxies).post(pools::import),
+        )
+        .route("/v1/pools/{pool}/leases", post(leases::acquire))
+        .route("/v1/leases/{id}", get(leases::show))
+        .route("/v1/leases/{id}/release", post(leases::release))
+        .route("/v1/leases/{id}/renew", post(leases::renew))
+        .route("/v1/leases/{id}/outcomes", post(leases::report))
+        .route(
+            "/v1/proxies/{id}",
+            get(proxies::show)
+                .patch(proxies::patch)
+                .delete(proxies::delete),
+        )
+        .route("/v1/proxies/{id}/health", get(proxies::health))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overload_error))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
+                .layer(TimeoutLayer::new(limits.request_timeout)),
+        )
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops
+/// accepting and waits for the requests in flight (bound that wait from
+/// outside, as `pharox serve --shutdown-timeout` does).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        entity: "route",
+        key: uri.path().chars().take(200).collect(),
+    }
+}
+
+async fn overload_error(error: tower::BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded.into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout.into_response()
+    } else {
+        ApiError::Internal(error.to_string()).into_response()
+    }
+}
