@@ -16,7 +16,7 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-/// A JSON body that may be absent: an empty body gives `None`.
+/// A JSON object body that may be absent: an empty body gives `None`.
 #[derive(Debug)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -80,8 +80,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for MaybeJson<T> {
         {
             return Err(ApiError::UnsupportedMediaType("application/json"));
         }
-        if body.bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(None));
+        match body.bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Ok(Self(None)),
+            // serde would also read a struct from an array: refuse that here.
+            Some(b'{') => {}
+            Some(_) => return Err(ApiError::invalid("body", "must be a JSON object")),
         }
         parse_json(&body.bytes).map(|v| Self(Some(v)))
     }
@@ -117,7 +120,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
+        let field = match path.as_str() {
+            "." | "?" => "body".to_owned(),
+            _ => path,
+        };
         ApiError::invalid(field, e.into_inner().to_string())
     })
 }

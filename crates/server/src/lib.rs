@@ -9,14 +9,18 @@
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! use pharox::{MemoryStorage, ProxyManager};
+//! use pharox::ProxyManager;
+//! use pharox_adapter_memory::MemoryStorage; // the caller picks the storage
 //! use pharox_server::{ApiKeys, AppState, Limits, serve};
 //!
 //! let keys = ApiKeys::parse("lease:worker-key-0123456789,admin:admin-key-0123456789")
 //!     .expect("a valid key list");
-//! let state = AppState::new(Arc::new(ProxyManager::new(MemoryStorage::new())), keys, Limits::default());
+//! let manager = Arc::new(ProxyManager::new(MemoryStorage::new()));
+//! let state = AppState::new(manager, keys, Limits::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! # drop(stop);
+//! serve(listener, state, async move { let _ = stopped.await; }).await
 //! # }
 //! ```
 
