@@ -1,0 +1,176 @@
+//! `pharox serve --pool p --proxies FILE`: the built binary on an ephemeral
+//! loopback port, leased through over HTTP, stopped with SIGTERM.
+
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+const LEASE_KEY: &str = "lease-key-for-the-cli-test";
+const ADMIN_KEY: &str = "admin-key-for-the-cli-test";
+
+/// The server process; killed if the test fails before stopping it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `pharox serve ARGS --listen 127.0.0.1:0`; returns it and its address.
+fn start(args: &[&str]) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "PHAROX_API_KEYS",
+            format!("lease:{LEASE_KEY},admin:{ADMIN_KEY}"),
+        )
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("PHAROX_LISTEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens before exiting")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("pharox serve: listening on http://") {
+            break addr.to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Server(child), addr)
+}
+
+#[tokio::test]
+async fn serve_leases_from_a_list_in_memory_and_stops_on_sigterm() {
+    let list = std::env::temp_dir().join(format!("pharox-serve-{}.txt", std::process::id()));
+    std::fs::write(&list, "10.7.0.1:8080:user:pw-in-list\n10.7.0.2:8080\n").unwrap();
+    let (mut server, addr) = start(&[
+        "--pool",
+        "p",
+        "--proxies",
+        list.to_str().unwrap(),
+        "--protocol",
+        "http",
+        "--shutdown-timeout",
+        "5",
+    ]);
+    let _ = std::fs::remove_file(&list);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    assert_eq!(
+        client.get(url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let leased = client
+        .post(url("/v1/pools/p/leases"))
+        .header("x-api-key", LEASE_KEY)
+        .json(&json!({"ttl_seconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(leased.status(), 201);
+    let lease: Value = leased.json().await.unwrap();
+    assert_eq!(lease["proxy_url"], "http://user:pw-in-list@10.7.0.1:8080");
+    let id = lease["lease_id"].as_str().unwrap();
+    let released: Value = client
+        .post(url(&format!("/v1/leases/{id}/release")))
+        .bearer_auth(LEASE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(released["result"], "released");
+    let overview: Value = client
+        .get(url("/v1/pools/p"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overview["proxies"], 2);
+    assert_eq!(overview["active_leases"], 0);
+    let refused = client.post(url("/v1/pools/p/leases")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn serve_refuses_to_start_without_keys_or_with_a_bad_list() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("PHAROX_API_KEYS")
+        .env_remove("PHAROX_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api-keys-file"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PHAROX_API_KEYS", "lease:short")
+        .env_remove("PHAROX_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("entry 1") && !stderr.contains("short"),
+        "{stderr}"
+    );
+
+    let list = std::env::temp_dir().join(format!("pharox-serve-bad-{}.txt", std::process::id()));
+    std::fs::write(&list, "10.7.0.1:8080\nnot a proxy\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pool",
+            "p",
+            "--protocol",
+            "http",
+            "--proxies",
+        ])
+        .arg(&list)
+        .env("PHAROX_API_KEYS", format!("lease:{LEASE_KEY}"))
+        .env_remove("PHAROX_DATABASE_URL")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&list);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
