@@ -19,8 +19,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests handled at once by default; more are answered 503 at once.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
-/// The longest `?wait_ms=` a lease request may ask for by default.
-pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+/// The longest `?wait_ms=` a lease request may ask for by default (less
+/// than the request timeout, so a wait ends in 201 or 409, not 408).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(20);
 
 /// How much the server takes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,11 +153,20 @@ impl ServerArgs {
                 reason: "must be at least 1",
             });
         }
+        let request_timeout = seconds("request-timeout", self.request_timeout)?;
+        let max_wait = Duration::from_millis(self.max_wait_ms);
+        // A wait the timeout cuts short would answer 408 instead of 409.
+        if max_wait >= request_timeout {
+            return Err(ConfigError::Invalid {
+                flag: "max-wait-ms",
+                reason: "must be shorter than --request-timeout",
+            });
+        }
         Ok(Limits {
             body_limit: self.body_limit,
-            request_timeout: seconds("request-timeout", self.request_timeout)?,
+            request_timeout,
             max_concurrency: self.max_concurrency,
-            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_wait,
         })
     }
 
@@ -194,4 +204,83 @@ fn seconds(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
         });
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServerArgs {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().server
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_limits() {
+        let parsed = args(&[]);
+        assert_eq!(parsed.limits().unwrap(), Limits::default());
+        assert_eq!(parsed.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(parsed.shutdown_timeout().unwrap(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_flag() {
+        for (flags, flag) in [
+            (vec!["--body-limit", "0"], "body-limit"),
+            (vec!["--max-concurrency", "0"], "max-concurrency"),
+            (vec!["--request-timeout", "0"], "request-timeout"),
+            (vec!["--request-timeout", "NaN"], "request-timeout"),
+            (
+                vec!["--request-timeout", "5", "--max-wait-ms", "5000"],
+                "max-wait-ms",
+            ),
+        ] {
+            match args(&flags).limits() {
+                Err(ConfigError::Invalid { flag: named, .. }) => {
+                    assert_eq!(named, flag, "{flags:?}")
+                }
+                other => panic!("{flags:?}: {other:?}"),
+            }
+        }
+        assert!(
+            args(&["--shutdown-timeout=-1"])
+                .shutdown_timeout()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_list_and_the_file_and_none_is_an_error() {
+        assert!(matches!(args(&[]).api_keys(), Err(ConfigError::NoKeys)));
+        let file = std::env::temp_dir().join(format!("pharox-keys-{}", std::process::id()));
+        std::fs::write(&file, "# keys\nadmin:admin-key-0123456789\n").unwrap();
+        let keys = args(&[
+            "--api-keys",
+            "lease:lease-key-0123456789",
+            "--api-keys-file",
+            file.to_str().unwrap(),
+        ])
+        .api_keys()
+        .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys.check("admin-key-0123456789").unwrap().scope,
+            crate::Scope::Admin
+        );
+        let missing = args(&["--api-keys-file", "/nonexistent/pharox-keys"]).api_keys();
+        assert!(
+            matches!(missing, Err(ConfigError::KeyFile { .. })),
+            "{missing:?}"
+        );
+    }
 }
