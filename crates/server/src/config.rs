@@ -251,11 +251,7 @@ mod tests {
                 other => panic!("{flags:?}: {other:?}"),
             }
         }
-        assert!(
-            args(&["--shutdown-timeout=-1"])
-                .shutdown_timeout()
-                .is_err()
-        );
+        assert!(args(&["--shutdown-timeout=-1"]).shutdown_timeout().is_err());
     }
 
     #[test]

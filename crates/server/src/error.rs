@@ -53,6 +53,9 @@ pub enum ApiError {
         /// Its name or id.
         key: String,
     },
+    /// The route exists, but not for this method (405, `method_not_allowed`).
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
     /// No proxy of the pool qualifies (409, `no_proxy_available`).
     #[error("no proxy available in pool {0}")]
     NoProxyAvailable(String),
@@ -122,6 +125,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoProxyAvailable(_) | Self::LeaseNotActive(_) | Self::Conflict(_) => {
                 StatusCode::CONFLICT
             }
@@ -143,6 +147,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::NotFound { entity, .. } => return Cow::Owned(format!("{entity}_not_found")),
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NoProxyAvailable(_) => "no_proxy_available",
             Self::LeaseNotActive(_) => "lease_not_active",
             Self::Conflict(_) => "conflict",

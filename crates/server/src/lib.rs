@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/proxies/{id}/health", get(proxies::health))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limits.body_limit))
         .layer(
             ServiceBuilder::new()
@@ -114,6 +115,10 @@ async fn unknown_route(uri: Uri) -> ApiError {
         entity: "route",
         key: uri.path().chars().take(200).collect(),
     }
+}
+
+async fn wrong_method(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
 }
 
 async fn overload_error(error: tower::BoxError) -> Response {

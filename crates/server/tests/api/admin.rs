@@ -434,6 +434,8 @@ async fn health_probes_need_no_key_and_unknown_routes_are_problems() {
     assert_eq!(readyz.json::<Value>().await.unwrap()["status"], "ready");
     let unknown = app.get("/v2/anything", LEASE_KEY).send().await.unwrap();
     problem(unknown, 404, "route_not_found").await;
+    let wrong_method = app.client.put(app.url("/v1/pools")).send().await.unwrap();
+    problem(wrong_method, 405, "method_not_allowed").await;
 }
 
 #[tokio::test]
