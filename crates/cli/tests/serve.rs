@@ -126,6 +126,59 @@ async fn serve_leases_from_a_list_in_memory_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
+#[tokio::test]
+async fn a_request_still_in_flight_at_the_shutdown_timeout_does_not_hold_the_exit() {
+    use tokio::io::AsyncWriteExt;
+
+    // The request timeout (60 s) would end the stalled request much later
+    // than the shutdown timeout (0.3 s) does.
+    let (mut server, addr) = start(&[
+        "--pool",
+        "p",
+        "--shutdown-timeout",
+        "0.3",
+        "--request-timeout",
+        "60",
+        "--max-wait-ms",
+        "1000",
+    ]);
+    // A request whose body never comes: in flight until cut off.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/pools/p/leases HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {LEASE_KEY}\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    // The server has taken it once another request on a new connection is answered.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthz = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+
+    let pid = server.0.id().to_string();
+    let signalled = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "exit took {took:?}: the shutdown timeout was not applied"
+    );
+    drop(stalled);
+}
+
 #[test]
 fn serve_refuses_to_start_without_keys_or_with_a_bad_list() {
     let out = Command::new(env!("CARGO_BIN_EXE_pharox"))
