@@ -386,3 +386,46 @@ async fn only_the_holder_or_an_admin_acts_on_a_lease() {
     assert_eq!(admin.status(), 200);
     assert_eq!(admin.json::<Value>().await.unwrap()["result"], "released");
 }
+
+#[tokio::test]
+async fn a_key_may_use_a_bounded_number_of_consumer_names() {
+    let app = spawn_app().await;
+    seed(app.storage.as_ref(), "p", 1, 1).await;
+    let limit = pharox_server::state::MAX_CONSUMERS_PER_KEY;
+    // Each new name counts, whatever became of the request (here: an
+    // exhausted pool after the first).
+    for i in 0..limit {
+        let response = app
+            .post("/v1/pools/p/leases", LEASE_KEY)
+            .json(&json!({"consumer": format!("c{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(response.status().as_u16(), 201 | 409), "{i}");
+    }
+    let over = app
+        .post("/v1/pools/p/leases", LEASE_KEY)
+        .json(&json!({"consumer": "one-more"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(over, 422, "invalid_request").await["field"],
+        "consumer"
+    );
+    // A name already in use still works, and other keys have their own budget.
+    let known = app
+        .post("/v1/pools/p/leases", LEASE_KEY)
+        .json(&json!({"consumer": "c3"}))
+        .send()
+        .await
+        .unwrap();
+    problem(known, 409, "no_proxy_available").await;
+    let other_key = app
+        .post("/v1/pools/p/leases", LEASE_KEY_2)
+        .json(&json!({"consumer": "one-more"}))
+        .send()
+        .await
+        .unwrap();
+    problem(other_key, 409, "no_proxy_available").await;
+}
