@@ -17,6 +17,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// The longest a request may take by default (waiting for a body included).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a client may take to send a request's head by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests handled at once by default; more are answered 503 at once.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// The longest `?wait_ms=` a lease request may ask for by default (less
@@ -30,6 +32,9 @@ pub struct Limits {
     pub body_limit: usize,
     /// Longest time for a whole request (408 beyond it).
     pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's head (the
+    /// connection is closed beyond it: slow clients hold no slot for long).
+    pub header_timeout: Duration,
     /// Requests in flight at once (503 beyond it, at once).
     pub max_concurrency: usize,
     /// Longest `?wait_ms=` of a lease request (422 beyond it).
@@ -41,6 +46,7 @@ impl Default for Limits {
         Self {
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_wait: DEFAULT_MAX_WAIT,
         }
@@ -99,6 +105,9 @@ pub struct ServerArgs {
     /// Longest time a request may take, in seconds.
     #[arg(long, default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
     pub request_timeout: f64,
+    /// Longest time a client may take to send a request's head, in seconds.
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    pub header_timeout: f64,
     /// Requests handled at once; more get 503 at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENCY)]
     pub max_concurrency: usize,
@@ -165,6 +174,7 @@ impl ServerArgs {
         Ok(Limits {
             body_limit: self.body_limit,
             request_timeout,
+            header_timeout: seconds("header-timeout", self.header_timeout)?,
             max_concurrency: self.max_concurrency,
             max_wait,
         })
@@ -239,6 +249,7 @@ mod tests {
             (vec!["--max-concurrency", "0"], "max-concurrency"),
             (vec!["--request-timeout", "0"], "request-timeout"),
             (vec!["--request-timeout", "NaN"], "request-timeout"),
+            (vec!["--header-timeout", "0"], "header-timeout"),
             (
                 vec!["--request-timeout", "5", "--max-wait-ms", "5000"],
                 "max-wait-ms",

@@ -132,6 +132,34 @@ async fn a_client_too_slow_with_its_body_gets_408() {
 }
 
 #[tokio::test]
+async fn a_client_too_slow_with_its_head_is_disconnected() {
+    let app = spawn_limited(Limits {
+        header_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // Half a head, then nothing.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    // Without the header timeout this read would wait for ever: the guard
+    // turns that into a failure instead of a hang.
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a connection whose head never came"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(!text.contains("200 OK"), "{text}");
+    // A client that sends its head in time is served as usual.
+    let ok = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
 async fn a_graceful_stop_lets_a_request_in_flight_finish() {
     let app = spawn_limited(Limits::default()).await;
     seed(app.storage.as_ref(), "p", 1, 1).await;
