@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
+mod common;
+
 const LEASE_KEY: &str = "lease-key-for-the-cli-test";
 const ADMIN_KEY: &str = "admin-key-for-the-cli-test";
 
@@ -177,6 +179,69 @@ async fn a_request_still_in_flight_at_the_shutdown_timeout_does_not_hold_the_exi
         "exit took {took:?}: the shutdown timeout was not applied"
     );
     drop(stalled);
+}
+
+#[test]
+fn serve_leases_from_postgres_with_database_url() {
+    let schema = common::Schema::create();
+    let created = schema.pharox(&["pool", "create", "p"]);
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let imported = schema.pharox_stdin(
+        &[
+            "proxy",
+            "import",
+            "--pool",
+            "p",
+            "--protocol",
+            "http",
+            "--max-concurrency",
+            "1",
+        ],
+        "10.8.0.1:8080:user:pw-in-db\n",
+    );
+    assert_eq!(imported.code, Some(0), "{imported:?}");
+    let (mut server, addr) = start(&["--database-url", &schema.url, "--max-connections", "2"]);
+    schema.runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let leased = client
+            .post(format!("http://{addr}/v1/pools/p/leases"))
+            .bearer_auth(LEASE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(leased.status(), 201);
+        let lease: Value = leased.json().await.unwrap();
+        assert_eq!(lease["proxy_url"], "http://user:pw-in-db@10.8.0.1:8080");
+        let busy = client
+            .post(format!("http://{addr}/v1/pools/p/leases"))
+            .bearer_auth(LEASE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(busy.status(), 409);
+        let id = lease["lease_id"].as_str().unwrap();
+        let released = client
+            .post(format!("http://{addr}/v1/leases/{id}/release"))
+            .bearer_auth(LEASE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(released.status(), 200);
+    });
+    // The lease is in the database, released.
+    let leases = schema.pharox(&["lease", "list", "--pool", "p", "--json"]);
+    assert_eq!(leases.code, Some(0), "{leases:?}");
+    assert!(!leases.stdout.contains("pw-in-db"), "{leases:?}");
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(server.0.wait().unwrap().code(), Some(0));
 }
 
 #[test]
