@@ -66,6 +66,9 @@ const IMPURE: &[&str] = &[
     "rustls",
 ];
 
+/// `pharox`'s features that pull in a storage adapter.
+const ADAPTER_FEATURES: &[&str] = &["memory", "postgres"];
+
 fn check_member(root: &Path, member: &str, problems: &mut Vec<String>) -> Result<(), String> {
     let manifest = read(&root.join(member).join("Cargo.toml"))?;
     let package = manifest
@@ -143,6 +146,24 @@ fn check_member(root: &Path, member: &str, problems: &mut Vec<String>) -> Result
         }
         "pharox-migration" => forbid(problems, &[]),
         "pharox-contract-tests" => forbid(problems, &["pharox-domain", "pharox-ports"]),
+        // Delivery over HTTP: the application and its types, never a storage
+        // adapter (the CLI wires one in), not even through `pharox`'s
+        // adapter features.
+        "pharox-server" => {
+            forbid(problems, &["pharox", "pharox-domain", "pharox-ports"]);
+            let features = manifest
+                .get("dependencies")
+                .and_then(|d| d.get("pharox"))
+                .and_then(|p| p.get("features"))
+                .and_then(Value::as_array);
+            for feature in features.into_iter().flatten().filter_map(Value::as_str) {
+                if ADAPTER_FEATURES.contains(&feature) {
+                    problems.push(format!(
+                        "pharox-server must not enable pharox's {feature} adapter (the CLI chooses storage)"
+                    ));
+                }
+            }
+        }
         _ => {}
     }
     Ok(())

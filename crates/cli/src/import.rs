@@ -166,7 +166,7 @@ fn default_error(e: &ValidationError) -> CliError {
 }
 
 /// An error for the whole list (a bad CSV header, say).
-fn list_error(e: &ValidationError, format: ProxyListFormat) -> CliError {
+pub(crate) fn list_error(e: &ValidationError, format: ProxyListFormat) -> CliError {
     if e.field.starts_with("csv") || e.field == "json" {
         CliError::BadArgument {
             name: "FILE",
@@ -178,7 +178,7 @@ fn list_error(e: &ValidationError, format: ProxyListFormat) -> CliError {
 }
 
 /// The format a file's extension says, else text.
-fn format_of(path: &Path) -> ProxyListFormat {
+pub(crate) fn format_of(path: &Path) -> ProxyListFormat {
     match path
         .extension()
         .and_then(|e| e.to_str())
@@ -193,7 +193,7 @@ fn format_of(path: &Path) -> ProxyListFormat {
 
 /// The whole list, from the file or stdin. Not UTF-8, or unreadable, is an
 /// error naming `FILE`.
-fn read_input(path: &Path) -> Result<String, CliError> {
+pub(crate) fn read_input(path: &Path) -> Result<String, CliError> {
     let bad = |reason: String| CliError::BadArgument {
         name: "FILE",
         reason,

@@ -6,6 +6,7 @@
 //! - `pharox migrate [up|down|status|fresh]`: the PostgreSQL schema.
 //! - `pharox health check|history`: real health checks through the proxies
 //!   of a pool, and a proxy's health history.
+//! - `pharox serve`: the HTTP lease service (`pharox_server`).
 
 mod bench;
 mod bench_health;
@@ -27,6 +28,8 @@ mod output;
 #[cfg(feature = "postgres")]
 mod prompt;
 mod seed;
+#[cfg(feature = "postgres")]
+mod serve;
 mod signals;
 
 use std::process::ExitCode;
@@ -62,6 +65,9 @@ enum Command {
     /// Health-check the proxies of a pool, or show a proxy's history.
     #[cfg(all(feature = "postgres", feature = "http-probe"))]
     Health(health::HealthArgs),
+    /// Serve the HTTP lease API (API keys required).
+    #[cfg(feature = "postgres")]
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
             Command::Lease(args) => lease::lease(args).await,
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Health(args) => health::run(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     let outcome = match runtime.block_on(command) {
@@ -149,6 +157,7 @@ mod tests {
             vec!["pharox", "bench", "--database-url", URL, "--migrate"],
             vec!["pharox", "migrate", "--database-url", URL],
             vec!["pharox", "migrate", "status", "--database-url", URL],
+            vec!["pharox", "serve", "--database-url", URL],
         ];
         #[cfg(feature = "http-probe")]
         cases.extend([
@@ -178,5 +187,12 @@ mod tests {
             assert!(!debug.contains("s3cret"), "{args:?}: {debug}");
             assert!(!debug.contains("db.example"), "{args:?}: {debug}");
         }
+    }
+
+    #[test]
+    fn debug_of_serve_arguments_hides_the_api_keys() {
+        let debug = debug_of(&["pharox", "serve", "--api-keys", "lease:k-0123456789abcdef"]);
+        assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
     }
 }

@@ -1,0 +1,302 @@
+//! The lease endpoints (scope `lease` or `admin`): acquire, show, release,
+//! renew, report an outcome. A lease is acted on only by the key (and
+//! consumer) that acquired it, or by an admin key.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use pharox::{Lease, LeaseId, LeaseRequest, ReleaseOutcome, RetryPolicy, StorageError};
+use serde::Deserialize;
+
+use crate::auth::{Caller, LeaseCaller};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, MaybeJson};
+use crate::state::AppState;
+use crate::wire::{
+    AcquireBody, LeaseBody, OutcomeBody, ReleaseBody, RenewBody, SessionBody, StandingBody,
+};
+
+/// `?wait_ms=N` of an acquire.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireQuery {
+    /// Wait up to this long for a proxy to come free before answering 409.
+    pub wait_ms: Option<u64>,
+}
+
+/// `?consumer=NAME` of the calls on a lease: the consumer it was acquired
+/// for, when that was not the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolderQuery {
+    /// The consumer named when acquiring.
+    pub consumer: Option<String>,
+}
+
+/// `POST /v1/pools/{pool}/leases`: 201 with the lease, 409 when no proxy
+/// qualifies, 404 for an unknown pool.
+pub async fn acquire(
+    State(state): State<AppState>,
+    LeaseCaller(caller): LeaseCaller,
+    Path(pool): Path<String>,
+    ApiQuery(query): ApiQuery<AcquireQuery>,
+    MaybeJson(body): MaybeJson<AcquireBody>,
+) -> Result<(StatusCode, Json<LeaseBody>), ApiError> {
+    let body = body.unwrap_or_default();
+    let wait = match query.wait_ms {
+        Some(ms) if Duration::from_millis(ms) > state.limits().max_wait => {
+            return Err(ApiError::invalid(
+                "wait_ms",
+                format!("must be at most {}", state.limits().max_wait.as_millis()),
+            ));
+        }
+        Some(ms) if ms > 0 => Some(Duration::from_millis(ms)),
+        _ => None,
+    };
+    let request = lease_request(&state, &caller, &pool, body)?;
+    let manager = state.manager();
+    let lease = match wait {
+        Some(wait) => {
+            manager
+                .acquire_with_retry(request, &wait_policy(wait))
+                .await
+        }
+        None => manager.acquire(request).await,
+    }
+    .map_err(|e| renamed(e.into()))?;
+    match lease {
+        Some(lease) => Ok((StatusCode::CREATED, Json(LeaseBody::from(&lease)))),
+        // The storage answers "none" for an unknown pool too: tell them apart
+        // on this (rarer) path only.
+        None => match manager.storage().get_pool_by_name(&pool).await {
+            Ok(_) => Err(ApiError::NoProxyAvailable(pool)),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// `GET /v1/leases/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    LeaseCaller(caller): LeaseCaller,
+    Path(id): Path<String>,
+    ApiQuery(holder): ApiQuery<HolderQuery>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    Ok(Json(LeaseBody::from(&lease)))
+}
+
+/// `POST /v1/leases/{id}/release`, with an optional outcome body applied
+/// atomically with the release. Releasing twice is fine
+/// (`already_released`).
+pub async fn release(
+    State(state): State<AppState>,
+    LeaseCaller(caller): LeaseCaller,
+    Path(id): Path<String>,
+    ApiQuery(holder): ApiQuery<HolderQuery>,
+    MaybeJson(outcome): MaybeJson<OutcomeBody>,
+) -> Result<Json<ReleaseBody>, ApiError> {
+    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    let outcome = state
+        .manager()
+        .release_with_outcome(lease.id, outcome)
+        .await
+        .map_err(|e| outcome_field(e.into()))?;
+    Ok(Json(match outcome {
+        ReleaseOutcome::Released(released) => ReleaseBody {
+            lease_id: released.lease_id.to_string(),
+            result: "released",
+            released_at: Some(released.released_at),
+        },
+        ReleaseOutcome::AlreadyReleased {
+            lease_id,
+            released_at,
+        } => ReleaseBody {
+            lease_id: lease_id.to_string(),
+            result: "already_released",
+            released_at,
+        },
+    }))
+}
+
+/// `POST /v1/leases/{id}/renew` `{ttl_seconds}`: the lease, now ending
+/// `ttl_seconds` from now; 409 when it is no longer active.
+pub async fn renew(
+    State(state): State<AppState>,
+    LeaseCaller(caller): LeaseCaller,
+    Path(id): Path<String>,
+    ApiQuery(holder): ApiQuery<HolderQuery>,
+    ApiJson(body): ApiJson<RenewBody>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    let renewed = state
+        .manager()
+        .renew(&lease, Duration::from_secs(body.ttl_seconds))
+        .await
+        .map_err(|e| renamed(e.into()))?;
+    Ok(Json(LeaseBody::from(&renewed)))
+}
+
+/// `POST /v1/leases/{id}/outcomes`: what a use of the lease came to; the
+/// proxy's standing afterwards. 409 when the lease is no longer active.
+pub async fn report(
+    State(state): State<AppState>,
+    LeaseCaller(caller): LeaseCaller,
+    Path(id): Path<String>,
+    ApiQuery(holder): ApiQuery<HolderQuery>,
+    ApiJson(outcome): ApiJson<OutcomeBody>,
+) -> Result<Json<StandingBody>, ApiError> {
+    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    let proxy = state
+        .manager()
+        .report(lease.id, &outcome)
+        .await
+        .map_err(|e| outcome_field(e.into()))?;
+    Ok(Json(StandingBody::from(&proxy)))
+}
+
+/// The lease `id`, if the caller may act on it: an admin key always; a
+/// lease key when the lease's consumer is the caller's `<key id>:<consumer>`.
+/// The check goes through the storage's consumer ids, so it holds whichever
+/// replica made the lease.
+async fn held_lease(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    consumer: Option<&str>,
+) -> Result<Lease, ApiError> {
+    let lease_id = parse_lease_id(id)?;
+    let lease = state
+        .manager()
+        .storage()
+        .get_lease(lease_id)
+        .await
+        .map_err(|e| match e {
+            StorageError::NotFound { .. } => ApiError::NotFound {
+                entity: "lease",
+                key: lease_id.to_string(),
+            },
+            other => other.into(),
+        })?;
+    if caller.is_admin() {
+        return Ok(lease);
+    }
+    let holder = state.consumer_id(caller, consumer).await?;
+    if lease.consumer_id != holder {
+        tracing::info!(lease = %lease_id, key = %caller.key_id, "lease call by a key that does not hold it");
+        return Err(ApiError::NotLeaseHolder(lease_id.to_string()));
+    }
+    Ok(lease)
+}
+
+/// A lease id from the path.
+pub fn parse_lease_id(id: &str) -> Result<LeaseId, ApiError> {
+    id.parse::<LeaseId>()
+        .map_err(|_| ApiError::invalid("lease_id", "must be a UUID"))
+}
+
+/// The library's request for an acquire body, every field checked first.
+fn lease_request(
+    state: &AppState,
+    caller: &Caller,
+    pool: &str,
+    body: AcquireBody,
+) -> Result<LeaseRequest, ApiError> {
+    let consumer = state.consumer_name(caller, body.consumer.as_deref())?;
+    let mut request = LeaseRequest::new(pool).consumer(consumer);
+    if let Some(ttl) = body.ttl_seconds {
+        request = request.ttl(Duration::from_secs(ttl));
+    }
+    if let Some(filter) = body.filter {
+        filter.validate().map_err(|e| {
+            if e.field.starts_with("filter") {
+                e
+            } else {
+                e.within("filter")
+            }
+        })?;
+        request = request.filter(filter);
+    }
+    if let Some(selector) = body.selector {
+        request = request.selector(selector);
+    }
+    match body.session {
+        Some(SessionBody::Key(key)) => request = request.session(key),
+        Some(SessionBody::Full { key, ttl_seconds }) => {
+            request = request.session(key);
+            if let Some(ttl) = ttl_seconds {
+                request = request.session_ttl(Duration::from_secs(ttl));
+            }
+        }
+        None => {}
+    }
+    if let Some(target) = body.target {
+        request = request.target(target);
+    }
+    Ok(request)
+}
+
+/// How `?wait_ms` waits: 10 ms, doubling to at most 100 ms between
+/// attempts, as many attempts as fit in `wait` (the last wait may end up to
+/// 100 ms past it).
+fn wait_policy(wait: Duration) -> RetryPolicy {
+    let initial = Duration::from_millis(10);
+    let cap = Duration::from_millis(100);
+    let mut policy = RetryPolicy::new(1, initial, 2.0, Some(cap)).unwrap_or_default();
+    let mut waited = Duration::ZERO;
+    let mut attempts = 1u32;
+    while waited < wait && attempts < 10_000 {
+        waited += policy.delay_after(attempts);
+        attempts += 1;
+    }
+    if let Ok(p) = RetryPolicy::new(attempts, initial, 2.0, Some(cap)) {
+        policy = p;
+    }
+    policy
+}
+
+/// The library names durations `ttl`; the wire names them `ttl_seconds`.
+fn renamed(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Invalid { field, reason } if field == "ttl" => ApiError::Invalid {
+            field: "ttl_seconds".into(),
+            reason,
+        },
+        ApiError::Invalid { field, reason } if field == "session.ttl" => ApiError::Invalid {
+            field: "session.ttl_seconds".into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// An outcome's own fields are named `outcome.*` by the library; the body
+/// is the outcome, so the wire drops the prefix.
+fn outcome_field(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Invalid { field, reason } if field.starts_with("outcome.") => ApiError::Invalid {
+            field: field.trim_start_matches("outcome.").to_owned().into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_policy_waits_about_as_long_as_asked() {
+        for ms in [1u64, 50, 1_000, 30_000] {
+            let policy = wait_policy(Duration::from_millis(ms));
+            let total: Duration = (1..policy.max_attempts())
+                .map(|a| policy.delay_after(a))
+                .sum();
+            assert!(total >= Duration::from_millis(ms), "{ms}: {total:?}");
+            assert!(total < Duration::from_millis(ms + 100), "{ms}: {total:?}");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! [`AppState`]: what every handler shares (the manager, the operator use
+//! cases, the API keys, the limits), and the bounded per-key consumer names.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use pharox::{ConsumerId, Operator, ProxyManager};
+
+use crate::auth::{ApiKeys, Caller};
+use crate::config::Limits;
+use crate::error::ApiError;
+
+/// Consumer name used when a lease request names none.
+pub const DEFAULT_CLIENT_CONSUMER: &str = "default";
+/// Longest consumer name a client may choose.
+pub const MAX_CONSUMER_CHARS: usize = 64;
+/// Distinct consumer names one API key may use (per server process).
+pub const MAX_CONSUMERS_PER_KEY: usize = 256;
+
+/// The state handlers share; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    manager: Arc<ProxyManager>,
+    operator: Operator,
+    keys: ApiKeys,
+    limits: Limits,
+    consumers: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl AppState {
+    /// State over `manager` (whose storage the operator use cases share),
+    /// accepting `keys`, within `limits`.
+    #[must_use]
+    pub fn new(manager: Arc<ProxyManager>, keys: ApiKeys, limits: Limits) -> Self {
+        let operator = Operator::new(Arc::clone(manager.storage()));
+        Self {
+            inner: Arc::new(Inner {
+                manager,
+                operator,
+                keys,
+                limits,
+                consumers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The lease manager.
+    #[must_use]
+    pub fn manager(&self) -> &ProxyManager {
+        &self.inner.manager
+    }
+
+    /// The operator use cases (pools, proxies).
+    #[must_use]
+    pub fn operator(&self) -> &Operator {
+        &self.inner.operator
+    }
+
+    /// The accepted API keys.
+    #[must_use]
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    /// The limits in force.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The storage consumer name for a client's consumer under the caller's
+    /// key: `<key id>:<consumer>`. Client names are 1 to 64 characters of
+    /// `A-Z a-z 0-9 . _ -`, and one key may use at most 256 of them, so no
+    /// client grows the consumer table (or the manager's cache) without
+    /// bound. Every replica derives the same name for the same key.
+    pub fn consumer_name(&self, caller: &Caller, client: Option<&str>) -> Result<String, ApiError> {
+        let client = client.unwrap_or(DEFAULT_CLIENT_CONSUMER);
+        validate_client_consumer(client)?;
+        let mut seen = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names = seen.entry(caller.key_id.clone()).or_default();
+        if !names.contains(client) {
+            if names.len() >= MAX_CONSUMERS_PER_KEY {
+                return Err(ApiError::invalid(
+                    "consumer",
+                    "this API key already uses 256 consumer names; reuse one",
+                ));
+            }
+            names.insert(client.to_owned());
+        }
+        Ok(format!("{}:{client}", caller.key_id))
+    }
+
+    /// The id of the consumer a caller acts as (see [`consumer_name`](Self::consumer_name)).
+    pub async fn consumer_id(
+        &self,
+        caller: &Caller,
+        client: Option<&str>,
+    ) -> Result<ConsumerId, ApiError> {
+        let name = self.consumer_name(caller, client)?;
+        Ok(self.manager().consumer_id(&name).await?)
+    }
+}
+
+/// Checks a client-chosen consumer name.
+pub fn validate_client_consumer(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_CONSUMER_CHARS {
+        return Err(ApiError::invalid("consumer", "must be 1 to 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(ApiError::invalid(
+            "consumer",
+            "may contain only A-Z, a-z, 0-9, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}

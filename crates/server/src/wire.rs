@@ -1,0 +1,451 @@
+//! The JSON that crosses HTTP: request bodies and responses of the API,
+//! built from domain values with `From`. Domain `Proxy` and `Lease` are
+//! never serialised here (they carry passwords); only [`LeaseBody`] carries
+//! a proxy's password, inside `proxy_url`.
+
+use std::collections::BTreeMap;
+
+use pharox::{
+    HealthRecord, ImportReport, Lease, LeaseStatus, Outcome, PoolOverview, Proxy, ProxyFilter,
+    ProxyPool, ProxyProtocol, ProxyStatus, Selector,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// `POST /v1/pools/{pool}/leases`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    /// The client's consumer name under its key (default `default`).
+    pub consumer: Option<String>,
+    /// Lease time-to-live in seconds (default 300, at most 30 days).
+    pub ttl_seconds: Option<u64>,
+    /// Only proxies matching this filter tree (the domain's JSON form).
+    pub filter: Option<ProxyFilter>,
+    /// first_available (default), least_used, round_robin, lowest_latency, random.
+    pub selector: Option<Selector>,
+    /// A sticky session: its key, or `{key, ttl_seconds?}`.
+    pub session: Option<SessionBody>,
+    /// The site the lease is for: proxies banned for it are skipped.
+    pub target: Option<String>,
+}
+
+/// A session in a lease request.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SessionBody {
+    /// Just the key (the session TTL is the server's default).
+    Key(String),
+    /// The key and how long the session is remembered after this use.
+    Full {
+        /// The session key.
+        key: String,
+        /// Seconds the session is remembered.
+        ttl_seconds: Option<u64>,
+    },
+}
+
+/// `POST /v1/leases/{id}/renew`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    /// New time-to-live from now, in seconds.
+    pub ttl_seconds: u64,
+}
+
+/// `POST /v1/leases/{id}/release` (optional) and `/outcomes`: the domain
+/// outcome's JSON form, e.g. `{"kind": "success", "latency_ms": 120}`,
+/// `{"kind": "proxy_failure", "failure": "timeout"}`,
+/// `{"kind": "blocked", "target": "shop.example", "http_status": 429}`.
+pub type OutcomeBody = Outcome;
+
+/// A lease as its holder sees it, with the URL to connect through.
+#[derive(Debug, Serialize)]
+pub struct LeaseBody {
+    /// The lease's id.
+    pub lease_id: String,
+    /// The leased proxy's id.
+    pub proxy_id: String,
+    /// The pool's name.
+    pub pool: String,
+    /// `scheme://user:password@host:port`: the one place a password is sent.
+    pub proxy_url: String,
+    /// http, https, socks4 or socks5.
+    pub protocol: ProxyProtocol,
+    /// The proxy's host.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// active or released.
+    pub status: LeaseStatus,
+    /// When the lease was made (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub acquired_at: OffsetDateTime,
+    /// When it ends unless renewed (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it was released, if it was.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub released_at: Option<OffsetDateTime>,
+    /// The proxy's country, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// The proxy's city, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// With a session: whether it moved to a new proxy with this lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_moved: Option<bool>,
+}
+
+impl From<&Lease> for LeaseBody {
+    fn from(lease: &Lease) -> Self {
+        let proxy = &lease.proxy;
+        Self {
+            lease_id: lease.id.to_string(),
+            proxy_id: lease.proxy_id.to_string(),
+            pool: lease.pool_name.to_string(),
+            proxy_url: proxy.connect_url(),
+            protocol: proxy.protocol,
+            host: proxy.host.clone(),
+            port: proxy.port,
+            status: lease.status,
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+            released_at: lease.released_at,
+            country: proxy.country.clone(),
+            city: proxy.city.clone(),
+            session_moved: lease.session.as_ref().map(|s| s.moved),
+        }
+    }
+}
+
+/// The answer to a release.
+#[derive(Debug, Serialize)]
+pub struct ReleaseBody {
+    /// The lease.
+    pub lease_id: String,
+    /// `released` when this call ended it, `already_released` otherwise.
+    pub result: &'static str,
+    /// When it was released, when known.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub released_at: Option<OffsetDateTime>,
+}
+
+/// A proxy's standing after an outcome report.
+#[derive(Debug, Serialize)]
+pub struct StandingBody {
+    /// The proxy.
+    pub proxy_id: String,
+    /// Its status.
+    pub status: ProxyStatus,
+    /// Penalties minus credits.
+    pub error_score: f64,
+    /// Until when it is skipped, if cooling down.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cooldown_until: Option<OffsetDateTime>,
+}
+
+impl From<&Proxy> for StandingBody {
+    fn from(proxy: &Proxy) -> Self {
+        Self {
+            proxy_id: proxy.id.to_string(),
+            status: proxy.status,
+            error_score: proxy.usage.error_score,
+            cooldown_until: proxy.usage.cooldown_until,
+        }
+    }
+}
+
+/// `POST /v1/pools`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePoolBody {
+    /// The pool's name.
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+}
+
+/// A pool.
+#[derive(Debug, Serialize)]
+pub struct PoolBody {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<&ProxyPool> for PoolBody {
+    fn from(pool: &ProxyPool) -> Self {
+        Self {
+            id: pool.id.to_string(),
+            name: pool.name.clone(),
+            description: pool.description.clone(),
+            created_at: pool.created_at,
+        }
+    }
+}
+
+/// `GET /v1/pools/{pool}`: the operator's overview of a pool.
+#[derive(Debug, Serialize)]
+pub struct OverviewBody {
+    /// The pool's name.
+    pub pool: String,
+    /// Its id.
+    pub pool_id: String,
+    /// Proxies in it.
+    pub proxies: u64,
+    /// Proxies per status (every status present).
+    pub by_status: BTreeMap<ProxyStatus, u64>,
+    /// Proxies with at least one active lease.
+    pub leased_proxies: u64,
+    /// Active leases.
+    pub active_leases: u64,
+    /// Sum of the proxies' max concurrency; absent when any is unlimited.
+    pub capacity: Option<u64>,
+    /// Leases past their expiry not reclaimed yet.
+    pub expired_unreclaimed: u64,
+    /// Median latest latency, ms.
+    pub latency_p50_ms: Option<f64>,
+    /// 95th percentile latest latency, ms.
+    pub latency_p95_ms: Option<f64>,
+    /// Oldest health check.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub oldest_check: Option<OffsetDateTime>,
+    /// Newest health check.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub newest_check: Option<OffsetDateTime>,
+}
+
+impl From<&PoolOverview> for OverviewBody {
+    fn from(o: &PoolOverview) -> Self {
+        Self {
+            pool: o.pool.clone(),
+            pool_id: o.pool_id.to_string(),
+            proxies: o.proxies,
+            by_status: o.by_status.clone(),
+            leased_proxies: o.leased_proxies,
+            active_leases: o.active_leases,
+            capacity: o.capacity,
+            expired_unreclaimed: o.expired_unreclaimed,
+            latency_p50_ms: o.latency_ms.p50,
+            latency_p95_ms: o.latency_ms.p95,
+            oldest_check: o.checked_at.oldest,
+            newest_check: o.checked_at.newest,
+        }
+    }
+}
+
+/// A proxy as the admin API shows it: the user name, never the password.
+#[derive(Debug, Serialize)]
+pub struct ProxyBody {
+    /// Its id.
+    pub id: String,
+    /// Its pool's id.
+    pub pool_id: String,
+    /// `scheme://user@host:port`, no password.
+    pub url: String,
+    /// http, https, socks4 or socks5.
+    pub protocol: ProxyProtocol,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The user name, if it has credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// active, inactive, slow or banned.
+    pub status: ProxyStatus,
+    /// Country.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// City.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// ISP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isp: Option<String>,
+    /// ASN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    /// Provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Leases it may carry at once; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Leases it carries now.
+    pub current_leases: u32,
+    /// Failed checks in a row.
+    pub consecutive_failures: u32,
+    /// Latest reachable latency, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_latency_ms: Option<f64>,
+    /// Outcome error score.
+    pub error_score: f64,
+    /// Cooling down until.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cooldown_until: Option<OffsetDateTime>,
+    /// Last health check.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub checked_at: Option<OffsetDateTime>,
+    /// When it was added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<&Proxy> for ProxyBody {
+    fn from(p: &Proxy) -> Self {
+        Self {
+            id: p.id.to_string(),
+            pool_id: p.pool_id.to_string(),
+            url: p.url_without_password(),
+            protocol: p.protocol,
+            host: p.host.clone(),
+            port: p.port,
+            username: p.credentials.as_ref().map(|c| c.username.clone()),
+            status: p.status,
+            country: p.country.clone(),
+            city: p.city.clone(),
+            isp: p.isp.clone(),
+            asn: p.asn,
+            source: p.source.clone(),
+            max_concurrency: p.max_concurrency,
+            current_leases: p.current_leases,
+            consecutive_failures: p.health.consecutive_failures,
+            last_latency_ms: p.health.last_latency_ms,
+            error_score: p.usage.error_score,
+            cooldown_until: p.usage.cooldown_until,
+            checked_at: p.checked_at,
+            created_at: p.created_at,
+        }
+    }
+}
+
+/// `PATCH /v1/proxies/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchProxyBody {
+    /// The status to set by hand (a ban set here is never lifted by checks).
+    pub status: ProxyStatus,
+}
+
+/// One health check of a proxy.
+#[derive(Debug, Serialize)]
+pub struct HealthRecordBody {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+    /// Whether the proxy answered.
+    pub reachable: bool,
+    /// How fast, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Status before the check.
+    pub status_before: ProxyStatus,
+    /// Status after it.
+    pub status_after: ProxyStatus,
+    /// HTTP status seen through the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// What failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&HealthRecord> for HealthRecordBody {
+    fn from(r: &HealthRecord) -> Self {
+        Self {
+            checked_at: r.checked_at,
+            reachable: r.reachable,
+            latency_ms: r.latency_ms,
+            status_before: r.status_before,
+            status_after: r.status_after,
+            http_status: r.http_status,
+            error: r.error.clone(),
+        }
+    }
+}
+
+/// `GET /v1/proxies/{id}/health`.
+#[derive(Debug, Serialize)]
+pub struct ProxyHealthBody {
+    /// The proxy.
+    pub proxy_id: String,
+    /// Its status now.
+    pub status: ProxyStatus,
+    /// Failed checks in a row.
+    pub consecutive_failures: u32,
+    /// Its checks, newest first (one page).
+    pub records: Vec<HealthRecordBody>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The answer to an import.
+#[derive(Debug, Serialize)]
+pub struct ImportBody {
+    /// Proxies added.
+    pub added: usize,
+    /// Proxies changed.
+    pub updated: usize,
+    /// Lines that changed nothing.
+    pub skipped: usize,
+    /// Whether nothing was written.
+    pub dry_run: bool,
+}
+
+impl From<&ImportReport> for ImportBody {
+    fn from(r: &ImportReport) -> Self {
+        Self {
+            added: r.added,
+            updated: r.updated,
+            skipped: r.skipped,
+            dry_run: r.dry_run,
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `?limit=&cursor=` of every list: `limit` 1 to 1000 (default 100),
+/// `cursor` the `next_cursor` of the page before.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Items per page.
+    pub limit: Option<usize>,
+    /// Where the page starts.
+    pub cursor: Option<String>,
+}

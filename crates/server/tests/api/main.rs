@@ -1,0 +1,12 @@
+//! The API over real HTTP: a server on 127.0.0.1 port 0 per test, a real
+//! reqwest client, the in-memory storage (and PostgreSQL for the lease
+//! endpoints, in `postgres`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod auth;
+mod common;
+mod leases;
+mod limits;
+mod postgres;
