@@ -14,10 +14,10 @@ use sea_orm_migration::prelude::*;
 /// - `(pool_id, column, last_latency_ms NULLS LAST, id)`: lowest_latency;
 /// - `(pool_id, column, checked_at NULLS FIRST, id)`: least_used's walk to
 ///   the first idle proxy;
-/// - `(pool_id, column, pick_key, id)`: random's window from a random key
-///   (m0010). random's acquire redraws `pick_key`, so its update is not HOT
-///   and writes every index of `proxy`: these five add to that cost (see
-///   the adapter README).
+/// - `(pool_id, column, pick_key, id)`: random's walks from a random key
+///   (m0010). (When this migration was written random's acquire redrew
+///   `pick_key`, a non-HOT update that writes every index of `proxy`; it
+///   keeps keys fixed now, and only the predicate path still redraws.)
 ///
 /// One index per (column, order) rather than a read of the matching proxies
 /// and a sort: a prepared acquire runs a generic plan after five

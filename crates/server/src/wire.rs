@@ -217,6 +217,8 @@ pub struct OverviewBody {
     pub leased_proxies: u64,
     /// Active leases.
     pub active_leases: u64,
+    /// Active proxies in a cooldown that has not ended (never leased).
+    pub cooling_down: u64,
     /// Sum of the proxies' max concurrency; absent when any is unlimited.
     pub capacity: Option<u64>,
     /// Leases past their expiry not reclaimed yet.
@@ -242,6 +244,7 @@ impl From<&PoolOverview> for OverviewBody {
             by_status: o.by_status.clone(),
             leased_proxies: o.leased_proxies,
             active_leases: o.active_leases,
+            cooling_down: o.cooling_down,
             capacity: o.capacity,
             expired_unreclaimed: o.expired_unreclaimed,
             latency_p50_ms: o.latency_ms.p50,

@@ -94,6 +94,7 @@ async fn pools_are_created_listed_by_page_shown_and_deleted() {
     assert_eq!(overview["pool"], "p");
     assert_eq!(overview["proxies"], 3);
     assert_eq!(overview["active_leases"], 1);
+    assert_eq!(overview["cooling_down"], 0);
     assert_eq!(overview["leased_proxies"], 1);
     assert_eq!(overview["capacity"], 3);
     assert_eq!(overview["by_status"]["active"], 3);
