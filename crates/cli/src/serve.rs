@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Args;
 use pharox::admin::{ImportOptions, import_proxies};
 use pharox::{
-    ApiKeyAdmin, ApiKeyStore, ImportDefaults, MemoryStorage, Operator, ProxyManager,
-    ProxyProtocol, ProxyStorage, parse_proxy_list,
+    ApiKeyAdmin, ApiKeyStore, ImportDefaults, MemoryStorage, Operator, ProxyManager, ProxyProtocol,
+    ProxyStorage, parse_proxy_list,
 };
 use pharox_server::config::ConfigError;
 use pharox_server::{AppState, ServerArgs};

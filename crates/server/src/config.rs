@@ -326,7 +326,9 @@ mod tests {
         }
         assert_eq!(args(&[]).api_key_cache().unwrap(), DEFAULT_API_KEY_CACHE);
         assert_eq!(
-            args(&["--api-key-cache-secs", "0"]).api_key_cache().unwrap(),
+            args(&["--api-key-cache-secs", "0"])
+                .api_key_cache()
+                .unwrap(),
             Duration::ZERO
         );
     }
