@@ -129,6 +129,7 @@ async fn concurrent_up_both_succeed() {
     assert_eq!(
         tables(&a).await,
         [
+            "api_key",
             "consumer",
             "lease",
             "pool_selector_state",
