@@ -1,7 +1,8 @@
 //! `pharox apikey create|list|revoke` on a fresh schema, and the keys it
 //! makes on `pharox serve --database-url` (started without static keys):
 //! a created key works, the wrong scope is 403, a revoked or unknown key
-//! 401; no key shows in listings, errors or the server's log.
+//! 401; no key shows in listings, errors or the server's log. And
+//! `--tls-cert`/`--tls-key`: HTTPS with a certificate made in the test.
 
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -231,4 +232,92 @@ fn apikey_needs_a_database_url_and_tls_needs_both_files() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+/// `body` (DER) as a PEM block labelled `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[test]
+fn serve_with_tls_files_answers_over_https() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let base = std::env::temp_dir().join(format!("pharox-cli-tls-{}", std::process::id()));
+    let (cert, key) = (base.with_extension("crt"), base.with_extension("key"));
+    std::fs::write(&cert, pem("CERTIFICATE", made.cert.der())).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &made.signing_key.serialize_der())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("PHAROX_API_KEYS", "lease:lease-key-0123456789")
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("PHAROX_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("pharox serve: listening on https://") {
+            break addr.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let mut server = Server {
+        child,
+        log: Arc::default(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .use_preconfigured_tls(config)
+            .build()
+            .unwrap();
+        client
+            .get(format!("https://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+    assert_eq!(status, 200);
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
 }
