@@ -58,6 +58,7 @@ mod m0009_proxy_checked_index;
 mod m0010_proxy_pick_key;
 mod m0011_proxy_scalar_filter_indexes;
 mod m0012_usage_bans_sessions;
+mod m0013_api_keys;
 
 /// The key of the PostgreSQL advisory lock held while migrating
 /// (`pg_advisory_xact_lock`). Fixed, so every pharox process agrees on it.
@@ -83,6 +84,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_proxy_pick_key::Migration),
             Box::new(m0011_proxy_scalar_filter_indexes::Migration),
             Box::new(m0012_usage_bans_sessions::Migration),
+            Box::new(m0013_api_keys::Migration),
         ]
     }
 }

@@ -129,6 +129,7 @@ async fn concurrent_up_both_succeed() {
     assert_eq!(
         tables(&a).await,
         [
+            "api_key",
             "consumer",
             "lease",
             "pool_selector_state",
@@ -260,6 +261,24 @@ async fn down_then_up_and_fresh() {
         indexes(&db, "proxy_session").await,
         ["proxy_session_pkey", "proxy_session_proxy_idx"],
         "m0012"
+    );
+    // m0013: API keys, hashes only, unique hash, a name unique among keys
+    // not revoked.
+    assert!(tables(&db).await.contains(&"api_key".to_owned()), "m0013");
+    assert_eq!(
+        indexes(&db, "api_key").await,
+        [
+            "api_key_active_name_idx",
+            "api_key_key_hash_key",
+            "api_key_pkey"
+        ],
+        "m0013"
+    );
+    let down = run(&db, MigrationCommand::Down).await.unwrap();
+    assert_eq!(down.changed, ["m0013_api_keys"], "{down:?}");
+    assert!(
+        !tables(&db).await.contains(&"api_key".to_owned()),
+        "down drops api_key"
     );
     let down = run(&db, MigrationCommand::Down).await.unwrap();
     assert_eq!(down.changed, ["m0012_usage_bans_sessions"], "{down:?}");

@@ -54,6 +54,7 @@
 //!   while an old snapshot is still held.
 
 mod admin;
+mod api_keys;
 mod hash;
 mod leases;
 mod locks;
@@ -82,6 +83,7 @@ use pharox_ports::{
 use rand::Rng;
 use time::OffsetDateTime;
 
+pub use crate::api_keys::MemoryApiKeys;
 pub use crate::locks::MemoryTaskLocks;
 
 use crate::hash::IdBuildHasher;

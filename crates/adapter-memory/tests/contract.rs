@@ -11,3 +11,9 @@ pharox_contract_tests::storage_contract_tests!(|| async {
     let clock = Arc::new(ManualClock::starting_now());
     ContractFixture::new(MemoryStorage::with_clock(clock.clone()), clock)
 });
+
+pharox_contract_tests::api_key_store_contract_tests!(|| async {
+    let clock = Arc::new(ManualClock::starting_now());
+    Arc::new(pharox_adapter_memory::MemoryApiKeys::with_clock(clock))
+        as pharox_contract_tests::api_keys::ApiKeyFixture
+});

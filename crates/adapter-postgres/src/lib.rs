@@ -19,6 +19,7 @@
 //! ```
 
 mod admin_queries;
+mod api_keys;
 mod config;
 pub mod entities;
 mod error;

@@ -7,7 +7,10 @@
 //! - `pharox health check|history`: real health checks through the proxies
 //!   of a pool, and a proxy's health history.
 //! - `pharox serve`: the HTTP lease service (`pharox_server`).
+//! - `pharox apikey create|list|revoke`: the API keys stored in the database.
 
+#[cfg(feature = "postgres")]
+mod apikey;
 mod bench;
 mod bench_health;
 #[cfg(feature = "postgres")]
@@ -68,6 +71,9 @@ enum Command {
     /// Serve the HTTP lease API (API keys required).
     #[cfg(feature = "postgres")]
     Serve(serve::ServeArgs),
+    /// Create, list and revoke the API keys stored in the database.
+    #[cfg(feature = "postgres")]
+    Apikey(apikey::ApiKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +106,8 @@ fn main() -> ExitCode {
             Command::Health(args) => health::run(args).await,
             #[cfg(feature = "postgres")]
             Command::Serve(args) => serve::run(args).await,
+            #[cfg(feature = "postgres")]
+            Command::Apikey(args) => apikey::run(args).await,
         }
     });
     let outcome = match runtime.block_on(command) {
@@ -158,6 +166,7 @@ mod tests {
             vec!["pharox", "migrate", "--database-url", URL],
             vec!["pharox", "migrate", "status", "--database-url", URL],
             vec!["pharox", "serve", "--database-url", URL],
+            vec!["pharox", "apikey", "list", "--database-url", URL],
         ];
         #[cfg(feature = "http-probe")]
         cases.extend([

@@ -40,6 +40,12 @@ impl Db {
         let url = required_url(self.database_url.as_ref())?;
         Ok(Arc::new(open_checked(url, 2, false).await?))
     }
+
+    /// The database's API keys (`pharox apikey`).
+    pub(crate) async fn api_key_store(&self) -> Result<Arc<dyn pharox::ApiKeyStore>, CliError> {
+        let url = required_url(self.database_url.as_ref())?;
+        Ok(Arc::new(open_checked(url, 2, false).await?))
+    }
 }
 
 /// Flags of `pharox pool`.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Args;
 use pharox::admin::{ImportOptions, import_proxies};
 use pharox::{
-    ImportDefaults, MemoryStorage, Operator, ProxyManager, ProxyProtocol, ProxyStorage,
-    parse_proxy_list,
+    ApiKeyAdmin, ApiKeyStore, ImportDefaults, MemoryStorage, Operator, ProxyManager, ProxyProtocol,
+    ProxyStorage, parse_proxy_list,
 };
 use pharox_server::config::ConfigError;
 use pharox_server::{AppState, ServerArgs};
@@ -55,14 +55,33 @@ pub struct ServeArgs {
 
 /// Runs `pharox serve` until SIGTERM or SIGINT, then lets requests in
 /// flight finish within `--shutdown-timeout` and returns (exit code 0).
+///
+/// With `--database-url` the keys in the database (`pharox apikey`) are
+/// accepted besides the static ones, so the server starts without static
+/// keys; in memory, at least one static key is required.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let keys = args.server.api_keys().map_err(config_error)?;
+    let keys = if args.database_url.is_some() {
+        args.server.static_api_keys()
+    } else {
+        args.server.api_keys()
+    }
+    .map_err(config_error)?;
     let limits = args.server.limits().map_err(config_error)?;
     let shutdown_timeout = args.server.shutdown_timeout().map_err(config_error)?;
+    let key_cache = args.server.api_key_cache().map_err(config_error)?;
+    let tls = args.server.tls().map_err(config_error)?;
     let mut signals = Signals::install()?;
-    let storage = open_storage(&args).await?;
+    let (storage, key_store) = open_storage(&args).await?;
     let manager = Arc::new(ProxyManager::from_arc(storage));
-    let state = AppState::new(manager, keys, limits);
+    let state = match key_store {
+        Some(store) => AppState::with_stored_keys(
+            manager,
+            keys,
+            Arc::new(ApiKeyAdmin::new(store).with_cache_ttl(key_cache)),
+            limits,
+        ),
+        None => AppState::new(manager, keys, limits),
+    };
     let listen = args.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -71,13 +90,18 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .local_addr()
         .map_err(|e| CliError::Other(format!("cannot read the listening address: {e}")))?;
     // One line on stderr, so a supervisor (or a test) learns the port.
-    errln!("pharox serve: listening on http://{local}");
-    tracing::info!(%local, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    errln!("pharox serve: listening on {scheme}://{local}");
+    tracing::info!(%local, scheme, "listening");
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(pharox_server::serve(listener, state, async move {
+    let stopped = async move {
         let _ = stopped.await;
-    }));
+    };
+    let mut server = match tls {
+        Some(tls) => tokio::spawn(pharox_server::serve_tls(listener, state, tls, stopped)),
+        None => tokio::spawn(pharox_server::serve(listener, state, stopped)),
+    };
     let signal = tokio::select! {
         signal = signals.recv() => signal,
         ended = &mut server => {
@@ -106,16 +130,19 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
 }
 
-/// PostgreSQL (schema checked), or memory seeded from the flags.
-async fn open_storage(args: &ServeArgs) -> Result<Arc<dyn ProxyStorage>, CliError> {
+/// The stores a server runs on.
+type Stores = (Arc<dyn ProxyStorage>, Option<Arc<dyn ApiKeyStore>>);
+
+/// PostgreSQL (schema checked), its API keys included, or memory seeded
+/// from the flags (no stored keys).
+async fn open_storage(args: &ServeArgs) -> Result<Stores, CliError> {
     if let Some(url) = &args.database_url {
-        return Ok(Arc::new(
-            open_checked(url, args.max_connections, false).await?,
-        ));
+        let storage = Arc::new(open_checked(url, args.max_connections, false).await?);
+        return Ok((storage.clone(), Some(storage)));
     }
     let storage: Arc<dyn ProxyStorage> = Arc::new(MemoryStorage::new());
     let Some(pool) = &args.pool else {
-        return Ok(storage);
+        return Ok((storage, None));
     };
     // Check the list before anything is created.
     let parsed = match &args.proxies {
@@ -160,7 +187,7 @@ async fn open_storage(args: &ServeArgs) -> Result<Arc<dyn ProxyStorage>, CliErro
             report.added
         );
     }
-    Ok(storage)
+    Ok((storage, None))
 }
 
 fn config_error(e: ConfigError) -> CliError {
@@ -168,8 +195,13 @@ fn config_error(e: ConfigError) -> CliError {
         ConfigError::Invalid { flag, reason } => usage(flag, reason),
         ConfigError::NoKeys => usage(
             "api-keys-file",
-            "or PHAROX_API_KEYS is required: SCOPE:KEY,... (scopes lease, admin)",
+            "or PHAROX_API_KEYS is required without --database-url: SCOPE:KEY,... \
+             (scopes lease, admin)",
         ),
+        ConfigError::Tls(e) => CliError::Usage {
+            flag: e.flag,
+            reason: format!("{}: {}", e.path, e.reason),
+        },
         ConfigError::Keys(e) => CliError::Usage {
             flag: "api-keys-file",
             reason: format!("(or PHAROX_API_KEYS) {e}"),

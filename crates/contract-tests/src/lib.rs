@@ -26,6 +26,10 @@
 //! `async-trait` too, and `impl ProxyStorage for MyStorage` carries
 //! `#[async_trait::async_trait]`.
 //!
+//! Storages that keep the HTTP service's API keys also run
+//! [`api_key_store_contract_tests!`] (scenarios in [`api_keys`]) with a
+//! factory of fresh `Arc<dyn ApiKeyStore>`.
+//!
 //! No scenario sleeps: expiry is reached through [`ContractFixture::time`].
 //!
 //! Scenarios create their own uniquely named pools and consumers, but some
@@ -43,6 +47,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pharox_ports::{ManualClock, ProxyStorage};
 
+pub mod api_keys;
 pub mod scenarios;
 
 /// Moves the storage's notion of "now" forward, so expiry can be tested

@@ -88,3 +88,7 @@ define_id!(
     /// Identifies a [`HealthRecord`](crate::HealthRecord).
     HealthRecordId
 );
+define_id!(
+    /// Identifies a stored API key ([`ApiKeyRecord`](crate::ApiKeyRecord)).
+    ApiKeyId
+);

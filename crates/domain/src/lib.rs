@@ -22,6 +22,7 @@
 //! # Ok::<(), pharox_domain::ValidationError>(())
 //! ```
 
+mod api_key;
 mod error;
 mod filter;
 mod health;
@@ -38,6 +39,10 @@ mod session;
 mod stats;
 mod usage;
 
+pub use api_key::{
+    ApiKeyHash, ApiKeyRecord, ApiKeyScope, ApiKeySelector, MAX_API_KEY_NAME_CHARS, NewApiKey,
+    validate_api_key_name,
+};
 pub use error::ValidationError;
 pub use filter::{
     EARTH_RADIUS_KM, GEO_EXACT_TOLERANCE_DEG, MAX_FILTER_DEPTH, MAX_FILTER_NODES, Predicate,
@@ -47,7 +52,7 @@ pub use health::{
     HealthCheckOptions, HealthCheckResult, HealthOutcome, HealthPolicy, HealthRecord,
     MAX_HEALTH_ATTEMPTS, ProxyHealth,
 };
-pub use ids::{ConsumerId, HealthRecordId, LeaseId, PoolId, ProxyId};
+pub use ids::{ApiKeyId, ConsumerId, HealthRecordId, LeaseId, PoolId, ProxyId};
 pub use import::{
     IMPORT_COLUMNS, ImportDefaults, ImportPlan, ImportReport, InvalidLine, MaxConcurrency,
     ParsedLine, ParsedList, ProxyEntry, ProxyKey, ProxyListFormat, parse_asn, parse_proxy_json,

@@ -38,6 +38,7 @@
 //! ```
 
 pub mod admin;
+pub mod api_keys;
 mod error;
 pub mod health;
 mod manager;
@@ -45,6 +46,7 @@ pub mod observe;
 mod operator;
 
 pub use admin::{ImportOptions, import_proxies};
+pub use api_keys::{ApiKeyAdmin, ApiKeySecret, CreatedApiKey};
 pub use error::{PharoxError, WithLeaseError};
 pub use health::{
     HealthCheck, HealthOrchestrator, HealthOrchestratorBuilder, SimulatedProbe, Sweep, SweepSummary,
@@ -57,6 +59,7 @@ pub use observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
 pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
 
 pub use pharox_domain as domain;
+pub use pharox_domain::{ApiKeyRecord, ApiKeyScope};
 pub use pharox_domain::{
     ConsumerId, Credentials, HealthCheckOptions, HealthCheckResult, HealthPolicy, HealthRecord,
     Lease, LeaseId, LeaseStatus, PoolId, PoolOverview, PoolStats, Proxy, ProxyFilter, ProxyId,
@@ -72,8 +75,8 @@ pub use pharox_domain::{
 };
 pub use pharox_ports as ports;
 pub use pharox_ports::{
-    AcquireRequest, Clock, HealthProbe, ManualClock, ProxyStorage, ReleaseOutcome, StorageError,
-    SystemClock,
+    AcquireRequest, ApiKeyStore, Clock, HealthProbe, ManualClock, ProxyStorage, ReleaseOutcome,
+    StorageError, SystemClock,
 };
 
 /// The in-memory storage adapter.

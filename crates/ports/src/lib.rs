@@ -6,16 +6,21 @@
 //! - [`Clock`]: the time, injectable so expiry can be tested without sleeping.
 //! - [`HealthProbe`]: one health check through one proxy.
 //! - [`TaskLocks`]: exclusive named locks for background tasks.
+//! - [`ApiKeyStore`]: the HTTP service's API keys, stored as hashes.
 //!
 //! With the `mock` feature, mockall mocks (`MockProxyStorage`,
 //! `MockHealthProbe`) are generated for unit-testing the application layer.
 
+mod api_key;
 mod clock;
 mod error;
 mod lock;
 mod probe;
 mod storage;
 
+pub use api_key::ApiKeyStore;
+#[cfg(feature = "mock")]
+pub use api_key::MockApiKeyStore;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, StorageError, StorageResult};
 pub use lock::{HeldLock, TaskLockGuard, TaskLocks};

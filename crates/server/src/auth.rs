@@ -1,58 +1,27 @@
 //! API keys and their scopes: parsing `SCOPE:KEY` lists, checking a
-//! request's key in constant time, and the extractors handlers take
+//! request's key in constant time against them and then against the keys
+//! in storage (when the server has one), and the extractors handlers take
 //! ([`LeaseCaller`], [`AdminCaller`]).
 
 use std::fmt;
-use std::str::FromStr;
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use sha2::{Digest, Sha256};
+use pharox::api_keys::{api_key_public_id, hash_api_key};
+use pharox::domain::ApiKeyHash;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// What a key may do: `lease` (the lease endpoints) or `admin` (everything).
+pub use pharox::domain::ApiKeyScope as Scope;
+
 /// Keys shorter than this are refused when the list is read.
 pub const MIN_KEY_CHARS: usize = 16;
 /// Keys longer than this are refused (in the list and in requests).
 pub const MAX_KEY_CHARS: usize = 256;
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
-    /// The lease endpoints only (`/v1/pools/{pool}/leases`, `/v1/leases/...`).
-    Lease,
-    /// Everything.
-    Admin,
-}
-
-impl Scope {
-    /// Its name in key lists.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Lease => "lease",
-            Self::Admin => "admin",
-        }
-    }
-}
-
-impl FromStr for Scope {
-    type Err = KeyListError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "lease" => Ok(Self::Lease),
-            "admin" => Ok(Self::Admin),
-            _ => Err(KeyListError {
-                entry: 0,
-                reason: "the scope must be lease or admin",
-            }),
-        }
-    }
-}
 
 /// A rejected entry of an API key list; never quotes the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +36,7 @@ pub struct KeyListError {
 /// One known key: its SHA-256, its scope and its public id.
 #[derive(Clone)]
 struct KnownKey {
-    hash: [u8; 32],
+    hash: ApiKeyHash,
     scope: Scope,
     id: String,
 }
@@ -109,7 +78,9 @@ impl ApiKeys {
             let (scope, key) = entry
                 .split_once(':')
                 .ok_or_else(|| bad("must be SCOPE:KEY"))?;
-            let scope = scope.parse::<Scope>().map_err(|e| bad(e.reason))?;
+            let scope = scope
+                .parse::<Scope>()
+                .map_err(|_| bad("the scope must be lease or admin"))?;
             let key = key.trim();
             if key.len() < MIN_KEY_CHARS {
                 return Err(bad("the key must be at least 16 characters"));
@@ -120,14 +91,14 @@ impl ApiKeys {
             if !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad("the key must be printable ASCII without spaces"));
             }
-            let hash = sha256(key);
+            let hash = hash_api_key(key);
             if keys.keys.iter().any(|k| k.hash == hash) {
                 return Err(bad("the key is listed twice"));
             }
             keys.keys.push(KnownKey {
                 hash,
                 scope,
-                id: key_id(&hash),
+                id: api_key_public_id(&hash),
             });
         }
         Ok(keys)
@@ -139,7 +110,7 @@ impl ApiKeys {
         self.keys.len()
     }
 
-    /// Whether there are none (then every request is refused).
+    /// Whether there are none (then only stored keys, if any, are accepted).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -153,10 +124,10 @@ impl ApiKeys {
         if presented.len() > MAX_KEY_CHARS {
             return None;
         }
-        let hash = sha256(presented);
+        let hash = hash_api_key(presented);
         let mut found: Option<&KnownKey> = None;
         for key in &self.keys {
-            if bool::from(key.hash.ct_eq(&hash)) {
+            if bool::from(key.hash.as_bytes().ct_eq(hash.as_bytes())) {
                 found = Some(key);
             }
         }
@@ -198,7 +169,7 @@ impl FromRequestParts<AppState> for LeaseCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(Self(authenticate(&parts.headers, state)?))
+        Ok(Self(authenticate(&parts.headers, state).await?))
     }
 }
 
@@ -206,7 +177,7 @@ impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = authenticate(&parts.headers, state)?;
+        let caller = authenticate(&parts.headers, state).await?;
         match caller.scope {
             Scope::Admin => Ok(Self(caller)),
             Scope::Lease => Err(ApiError::Forbidden("the admin endpoints")),
@@ -214,8 +185,11 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
-/// The key from `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+/// The key from `Authorization: Bearer KEY` or `X-API-Key: KEY`: one of
+/// the static keys (compared in constant time), else a stored key not
+/// revoked (looked up by its hash, through the per-process cache of
+/// [`ApiKeyAdmin`](pharox::ApiKeyAdmin)).
+async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -229,24 +203,22 @@ fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiErro
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     });
-    presented
-        .and_then(|key| state.keys().check(key))
-        .ok_or(ApiError::Unauthorized)
-}
-
-fn sha256(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// 12 hex digits of SHA-256("pharox-key-id" ++ hash): public, stable.
-fn key_id(hash: &[u8; 32]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"pharox-key-id");
-    hasher.update(hash);
-    hasher.finalize()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let Some(presented) = presented else {
+        return Err(ApiError::Unauthorized);
+    };
+    if let Some(caller) = state.keys().check(presented) {
+        return Ok(caller);
+    }
+    let Some(stored) = state.stored_keys() else {
+        return Err(ApiError::Unauthorized);
+    };
+    match stored.authenticate(presented).await? {
+        Some(record) => Ok(Caller {
+            key_id: api_key_public_id(&record.key_hash),
+            scope: record.scope,
+        }),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 #[cfg(test)]

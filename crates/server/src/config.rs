@@ -8,8 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use pharox::api_keys::DEFAULT_API_KEY_CACHE;
 
 use crate::auth::{ApiKeys, KeyListError};
+use crate::tls::TlsError;
 
 /// The address `pharox serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -117,6 +119,19 @@ pub struct ServerArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_timeout: f64,
+
+    // Keys in the database and TLS (`pharox apikey`, issue 14).
+    /// With a database: how long a key found in it is trusted before it is
+    /// looked up again, in seconds (0: every request). Other replicas see a
+    /// revocation within this time.
+    #[arg(long, default_value_t = DEFAULT_API_KEY_CACHE.as_secs_f64(), value_name = "SECS")]
+    pub api_key_cache_secs: f64,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "PHAROX_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PHAROX_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A bad server setting, naming the flag.
@@ -145,6 +160,9 @@ pub enum ConfigError {
     /// No key was given: every request would be refused.
     #[error("no API keys: give --api-keys-file FILE or PHAROX_API_KEYS (SCOPE:KEY,...)")]
     NoKeys,
+    /// The certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl ServerArgs {
@@ -185,8 +203,19 @@ impl ServerArgs {
         seconds("shutdown-timeout", self.shutdown_timeout)
     }
 
-    /// The keys from the file and the list together; none at all is an error.
+    /// The keys from the file and the list together; none at all is an
+    /// error (use [`static_api_keys`](Self::static_api_keys) when keys in a
+    /// database may be accepted too).
     pub fn api_keys(&self) -> Result<ApiKeys, ConfigError> {
+        let keys = self.static_api_keys()?;
+        if keys.is_empty() {
+            return Err(ConfigError::NoKeys);
+        }
+        Ok(keys)
+    }
+
+    /// The keys from the file and the list together, possibly none.
+    pub fn static_api_keys(&self) -> Result<ApiKeys, ConfigError> {
         let mut list = String::new();
         if let Some(path) = &self.api_keys_file {
             list = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
@@ -198,11 +227,37 @@ impl ServerArgs {
             list.push('\n');
             list.push_str(keys.expose());
         }
-        let keys = ApiKeys::parse(&list)?;
-        if keys.is_empty() {
-            return Err(ConfigError::NoKeys);
+        Ok(ApiKeys::parse(&list)?)
+    }
+
+    /// How long a key found in the database is trusted (zero: not cached).
+    pub fn api_key_cache(&self) -> Result<Duration, ConfigError> {
+        let secs = self.api_key_cache_secs;
+        if !secs.is_finite() || !(0.0..=3600.0).contains(&secs) {
+            return Err(ConfigError::Invalid {
+                flag: "api-key-cache-secs",
+                reason: "must be 0 to 3600 seconds",
+            });
         }
-        Ok(keys)
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// The TLS configuration when both --tls-cert and --tls-key are given,
+    /// `None` when neither is; one without the other is an error naming the
+    /// missing flag.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::load_server_config(cert, key)?)),
+            (Some(_), None) => Err(ConfigError::Invalid {
+                flag: "tls-key",
+                reason: "is required with --tls-cert",
+            }),
+            (None, Some(_)) => Err(ConfigError::Invalid {
+                flag: "tls-cert",
+                reason: "is required with --tls-key",
+            }),
+        }
     }
 }
 
@@ -263,11 +318,48 @@ mod tests {
             }
         }
         assert!(args(&["--shutdown-timeout=-1"]).shutdown_timeout().is_err());
+        for bad in ["-1", "NaN", "3601"] {
+            match args(&[&format!("--api-key-cache-secs={bad}")]).api_key_cache() {
+                Err(ConfigError::Invalid { flag, .. }) => assert_eq!(flag, "api-key-cache-secs"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(args(&[]).api_key_cache().unwrap(), DEFAULT_API_KEY_CACHE);
+        assert_eq!(
+            args(&["--api-key-cache-secs", "0"])
+                .api_key_cache()
+                .unwrap(),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_the_missing_flag() {
+        assert!(args(&[]).tls().unwrap().is_none());
+        for (flags, missing) in [
+            (["--tls-cert", "/nonexistent/cert.pem"], "tls-key"),
+            (["--tls-key", "/nonexistent/key.pem"], "tls-cert"),
+        ] {
+            match args(&flags).tls() {
+                Err(ConfigError::Invalid { flag, .. }) => assert_eq!(flag, missing),
+                other => panic!("{flags:?}: {other:?}"),
+            }
+        }
+        let e = args(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .tls()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("invalid --tls-cert"), "{e}");
     }
 
     #[test]
     fn keys_come_from_the_list_and_the_file_and_none_is_an_error() {
         assert!(matches!(args(&[]).api_keys(), Err(ConfigError::NoKeys)));
+        assert!(args(&[]).static_api_keys().unwrap().is_empty());
         let file = std::env::temp_dir().join(format!("pharox-keys-{}", std::process::id()));
         std::fs::write(&file, "# keys\nadmin:admin-key-0123456789\n").unwrap();
         let keys = args(&[

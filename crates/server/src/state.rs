@@ -1,10 +1,10 @@
 //! [`AppState`]: what every handler shares (the manager, the operator use
-//! cases, the API keys, the limits), and the bounded per-key consumer names.
+//! cases, the static and stored API keys, the limits), and the bounded per-key consumer names.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use pharox::{ConsumerId, Operator, ProxyManager};
+use pharox::{ApiKeyAdmin, ConsumerId, Operator, ProxyManager};
 
 use crate::auth::{ApiKeys, Caller};
 use crate::config::Limits;
@@ -28,6 +28,7 @@ struct Inner {
     manager: Arc<ProxyManager>,
     operator: Operator,
     keys: ApiKeys,
+    stored_keys: Option<Arc<ApiKeyAdmin>>,
     limits: Limits,
     consumers: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -37,12 +38,34 @@ impl AppState {
     /// accepting `keys`, within `limits`.
     #[must_use]
     pub fn new(manager: Arc<ProxyManager>, keys: ApiKeys, limits: Limits) -> Self {
+        Self::build(manager, keys, None, limits)
+    }
+
+    /// As [`new`](Self::new), also accepting the keys in storage that
+    /// `stored_keys` finds (`pharox apikey create`), cached as it says.
+    #[must_use]
+    pub fn with_stored_keys(
+        manager: Arc<ProxyManager>,
+        keys: ApiKeys,
+        stored_keys: Arc<ApiKeyAdmin>,
+        limits: Limits,
+    ) -> Self {
+        Self::build(manager, keys, Some(stored_keys), limits)
+    }
+
+    fn build(
+        manager: Arc<ProxyManager>,
+        keys: ApiKeys,
+        stored_keys: Option<Arc<ApiKeyAdmin>>,
+        limits: Limits,
+    ) -> Self {
         let operator = Operator::new(Arc::clone(manager.storage()));
         Self {
             inner: Arc::new(Inner {
                 manager,
                 operator,
                 keys,
+                stored_keys,
                 limits,
                 consumers: Mutex::new(HashMap::new()),
             }),
@@ -61,10 +84,16 @@ impl AppState {
         &self.inner.operator
     }
 
-    /// The accepted API keys.
+    /// The static API keys (from the key file and `PHAROX_API_KEYS`).
     #[must_use]
     pub fn keys(&self) -> &ApiKeys {
         &self.inner.keys
+    }
+
+    /// The keys in storage, when the server has them.
+    #[must_use]
+    pub fn stored_keys(&self) -> Option<&ApiKeyAdmin> {
+        self.inner.stored_keys.as_deref()
     }
 
     /// The limits in force.

@@ -22,6 +22,8 @@ pub const PASSWORD: &str = "s3cret-pw";
 /// A running server.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     pub client: Client,
     pub storage: Arc<dyn ProxyStorage>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -30,7 +32,7 @@ pub struct TestApp {
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn get(&self, path: &str, key: &str) -> RequestBuilder {
@@ -79,21 +81,48 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server over `storage` within `limits`, on 127.0.0.1 port 0.
 pub async fn spawn_with(storage: Arc<dyn ProxyStorage>, limits: Limits) -> TestApp {
-    let keys = ApiKeys::parse(&format!(
+    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&storage)));
+    let state = AppState::new(manager, static_keys(), limits);
+    spawn_state(storage, state, None).await
+}
+
+/// The test's static keys: [`LEASE_KEY`], [`LEASE_KEY_2`], [`ADMIN_KEY`].
+pub fn static_keys() -> ApiKeys {
+    ApiKeys::parse(&format!(
         "lease:{LEASE_KEY},lease:{LEASE_KEY_2},admin:{ADMIN_KEY}"
     ))
-    .unwrap();
-    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&storage)));
-    let state = AppState::new(manager, keys, limits);
+    .unwrap()
+}
+
+/// A server with `state` (over `storage`) on 127.0.0.1 port 0, over TLS
+/// when given a configuration and a client that trusts it.
+pub async fn spawn_state(
+    storage: Arc<dyn ProxyStorage>,
+    state: AppState,
+    tls: Option<(Arc<rustls::ServerConfig>, Client)>,
+) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(pharox_server::serve(listener, state, async move {
+    let stopped = async move {
         let _ = rx.await;
-    }));
+    };
+    let (scheme, client, server) = match tls {
+        Some((config, client)) => (
+            "https",
+            client,
+            tokio::spawn(pharox_server::serve_tls(listener, state, config, stopped)),
+        ),
+        None => (
+            "http",
+            client(),
+            tokio::spawn(pharox_server::serve(listener, state, stopped)),
+        ),
+    };
     TestApp {
         addr,
-        client: client(),
+        scheme,
+        client,
         storage,
         shutdown: Some(tx),
         server: Some(server),

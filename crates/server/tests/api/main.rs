@@ -1,6 +1,7 @@
 //! The API over real HTTP: a server on 127.0.0.1 port 0 per test, a real
 //! reqwest client, the in-memory storage (and PostgreSQL for the lease
-//! endpoints, in `postgres`).
+//! endpoints, in `postgres`, and the keys in storage, in `stored_keys`;
+//! HTTPS in `tls`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,3 +11,5 @@ mod common;
 mod leases;
 mod limits;
 mod postgres;
+mod stored_keys;
+mod tls;
