@@ -5,19 +5,23 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use pharox::admin::{ImportOptions, import_proxies};
+use pharox::ports::TaskLocks;
+use pharox::upkeep::{self, SweepPools, UpkeepEvent};
 use pharox::{
-    ImportDefaults, MemoryStorage, Operator, ProxyManager, ProxyProtocol, ProxyStorage,
-    parse_proxy_list,
+    ImportDefaults, MemoryStorage, MemoryTaskLocks, Operator, ProxyManager, ProxyProtocol,
+    ProxyStorage, parse_proxy_list,
 };
 use pharox_server::config::ConfigError;
-use pharox_server::{AppState, ServerArgs};
+use pharox_server::{AppState, HealthSweeps, ServerArgs};
 use tokio::sync::oneshot;
 
 use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
+use crate::health::{SweepFlags, describe_process};
 use crate::import::{format_of, list_error, read_input};
 use crate::migrate::open_checked;
 use crate::operate::usage;
@@ -51,6 +55,24 @@ pub struct ServeArgs {
     /// The scheme of list lines that have none: http, https, socks4, socks5.
     #[arg(long, requires = "proxies")]
     protocol: Option<String>,
+    /// Sweep the pools' health every SECS seconds in the background, with
+    /// the sweep flags below (off by default). With several replicas on
+    /// one database, one leads the sweeps and the others stand by.
+    #[arg(long, value_name = "SECS")]
+    health_interval: Option<f64>,
+    /// The pools the background sweeps cover, comma-separated (default:
+    /// every pool, as listed at each round).
+    #[arg(long, value_name = "POOLS", value_delimiter = ',', requires = "health_interval")]
+    health_pools: Option<Vec<String>>,
+    /// Reclaim expired leases every SECS seconds in the background (off by
+    /// default; acquires reclaim a pool's expired leases anyway). One
+    /// replica leads it.
+    #[arg(long, value_name = "SECS")]
+    cleanup_interval: Option<f64>,
+    /// How sweeps check proxies: the background ones and those started with
+    /// POST /v1/pools/{pool}/health-sweeps (as `pharox health check`).
+    #[command(flatten, next_help_heading = "Health sweeps")]
+    sweep: SweepFlags,
 }
 
 /// Runs `pharox serve` until SIGTERM or SIGINT, then lets requests in
@@ -59,10 +81,36 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let keys = args.server.api_keys().map_err(config_error)?;
     let limits = args.server.limits().map_err(config_error)?;
     let shutdown_timeout = args.server.shutdown_timeout().map_err(config_error)?;
+    let health_interval = interval("health-interval", args.health_interval)?;
+    let cleanup_interval = interval("cleanup-interval", args.cleanup_interval)?;
+    let sweep = args.sweep.setup()?;
     let mut signals = Signals::install()?;
-    let storage = open_storage(&args).await?;
-    let manager = Arc::new(ProxyManager::from_arc(storage));
-    let state = AppState::new(manager, keys, limits);
+    let (storage, locks) = open_storage(&args).await?;
+    if health_interval.is_some() {
+        tokio::select! {
+            signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+            checked = sweep.check_target() => checked?,
+        }
+    }
+    let holder = describe_process("pharox serve");
+    let orchestrator = sweep.orchestrator(Arc::clone(&storage))?;
+    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&storage)));
+    let state = AppState::new(manager, keys, limits).with_health_sweeps(HealthSweeps::new(
+        orchestrator.clone(),
+        Arc::clone(&locks),
+        holder.clone(),
+    ));
+    let mut upkeep = upkeep::upkeep(storage, locks, holder).listener(Arc::new(print_upkeep));
+    if let Some(every) = health_interval {
+        let pools = match args.health_pools.clone() {
+            Some(names) => SweepPools::Named(names),
+            None => SweepPools::All,
+        };
+        upkeep = upkeep.health(orchestrator, every, pools);
+    }
+    if let Some(every) = cleanup_interval {
+        upkeep = upkeep.cleanup(every);
+    }
     let listen = args.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -74,8 +122,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     errln!("pharox serve: listening on http://{local}");
     tracing::info!(%local, "listening");
 
+    let upkeep = upkeep.spawn()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(pharox_server::serve(listener, state, async move {
+    let mut server = tokio::spawn(pharox_server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
     let signal = tokio::select! {
@@ -94,7 +143,15 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         shutdown_timeout.as_secs_f64()
     );
     let _ = stop.send(());
-    match tokio::time::timeout(shutdown_timeout, server).await {
+    // Requests in flight finish, background sweeps stop gently (results
+    // being written are written) and leader locks are released, all
+    // within the shutdown timeout.
+    let stopping = async move {
+        let served = server.await;
+        tokio::join!(upkeep.stop(), state.shutdown());
+        served
+    };
+    match tokio::time::timeout(shutdown_timeout, stopping).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(CliError::Other(format!("the server stopped: {e}"))),
         Ok(Err(e)) => Err(CliError::Other(format!("the server failed: {e}"))),
@@ -106,16 +163,19 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
 }
 
-/// PostgreSQL (schema checked), or memory seeded from the flags.
-async fn open_storage(args: &ServeArgs) -> Result<Arc<dyn ProxyStorage>, CliError> {
+/// PostgreSQL (schema checked) with its advisory locks, or memory seeded
+/// from the flags with locks within this process.
+async fn open_storage(
+    args: &ServeArgs,
+) -> Result<(Arc<dyn ProxyStorage>, Arc<dyn TaskLocks>), CliError> {
     if let Some(url) = &args.database_url {
-        return Ok(Arc::new(
-            open_checked(url, args.max_connections, false).await?,
-        ));
+        let postgres = Arc::new(open_checked(url, args.max_connections, false).await?);
+        return Ok((postgres.clone(), postgres));
     }
     let storage: Arc<dyn ProxyStorage> = Arc::new(MemoryStorage::new());
+    let locks: Arc<dyn TaskLocks> = Arc::new(MemoryTaskLocks::new());
     let Some(pool) = &args.pool else {
-        return Ok(storage);
+        return Ok((storage, locks));
     };
     // Check the list before anything is created.
     let parsed = match &args.proxies {
@@ -160,7 +220,48 @@ async fn open_storage(args: &ServeArgs) -> Result<Arc<dyn ProxyStorage>, CliErro
             report.added
         );
     }
-    Ok(storage)
+    Ok((storage, locks))
+}
+
+/// An upkeep interval flag: more than 0 and at most a day.
+fn interval(flag: &'static str, secs: Option<f64>) -> Result<Option<Duration>, CliError> {
+    secs.map(|secs| {
+        if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(usage(flag, "must be more than 0 and at most 86400 seconds"))
+        }
+    })
+    .transpose()
+}
+
+/// The upkeep's events that an operator (or a supervisor) wants to see, one
+/// line each on stderr.
+fn print_upkeep(event: &UpkeepEvent) {
+    match event {
+        UpkeepEvent::Leading(task) => errln!("pharox serve: {task}: leading"),
+        UpkeepEvent::StandingBy { task, leader } => errln!(
+            "pharox serve: {task}: standing by, led by {}",
+            leader.as_deref().unwrap_or("another process")
+        ),
+        UpkeepEvent::LostLead { task, error } => {
+            errln!("pharox serve: {task}: lost the lead ({error}); standing by");
+        }
+        UpkeepEvent::Swept { pool, summary } => errln!(
+            "pharox serve: health: swept pool {pool}: {} checked, {} failed",
+            summary.checked,
+            summary.failed
+        ),
+        UpkeepEvent::SweepSkipped { pool, holder } => errln!(
+            "pharox serve: health: pool {pool} skipped, swept by {}",
+            holder.as_deref().unwrap_or("another process")
+        ),
+        UpkeepEvent::Cleaned { reclaimed } if *reclaimed > 0 => {
+            errln!("pharox serve: cleanup: {reclaimed} expired leases reclaimed");
+        }
+        UpkeepEvent::Failed { task, error } => errln!("pharox serve: {task}: failed: {error}"),
+        _ => {}
+    }
 }
 
 fn config_error(e: ConfigError) -> CliError {
