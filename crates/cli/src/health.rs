@@ -47,6 +47,24 @@ struct CheckArgs {
     /// The database, as postgres://user:pass@host:5432/db
     #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
     database_url: Option<DatabaseUrl>,
+    #[command(flatten)]
+    sweep: SweepFlags,
+    /// Exit 1 when any probe of this sweep failed (for cron and CI).
+    #[arg(long)]
+    fail_on_error: bool,
+    /// When another sweep of the pool is running, wait for it to finish
+    /// instead of exiting 1.
+    #[arg(long)]
+    wait: bool,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a sweep checks proxies: the flags `pharox health check` and
+/// `pharox serve` (for its background and on-demand sweeps) share.
+#[derive(Debug, Clone, Args)]
+pub struct SweepFlags {
     /// The URL fetched through each proxy (a public URL by default: pass
     /// your own where the internet is not reachable).
     #[arg(long, value_name = "URL", default_value_t = HealthCheckOptions::default().target_url)]
@@ -79,16 +97,76 @@ struct CheckArgs {
     /// worker counts on having to itself).
     #[arg(long)]
     skip_leased: bool,
-    /// Exit 1 when any probe of this sweep failed (for cron and CI).
-    #[arg(long)]
-    fail_on_error: bool,
-    /// When another sweep of the pool is running, wait for it to finish
-    /// instead of exiting 1.
-    #[arg(long)]
-    wait: bool,
-    /// Print one JSON object on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
+}
+
+/// A sweep's checked settings and probe, from [`SweepFlags`].
+pub struct SweepSetup {
+    probe: Arc<HttpProbe>,
+    options: HealthCheckOptions,
+    policy: HealthPolicy,
+    concurrency: usize,
+    skip_leased: bool,
+    target_check: bool,
+}
+
+impl SweepFlags {
+    /// Checks the flags (each error names its flag) and builds the probe.
+    pub fn setup(&self) -> Result<SweepSetup, CliError> {
+        let options = options(self)?;
+        limits::count("concurrency", self.concurrency, limits::MAX_CONCURRENCY)?;
+        let policy = HealthPolicy::new(self.failures_before_inactive).map_err(|e| usage(&e))?;
+        Ok(SweepSetup {
+            probe: Arc::new(probe(self)?),
+            options,
+            policy,
+            concurrency: self.concurrency,
+            skip_leased: self.skip_leased,
+            target_check: !self.no_target_check,
+        })
+    }
+
+    /// Database connections a sweep with these flags wants.
+    pub fn connections(&self) -> u32 {
+        u32::try_from(self.concurrency.min(64))
+            .unwrap_or(64)
+            .saturating_add(2)
+    }
+}
+
+impl SweepSetup {
+    /// An orchestrator persisting into `storage`.
+    pub fn orchestrator(
+        &self,
+        storage: Arc<dyn ProxyStorage>,
+    ) -> Result<HealthOrchestrator, CliError> {
+        Ok(HealthOrchestrator::builder(storage, self.probe.clone())
+            .options(self.options.clone())
+            .policy(self.policy)
+            .concurrency(self.concurrency)
+            .skip_leased(self.skip_leased)
+            .build()?)
+    }
+
+    /// Fetches --target directly (without a proxy) unless
+    /// --no-target-check: a sweep against a target that does not answer
+    /// would fail every proxy, so it is refused.
+    pub async fn check_target(&self) -> Result<(), CliError> {
+        if !self.target_check {
+            return Ok(());
+        }
+        self.probe
+            .check_target(&self.options)
+            .await
+            .map(drop)
+            .map_err(|why| {
+                CliError::Other(format!(
+                    "--target {} does not answer directly (without a proxy): {why}; \
+                 refusing to sweep, since every proxy would fail against it \
+                 (fix --target, or pass --no-target-check to sweep anyway)",
+                    shown_target(&self.options.target_url)
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +216,7 @@ fn usage(e: &ValidationError) -> CliError {
     }
 }
 
-fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
+fn options(args: &SweepFlags) -> Result<HealthCheckOptions, CliError> {
     let options = HealthCheckOptions {
         target_url: args.target.clone(),
         timeout: limits::seconds("timeout", args.timeout, limits::MAX_TIMEOUT_SECS)?,
@@ -150,7 +228,7 @@ fn options(args: &CheckArgs) -> Result<HealthCheckOptions, CliError> {
     Ok(options)
 }
 
-fn probe(args: &CheckArgs) -> Result<HttpProbe, CliError> {
+fn probe(args: &SweepFlags) -> Result<HttpProbe, CliError> {
     let mut builder = HttpProbe::builder();
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).map_err(|e| CliError::Usage {
@@ -183,6 +261,11 @@ fn shown_target(url: &str) -> String {
 
 /// How this process describes itself to a second sweep of the same pool.
 fn holder_description() -> String {
+    describe_process("pharox health check")
+}
+
+/// `"<what>, pid N on HOST"`: how a process names itself as a lock holder.
+pub fn describe_process(what: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -190,8 +273,8 @@ fn holder_description() -> String {
         .filter(|h| !h.is_empty());
     let pid = std::process::id();
     match host {
-        Some(host) => format!("pharox health check, pid {pid} on {host}"),
-        None => format!("pharox health check, pid {pid}"),
+        Some(host) => format!("{what}, pid {pid} on {host}"),
+        None => format!("{what}, pid {pid}"),
     }
 }
 
@@ -203,7 +286,7 @@ async fn lock_pool(
     wait: bool,
     signals: &mut Signals,
 ) -> Result<TaskLockGuard, CliError> {
-    let key = format!("pharox.health.sweep:{}", pool.id);
+    let key = pharox::sweep_lock_key(pool.id);
     let me = holder_description();
     let mut told = false;
     loop {
@@ -239,43 +322,22 @@ async fn lock_pool(
 const LOCK_POLL: Duration = Duration::from_millis(250);
 
 async fn check(args: CheckArgs) -> Result<(), CliError> {
-    let options = options(&args)?;
-    limits::count("concurrency", args.concurrency, limits::MAX_CONCURRENCY)?;
-    let policy = HealthPolicy::new(args.failures_before_inactive).map_err(|e| usage(&e))?;
-    let probe = probe(&args)?;
+    let setup = args.sweep.setup()?;
     let url = required_url(args.database_url.as_ref())?;
     let mut signals = Signals::install()?;
-    let connections = u32::try_from(args.concurrency.min(64))
-        .unwrap_or(64)
-        .saturating_add(2);
-    let postgres = Arc::new(open_checked(url, connections, false).await?);
+    let postgres = Arc::new(open_checked(url, args.sweep.connections(), false).await?);
+    let storage: Arc<dyn ProxyStorage> = postgres.clone();
     let pool = postgres.get_pool_by_name(&args.pool).await?;
     // Held to the end of the sweep; dropping it releases it.
     let lock = lock_pool(&postgres, &pool, args.wait, &mut signals).await?;
-    if !args.no_target_check {
-        let checked = tokio::select! {
-            signal = signals.recv() => return Err(CliError::Interrupted(signal)),
-            checked = probe.check_target(&options) => checked,
-        };
-        if let Err(why) = checked {
-            return Err(CliError::Other(format!(
-                "--target {} does not answer directly (without a proxy): {why}; \
-                 refusing to sweep, since every proxy would fail against it \
-                 (fix --target, or pass --no-target-check to sweep anyway)",
-                shown_target(&options.target_url)
-            )));
-        }
+    tokio::select! {
+        signal = signals.recv() => return Err(CliError::Interrupted(signal)),
+        checked = setup.check_target() => checked?,
     }
-    let storage: Arc<dyn ProxyStorage> = postgres.clone();
     let proxies = storage.list_proxies(pool.id).await?;
     let addresses: HashMap<ProxyId, String> =
         proxies.iter().map(|p| (p.id, p.to_string())).collect();
-    let orchestrator = HealthOrchestrator::builder(storage, Arc::new(probe))
-        .options(options)
-        .policy(policy)
-        .concurrency(args.concurrency)
-        .skip_leased(args.skip_leased)
-        .build()?;
+    let orchestrator = setup.orchestrator(storage)?;
     let mut sweep = orchestrator.sweep(proxies);
     let bar = ProgressBar::new(sweep.total() as u64);
     if let Ok(style) =
@@ -531,22 +593,17 @@ fn print_history(
 mod tests {
     use super::*;
 
-    fn check_args(timeout: f64) -> CheckArgs {
-        CheckArgs {
-            pool: "p".to_owned(),
-            database_url: None,
+    fn check_args(timeout: f64) -> SweepFlags {
+        SweepFlags {
             target: HealthCheckOptions::default().target_url,
             no_target_check: false,
             ca_file: None,
             skip_leased: false,
-            fail_on_error: false,
-            wait: false,
             concurrency: 8,
             timeout,
             attempts: 1,
             slow_ms: 2000,
             failures_before_inactive: 3,
-            json: false,
         }
     }
 

@@ -31,7 +31,7 @@ mod output;
 #[cfg(feature = "postgres")]
 mod prompt;
 mod seed;
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "postgres", feature = "http-probe"))]
 mod serve;
 mod signals;
 
@@ -69,7 +69,7 @@ enum Command {
     #[cfg(all(feature = "postgres", feature = "http-probe"))]
     Health(health::HealthArgs),
     /// Serve the HTTP lease API (API keys required).
-    #[cfg(feature = "postgres")]
+    #[cfg(all(feature = "postgres", feature = "http-probe"))]
     Serve(serve::ServeArgs),
     /// Create, list and revoke the API keys stored in the database.
     #[cfg(feature = "postgres")]
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             Command::Lease(args) => lease::lease(args).await,
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Health(args) => health::run(args).await,
-            #[cfg(feature = "postgres")]
+            #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Serve(args) => serve::run(args).await,
             #[cfg(feature = "postgres")]
             Command::Apikey(args) => apikey::run(args).await,
@@ -165,11 +165,11 @@ mod tests {
             vec!["pharox", "bench", "--database-url", URL, "--migrate"],
             vec!["pharox", "migrate", "--database-url", URL],
             vec!["pharox", "migrate", "status", "--database-url", URL],
-            vec!["pharox", "serve", "--database-url", URL],
             vec!["pharox", "apikey", "list", "--database-url", URL],
         ];
         #[cfg(feature = "http-probe")]
         cases.extend([
+            vec!["pharox", "serve", "--database-url", URL],
             vec![
                 "pharox",
                 "health",
@@ -199,6 +199,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "http-probe")]
     fn debug_of_serve_arguments_hides_the_api_keys() {
         let debug = debug_of(&["pharox", "serve", "--api-keys", "lease:k-0123456789abcdef"]);
         assert!(debug.contains("Secret(<redacted>)"), "{debug}");

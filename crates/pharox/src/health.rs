@@ -346,6 +346,12 @@ impl HealthOrchestrator {
         }
     }
 
+    /// The storage results are persisted into.
+    #[must_use]
+    pub fn storage(&self) -> &Arc<dyn ProxyStorage> {
+        &self.inner.storage
+    }
+
     /// Checks one proxy and persists the result.
     pub async fn check(&self, proxy: &Proxy) -> Result<HealthCheck, PharoxError> {
         self.inner.check(proxy).await

@@ -44,6 +44,7 @@ pub mod health;
 mod manager;
 pub mod observe;
 mod operator;
+pub mod upkeep;
 
 pub use admin::{ImportOptions, import_proxies};
 pub use api_keys::{ApiKeyAdmin, ApiKeySecret, CreatedApiKey};
@@ -57,6 +58,7 @@ pub use manager::{
 };
 pub use observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
 pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
+pub use upkeep::{Upkeep, UpkeepEvent, UpkeepTask, sweep_lock_key};
 
 pub use pharox_domain as domain;
 pub use pharox_domain::{ApiKeyRecord, ApiKeyScope};
@@ -81,7 +83,7 @@ pub use pharox_ports::{
 
 /// The in-memory storage adapter.
 #[cfg(feature = "memory")]
-pub use pharox_adapter_memory::MemoryStorage;
+pub use pharox_adapter_memory::{MemoryStorage, MemoryTaskLocks};
 
 /// The PostgreSQL storage adapter.
 #[cfg(feature = "postgres")]

@@ -62,6 +62,18 @@ pub enum ApiError {
     /// The lease was released or expired (409, `lease_not_active`).
     #[error("lease {0} is no longer active")]
     LeaseNotActive(String),
+    /// A health sweep of the pool is running already (409, `sweep_running`).
+    #[error("a health sweep of pool {pool} is running{}", .holder.as_deref().map(|h| format!(", held by {h}")).unwrap_or_default())]
+    SweepRunning {
+        /// The pool.
+        pool: String,
+        /// Who runs it, as it described itself (when known).
+        holder: Option<String>,
+    },
+    /// The server was started without what this endpoint needs (501,
+    /// `not_configured`), e.g. health sweeps on a library-built server.
+    #[error("{0} is not configured on this server")]
+    NotConfigured(&'static str),
     /// A conflicting state, e.g. a pool name that is taken (409, `conflict`).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -126,9 +138,11 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoProxyAvailable(_) | Self::LeaseNotActive(_) | Self::Conflict(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::NoProxyAvailable(_)
+            | Self::LeaseNotActive(_)
+            | Self::SweepRunning { .. }
+            | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,6 +164,8 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NoProxyAvailable(_) => "no_proxy_available",
             Self::LeaseNotActive(_) => "lease_not_active",
+            Self::SweepRunning { .. } => "sweep_running",
+            Self::NotConfigured(_) => "not_configured",
             Self::Conflict(_) => "conflict",
             Self::Overloaded => "overloaded",
             Self::Timeout => "request_timeout",

@@ -60,7 +60,9 @@ pub use config::{Limits, ServerArgs};
 pub use error::ApiError;
 pub use state::AppState;
 
-use routes::{health, leases, pools, proxies};
+pub use routes::sweeps::HealthSweeps;
+
+use routes::{health, leases, pools, proxies, sweeps};
 
 /// The API's routes and limits over `state`.
 ///
@@ -82,6 +84,10 @@ pub fn router(state: AppState) -> Router {
             get(pools::proxies).post(pools::import),
         )
         .route("/v1/pools/{pool}/leases", post(leases::acquire))
+        .route(
+            "/v1/pools/{pool}/health-sweeps",
+            get(sweeps::status).post(sweeps::start),
+        )
         .route("/v1/leases/{id}", get(leases::show))
         .route("/v1/leases/{id}/release", post(leases::release))
         .route("/v1/leases/{id}/renew", post(leases::renew))

@@ -2,13 +2,14 @@
 //! cases, the static and stored API keys, the limits), and the bounded per-key consumer names.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pharox::{ApiKeyAdmin, ConsumerId, Operator, ProxyManager};
 
 use crate::auth::{ApiKeys, Caller};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::routes::sweeps::HealthSweeps;
 
 /// Consumer name used when a lease request names none.
 pub const DEFAULT_CLIENT_CONSUMER: &str = "default";
@@ -31,6 +32,7 @@ struct Inner {
     stored_keys: Option<Arc<ApiKeyAdmin>>,
     limits: Limits,
     consumers: Mutex<HashMap<String, HashSet<String>>>,
+    health_sweeps: OnceLock<HealthSweeps>,
 }
 
 impl AppState {
@@ -68,7 +70,32 @@ impl AppState {
                 stored_keys,
                 limits,
                 consumers: Mutex::new(HashMap::new()),
+                health_sweeps: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Lets `POST /v1/pools/{pool}/health-sweeps` run sweeps (without it,
+    /// the endpoint answers 501 `not_configured`). Set once: a second call
+    /// is ignored.
+    #[must_use]
+    pub fn with_health_sweeps(self, sweeps: HealthSweeps) -> Self {
+        let _ = self.inner.health_sweeps.set(sweeps);
+        self
+    }
+
+    /// The health sweeps, when configured.
+    #[must_use]
+    pub fn health_sweeps(&self) -> Option<&HealthSweeps> {
+        self.inner.health_sweeps.get()
+    }
+
+    /// Stops what the server runs in the background (health sweeps started
+    /// through the API) and waits for it; call it after [`serve`](crate::serve)
+    /// returns.
+    pub async fn shutdown(&self) {
+        if let Some(sweeps) = self.health_sweeps() {
+            sweeps.stop().await;
         }
     }
 

@@ -452,3 +452,30 @@ pub struct PageQuery {
     /// Where the page starts.
     pub cursor: Option<String>,
 }
+
+/// `POST /v1/pools/{pool}/health-sweeps`: the sweep that was started.
+#[derive(Debug, Serialize)]
+pub struct SweepStartedBody {
+    /// The pool being swept.
+    pub pool: String,
+    /// How many proxies the sweep covers.
+    pub proxies: usize,
+    /// When it started (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Who runs it: this server, as it describes itself to other sweeps.
+    pub holder: String,
+}
+
+/// `GET /v1/pools/{pool}/health-sweeps`: whether a sweep of the pool runs
+/// now (started by any replica, the upkeep or `pharox health check`).
+#[derive(Debug, Serialize)]
+pub struct SweepStatusBody {
+    /// The pool.
+    pub pool: String,
+    /// Whether a sweep of it is running.
+    pub running: bool,
+    /// Who runs it, as it described itself (when one runs and it is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}

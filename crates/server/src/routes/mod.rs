@@ -4,6 +4,7 @@ pub mod health;
 pub mod leases;
 pub mod pools;
 pub mod proxies;
+pub mod sweeps;
 
 use crate::error::ApiError;
 use crate::wire::{Page, PageQuery};
