@@ -99,6 +99,9 @@ pub struct BenchArgs {
 enum BenchKind {
     /// Health-check throughput with a simulated probe and the in-memory storage.
     Health(crate::bench_health::HealthBenchArgs),
+    /// The HTTP lease service over loopback: acquire+release pairs per
+    /// second next to GET /healthz, in memory or on PostgreSQL.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 fn parse_selector(value: &str) -> Result<Selector, String> {
@@ -261,8 +264,10 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGINT or SIGTERM arrived, stdout is closed), the pool it seeded is
 /// removed before the command returns, and with it its leases.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
-    if let Some(BenchKind::Health(health)) = args.kind {
-        return crate::bench_health::run(health).await;
+    match args.kind {
+        Some(BenchKind::Health(health)) => return crate::bench_health::run(health).await,
+        Some(BenchKind::Serve(serve)) => return crate::bench_serve::run(serve).await,
+        None => {}
     }
     let plan = args.plan()?;
     // Before anything exists that would need tidying up: from here on

@@ -13,6 +13,7 @@
 mod apikey;
 mod bench;
 mod bench_health;
+mod bench_serve;
 #[cfg(feature = "postgres")]
 mod database_url;
 mod error;
