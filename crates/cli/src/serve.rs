@@ -13,7 +13,7 @@ use pharox::{
     parse_proxy_list,
 };
 use pharox_server::config::ConfigError;
-use pharox_server::{AppState, ServerArgs};
+use pharox_server::{AppState, ServerArgs, ServerMetrics};
 use tokio::sync::oneshot;
 
 use crate::database_url::DatabaseUrl;
@@ -61,8 +61,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let shutdown_timeout = args.server.shutdown_timeout().map_err(config_error)?;
     let mut signals = Signals::install()?;
     let storage = open_storage(&args).await?;
-    let manager = Arc::new(ProxyManager::from_arc(storage));
-    let state = AppState::new(manager, keys, limits);
+    let metrics = ServerMetrics::new();
+    let manager = Arc::new(ProxyManager::from_arc(storage).with_observer(metrics.observer()));
+    let state = AppState::new(manager, keys, limits).with_metrics(metrics);
     let listen = args.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -15,7 +15,8 @@ use pharox_ports::{
 };
 use tracing::Instrument;
 
-use crate::observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
+use crate::observe::{AcquireErrorEvent, AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
+use crate::pool_names::PoolNames;
 use crate::{PharoxError, WithLeaseError};
 
 /// The consumer name used when a request names none.
@@ -269,6 +270,8 @@ pub struct ProxyManager {
     consumers: RwLock<HashMap<String, ConsumerId>>,
     /// The default consumer's id, read without a lock on the hot path.
     default_consumer_id: OnceLock<ConsumerId>,
+    /// Pool names for events that carry only a pool id (used with observers).
+    pool_names: PoolNames,
 }
 
 impl std::fmt::Debug for ProxyManager {
@@ -295,6 +298,7 @@ impl ProxyManager {
             observers: Vec::new(),
             consumers: RwLock::new(HashMap::new()),
             default_consumer_id: OnceLock::new(),
+            pool_names: PoolNames::default(),
         }
     }
 
@@ -414,7 +418,26 @@ impl ProxyManager {
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        let lease = self.storage.acquire(request).instrument(span).await?;
+        let lease = match self.storage.acquire(request).instrument(span).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                let error = PharoxError::from(e);
+                if let Some(started_at) = started_at {
+                    let event = AcquireErrorEvent {
+                        pool_name: &request.pool_name,
+                        consumer: &prepared.consumer,
+                        error: &error,
+                        duration: (self.clock.now() - started_at)
+                            .try_into()
+                            .unwrap_or_default(),
+                    };
+                    self.observers
+                        .iter()
+                        .for_each(|o| o.on_acquire_error(&event));
+                }
+                return Err(error);
+            }
+        };
         match &lease {
             Some(lease) => tracing::debug!(
                 pool = %request.pool_name,
@@ -427,6 +450,9 @@ impl ProxyManager {
         }
 
         if let Some(started_at) = started_at {
+            if let Some(lease) = &lease {
+                self.pool_names.remember(lease.pool_id, &lease.pool_name);
+            }
             let stats = self.stats_for_event(&request.pool_name).await;
             let completed_at = self.clock.now();
             let event = AcquireEvent {
@@ -544,9 +570,14 @@ impl ProxyManager {
             cooling_down = proxy.usage.cooldown_until.is_some_and(|t| t > self.clock.now()),
             "outcome reported"
         );
+        if self.observers.is_empty() {
+            return Ok(proxy);
+        }
+        let pool_name = self.pool_names.resolve(&*self.storage, proxy.pool_id).await;
         let event = OutcomeEvent {
             lease_id,
             proxy_id: proxy.id,
+            pool_name: pool_name.as_deref(),
             outcome,
             on_release: false,
             proxy: Some(&proxy),
@@ -582,25 +613,31 @@ impl ProxyManager {
                 outcome = reported.map(Outcome::kind),
                 "lease released"
             );
-            if let Some(reported) = reported {
-                let event = OutcomeEvent {
-                    lease_id,
-                    proxy_id: released.proxy_id,
-                    outcome: reported,
-                    on_release: true,
-                    proxy: None,
-                };
-                self.observers.iter().for_each(|o| o.on_outcome(&event));
-            }
             if !self.observers.is_empty() {
-                let stats = match self.config.pool_stats_in_events {
-                    true => self.stats_for_pool_id(released).await,
-                    false => None,
+                let pool_name = self
+                    .pool_names
+                    .resolve(&*self.storage, released.pool_id)
+                    .await;
+                if let Some(reported) = reported {
+                    let event = OutcomeEvent {
+                        lease_id,
+                        proxy_id: released.proxy_id,
+                        pool_name: pool_name.as_deref(),
+                        outcome: reported,
+                        on_release: true,
+                        proxy: None,
+                    };
+                    self.observers.iter().for_each(|o| o.on_outcome(&event));
+                }
+                let stats = match (self.config.pool_stats_in_events, &pool_name) {
+                    (true, Some(name)) => self.stats_for_event(name).await,
+                    _ => None,
                 };
                 let event = ReleaseEvent {
                     lease_id,
                     proxy_id: released.proxy_id,
                     pool_id: released.pool_id,
+                    pool_name: pool_name.as_deref(),
                     consumer_id: released.consumer_id,
                     released_at: released.released_at,
                     lease_duration: (released.released_at - released.acquired_at)
@@ -726,11 +763,6 @@ impl ProxyManager {
                 None
             }
         }
-    }
-
-    async fn stats_for_pool_id(&self, released: &pharox_ports::ReleasedLease) -> Option<PoolStats> {
-        let pool = self.storage.get_pool(released.pool_id).await.ok()?;
-        self.stats_for_event(&pool.name).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`AppState`]: what every handler shares (the manager, the operator use
-//! cases, the API keys, the limits), and the bounded per-key consumer names.
+//! cases, the API keys, the limits, the metrics), and the bounded per-key
+//! consumer names.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use pharox::{ConsumerId, Operator, ProxyManager};
 use crate::auth::{ApiKeys, Caller};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
 
 /// Consumer name used when a lease request names none.
 pub const DEFAULT_CLIENT_CONSUMER: &str = "default";
@@ -21,6 +23,7 @@ pub const MAX_CONSUMERS_PER_KEY: usize = 256;
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
+    metrics: ServerMetrics,
 }
 
 #[derive(Debug)]
@@ -46,7 +49,23 @@ impl AppState {
                 limits,
                 consumers: Mutex::new(HashMap::new()),
             }),
+            metrics: ServerMetrics::new(),
         }
+    }
+
+    /// Serves `metrics` on `GET /metrics` (by default a fresh registry
+    /// with HTTP metrics only: lease metrics need its observer on the
+    /// manager, see [`ServerMetrics`]).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: ServerMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics registry.
+    #[must_use]
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
     }
 
     /// The lease manager.

@@ -8,7 +8,7 @@ use pharox::Proxy;
 use pharox::{ProxyManager, ProxyPool, ProxyStorage};
 use pharox_adapter_memory::MemoryStorage;
 use pharox_server::Limits;
-use pharox_server::{ApiKeys, AppState};
+use pharox_server::{ApiKeys, AppState, ServerMetrics};
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -83,8 +83,10 @@ pub async fn spawn_with(storage: Arc<dyn ProxyStorage>, limits: Limits) -> TestA
         "lease:{LEASE_KEY},lease:{LEASE_KEY_2},admin:{ADMIN_KEY}"
     ))
     .unwrap();
-    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&storage)));
-    let state = AppState::new(manager, keys, limits);
+    let metrics = ServerMetrics::new();
+    let manager =
+        Arc::new(ProxyManager::from_arc(Arc::clone(&storage)).with_observer(metrics.observer()));
+    let state = AppState::new(manager, keys, limits).with_metrics(metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
