@@ -272,6 +272,8 @@ pub struct ProxyManager {
     default_consumer_id: OnceLock<ConsumerId>,
     /// Pool names for events that carry only a pool id (used with observers).
     pool_names: PoolNames,
+    /// Whether an observer wants pool names read when not cached.
+    read_pool_names: bool,
 }
 
 impl std::fmt::Debug for ProxyManager {
@@ -299,6 +301,7 @@ impl ProxyManager {
             consumers: RwLock::new(HashMap::new()),
             default_consumer_id: OnceLock::new(),
             pool_names: PoolNames::default(),
+            read_pool_names: false,
         }
     }
 
@@ -320,6 +323,7 @@ impl ProxyManager {
     /// Adds an observer of acquire and release events.
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn LeaseObserver>) -> Self {
+        self.read_pool_names |= observer.wants_pool_names();
         self.observers.push(observer);
         self
     }
@@ -573,7 +577,7 @@ impl ProxyManager {
         if self.observers.is_empty() {
             return Ok(proxy);
         }
-        let pool_name = self.pool_names.resolve(&*self.storage, proxy.pool_id).await;
+        let pool_name = self.pool_name(proxy.pool_id, self.read_pool_names).await;
         let event = OutcomeEvent {
             lease_id,
             proxy_id: proxy.id,
@@ -614,10 +618,9 @@ impl ProxyManager {
                 "lease released"
             );
             if !self.observers.is_empty() {
-                let pool_name = self
-                    .pool_names
-                    .resolve(&*self.storage, released.pool_id)
-                    .await;
+                // Pool stats in events need the name too (as they always did).
+                let read = self.read_pool_names || self.config.pool_stats_in_events;
+                let pool_name = self.pool_name(released.pool_id, read).await;
                 if let Some(reported) = reported {
                     let event = OutcomeEvent {
                         lease_id,
@@ -750,6 +753,15 @@ impl ProxyManager {
     /// The pool's current stats.
     pub async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats, PharoxError> {
         Ok(self.storage.pool_stats(pool_name).await?)
+    }
+
+    /// The name of pool `id` for an event: cached, else read (once per
+    /// pool) if `read`.
+    async fn pool_name(&self, id: pharox_domain::PoolId, read: bool) -> Option<Arc<str>> {
+        match read {
+            true => self.pool_names.resolve(&*self.storage, id).await,
+            false => self.pool_names.cached(id),
+        }
     }
 
     async fn stats_for_event(&self, pool_name: &str) -> Option<PoolStats> {

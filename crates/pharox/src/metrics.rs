@@ -242,6 +242,10 @@ impl LeaseObserver for MetricsObserver {
             series.outcomes[kind].increment(1);
         });
     }
+
+    fn wants_pool_names(&self) -> bool {
+        true
+    }
 }
 
 impl HealthObserver for MetricsObserver {

@@ -64,7 +64,9 @@ pub struct ReleaseEvent<'a> {
     /// Its pool.
     pub pool_id: PoolId,
     /// Its pool's name, from the manager's cache of pool names (filled by
-    /// acquires, else one storage read per pool); `None` if that read failed.
+    /// acquires; for a pool not seen yet, one storage read per pool when an
+    /// observer [wants pool names](LeaseObserver::wants_pool_names)); `None`
+    /// when not known.
     pub pool_name: Option<&'a str>,
     /// Its holder.
     pub consumer_id: ConsumerId,
@@ -113,6 +115,14 @@ pub trait LeaseObserver: Send + Sync {
     fn on_release(&self, _event: &ReleaseEvent<'_>) {}
     /// After every outcome the storage applied.
     fn on_outcome(&self, _event: &OutcomeEvent<'_>) {}
+    /// Whether release and outcome events must name the pool even when
+    /// the manager has not seen it yet (a lease made by another process):
+    /// then the manager reads the pool once and caches its name. `false`
+    /// by default: the events name it only when it is cached, and no
+    /// storage call is added.
+    fn wants_pool_names(&self) -> bool {
+        false
+    }
 }
 
 /// One health check of a [`HealthOrchestrator`](crate::HealthOrchestrator):

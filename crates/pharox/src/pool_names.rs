@@ -38,6 +38,11 @@ impl PoolNames {
         }
     }
 
+    /// The name of pool `id` if it is cached (no storage read).
+    pub(crate) fn cached(&self, id: PoolId) -> Option<Arc<str>> {
+        self.names.read().get(&id).cloned()
+    }
+
     /// The name of pool `id`: cached, else read from `storage` (and cached);
     /// `None` when the read fails (logged at debug).
     pub(crate) async fn resolve(&self, storage: &dyn ProxyStorage, id: PoolId) -> Option<Arc<str>> {

@@ -181,8 +181,9 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-/// Runs [`ServerMetrics::run_upkeep`] every [`UPKEEP_INTERVAL`], forever.
-pub(crate) async fn upkeep(metrics: ServerMetrics) {
+/// Runs [`ServerMetrics::run_upkeep`] every [`UPKEEP_INTERVAL`], forever
+/// (spawn it; [`crate::serve`] does).
+pub async fn upkeep(metrics: ServerMetrics) {
     let mut every = tokio::time::interval(UPKEEP_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
