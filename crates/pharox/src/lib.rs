@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod observe;
 mod operator;
 mod pool_names;
+mod release;
 
 pub use admin::{ImportOptions, import_proxies};
 pub use error::{PharoxError, WithLeaseError};

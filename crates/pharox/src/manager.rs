@@ -10,13 +10,12 @@ use pharox_domain::{
     ConsumerId, Lease, LeaseId, Outcome, PoolStats, Proxy, ProxyFilter, RetryPolicy, Selector,
     SessionKey, SessionRequest, TargetHost, UsagePolicy, validate_name, validate_ttl,
 };
-use pharox_ports::{
-    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, SystemClock,
-};
+use pharox_ports::{AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, SystemClock};
 use tracing::Instrument;
 
 use crate::observe::{AcquireErrorEvent, AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
 use crate::pool_names::PoolNames;
+use crate::release::{ReleaseOnDrop, retry_storage};
 use crate::{PharoxError, WithLeaseError};
 
 /// The consumer name used when a request names none.
@@ -774,79 +773,6 @@ impl ProxyManager {
                 tracing::debug!(pool = %pool_name, error = %e, "pool stats for event unavailable");
                 None
             }
-        }
-    }
-}
-
-/// Releases the lease in a background task if the scope that holds it ends
-/// early (panic or cancellation), so capacity comes back before expiry.
-struct ReleaseOnDrop {
-    storage: Arc<dyn ProxyStorage>,
-    lease_id: LeaseId,
-    retry: RetryPolicy,
-    armed: bool,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let lease_id = self.lease_id;
-        let storage = Arc::clone(&self.storage);
-        let retry = self.retry;
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = release_with_retry(&*storage, lease_id, &retry).await {
-                        tracing::warn!(lease = %lease_id, error = %e, "release after abandoned task failed");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(lease = %lease_id, "no runtime to release an abandoned lease; it will expire")
-            }
-        }
-    }
-}
-
-/// A release, tried again per `policy` while it fails in a retryable way.
-async fn release_with_retry(
-    storage: &dyn ProxyStorage,
-    lease_id: LeaseId,
-    policy: &RetryPolicy,
-) -> Result<ReleaseOutcome, StorageError> {
-    retry_storage(policy, "release", lease_id, || storage.release(lease_id)).await
-}
-
-/// Runs an idempotent storage call on a lease until it succeeds, fails in a
-/// way that will not pass, or has had `policy.max_attempts()` attempts.
-async fn retry_storage<T, F, Fut>(
-    policy: &RetryPolicy,
-    what: &'static str,
-    lease_id: LeaseId,
-    mut call: F,
-) -> Result<T, StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StorageError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e) if e.is_retryable() && attempt < policy.max_attempts() => {
-                let delay = policy.delay_after(attempt);
-                tracing::debug!(lease = %lease_id, attempt, ?delay, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                if e.is_retryable() {
-                    tracing::warn!(lease = %lease_id, attempts = attempt, error = %e, "{what} gave up");
-                }
-                return Err(e);
-            }
-            Ok(value) => return Ok(value),
         }
     }
 }
