@@ -34,8 +34,10 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 
 use metrics::{Counter, Histogram, Recorder, Unit, counter, histogram};
@@ -86,6 +88,9 @@ pub const DEFAULT_MAX_POOLS: usize = 1000;
 /// could not be read: empty (no pool name is blank).
 pub const OTHER_POOLS: &str = "";
 
+/// Pools whose series each thread keeps at hand, over every observer.
+const PER_THREAD: usize = 16;
+
 /// The outcome kinds, as labelled.
 const OUTCOME_KINDS: [&str; 4] = ["success", "proxy_failure", "blocked", "target_error"];
 
@@ -94,14 +99,22 @@ const OUTCOME_KINDS: [&str; 4] = ["success", "proxy_failure", "blocked", "target
 /// [`ProxyManager`](crate::ProxyManager) with `with_observer` and to a
 /// [`HealthOrchestrator`](crate::HealthOrchestrator) with `observer`.
 ///
-/// Handles of a pool's series are registered once and kept, so recording
-/// costs a map look-up under a read lock and a few atomic adds.
+/// Handles of a pool's series are registered once and kept; each thread
+/// keeps the handles of the pools it used last, so recording costs a scan
+/// of a short per-thread list (no lock) and the recorder's atomic adds.
 pub struct MetricsObserver {
+    /// Tells this observer's entries apart in the per-thread lists.
+    id: u64,
     recorder: Option<Arc<dyn Recorder + Send + Sync>>,
     max_pools: usize,
-    pools: RwLock<HashMap<Arc<str>, PoolSeries>>,
-    other: OnceLock<PoolSeries>,
+    pools: RwLock<HashMap<Arc<str>, Arc<PoolSeries>>>,
+    other: OnceLock<Arc<PoolSeries>>,
     described: Once,
+}
+
+thread_local! {
+    /// (observer, pool name, its series), newest last.
+    static RECENT: RefCell<Vec<(u64, Arc<str>, Arc<PoolSeries>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl fmt::Debug for MetricsObserver {
@@ -126,7 +139,9 @@ impl MetricsObserver {
     /// first shows up.
     #[must_use]
     pub fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             recorder: None,
             max_pools: DEFAULT_MAX_POOLS,
             pools: RwLock::new(HashMap::new()),
@@ -158,25 +173,53 @@ impl MetricsObserver {
         let Some(pool) = pool else {
             return record(self.other());
         };
-        if let Some(series) = self.pools.read().get(pool) {
-            return record(series);
-        }
-        let mut pools = self.pools.write();
-        if !pools.contains_key(pool) {
-            if pools.len() >= self.max_pools {
-                drop(pools);
-                return record(self.other());
+        let mut record = Some(record);
+        RECENT.with_borrow(|recent| {
+            let found = recent
+                .iter()
+                .rev()
+                .find(|(observer, name, _)| *observer == self.id && **name == *pool);
+            if let Some((_, _, series)) = found
+                && let Some(record) = record.take()
+            {
+                record(series);
             }
-            let series = self.register(pool);
-            pools.insert(pool.into(), series);
-        }
-        if let Some(series) = pools.get(pool) {
-            record(series);
-        }
+        });
+        let Some(record) = record else {
+            return;
+        };
+        let series = self.shared_series(pool);
+        record(&series);
+        RECENT.with_borrow_mut(|recent| {
+            if recent.len() >= PER_THREAD {
+                recent.remove(0);
+            }
+            recent.push((self.id, pool.into(), series));
+        });
     }
 
-    fn other(&self) -> &PoolSeries {
-        self.other.get_or_init(|| self.register(OTHER_POOLS))
+    /// The series of `pool` from the shared map, registered if new (or the
+    /// [`OTHER_POOLS`] series past the limit).
+    fn shared_series(&self, pool: &str) -> Arc<PoolSeries> {
+        if let Some(series) = self.pools.read().get(pool) {
+            return Arc::clone(series);
+        }
+        let mut pools = self.pools.write();
+        if let Some(series) = pools.get(pool) {
+            return Arc::clone(series);
+        }
+        if pools.len() >= self.max_pools {
+            drop(pools);
+            return Arc::clone(self.other());
+        }
+        let series = Arc::new(self.register(pool));
+        pools.insert(pool.into(), Arc::clone(&series));
+        series
+    }
+
+    fn other(&self) -> &Arc<PoolSeries> {
+        self.other
+            .get_or_init(|| Arc::new(self.register(OTHER_POOLS)))
     }
 
     /// Registers every series of `pool` with this observer's recorder.
