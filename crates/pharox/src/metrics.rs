@@ -112,9 +112,12 @@ pub struct MetricsObserver {
     described: Once,
 }
 
+/// A per-thread entry: (observer, pool name, its series).
+type Recent = (u64, Arc<str>, Arc<PoolSeries>);
+
 thread_local! {
-    /// (observer, pool name, its series), newest last.
-    static RECENT: RefCell<Vec<(u64, Arc<str>, Arc<PoolSeries>)>> = const { RefCell::new(Vec::new()) };
+    /// The series this thread used last, newest last.
+    static RECENT: RefCell<Vec<Recent>> = const { RefCell::new(Vec::new()) };
 }
 
 impl fmt::Debug for MetricsObserver {
