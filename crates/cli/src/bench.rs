@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// random per operation (0: no target).
     #[arg(long, default_value_t = 0)]
     target_count: usize,
+    /// Record Prometheus metrics as `pharox serve` does (its observer and
+    /// registry, histogram upkeep every 5 s), to measure what they cost.
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +126,7 @@ struct Plan {
     pool: PoolUse,
     session_keys: usize,
     target_count: usize,
+    metrics: bool,
 }
 
 /// Which pool a run measures on.
@@ -215,6 +220,7 @@ impl BenchArgs {
             selector: self.selector,
             session_keys: self.session_keys,
             target_count: self.target_count,
+            metrics: self.metrics,
         })
     }
 }
@@ -460,6 +466,8 @@ struct Run {
     max_concurrency: u32,
     capacity: u64,
     over_leased: AtomicU64,
+    /// The metrics' histogram upkeep, with `--metrics`.
+    _upkeep: Option<AbortOnDrop>,
 }
 
 impl Run {
@@ -526,7 +534,13 @@ async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
         PoolUse::Fresh | PoolUse::SeedOnly(_) => seed_pool(plan, target).await?,
     };
     let per_proxy = proxies.iter().map(|p| (p.id, AtomicU32::new(0))).collect();
-    let manager = ProxyManager::from_arc(Arc::clone(storage));
+    let mut manager = ProxyManager::from_arc(Arc::clone(storage));
+    let mut upkeep = None;
+    if plan.metrics {
+        let metrics = pharox_server::ServerMetrics::new();
+        manager = manager.with_observer(metrics.observer());
+        upkeep = Some(tokio::spawn(pharox_server::metrics::upkeep(metrics)).abort_handle());
+    }
     // Validated and with its consumer created before the clock starts; the
     // workers then acquire the way a worker loop should.
     let variants = plan.session_keys.max(plan.target_count).max(1);
@@ -558,7 +572,17 @@ async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
         max_concurrency: plan.max_concurrency,
         capacity: plan.proxies as u64 * u64::from(plan.max_concurrency),
         over_leased: AtomicU64::new(0),
+        _upkeep: upkeep.map(AbortOnDrop),
     })
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Creates the pool and adds `--proxies` proxies to it.
@@ -734,6 +758,7 @@ fn print_json(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), Outpu
         "workers": plan.workers,
         "session_keys": plan.session_keys,
         "target_count": plan.target_count,
+        "metrics": plan.metrics,
         "proxies": plan.proxies,
         "operations": m.operations(),
         "ops_per_sec": round2(m.pairs_per_sec()),

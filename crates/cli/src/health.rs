@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use pharox::http_probe::HttpProbe;
+use pharox::observe::HealthObserver;
 use pharox::ports::{TaskLockGuard, TaskLocks};
 use pharox::postgres::PostgresStorage;
 use pharox::{
@@ -134,17 +135,22 @@ impl SweepFlags {
 }
 
 impl SweepSetup {
-    /// An orchestrator persisting into `storage`.
+    /// An orchestrator persisting into `storage`, reporting each check to
+    /// `observer` when given (`pharox serve`'s metrics).
     pub fn orchestrator(
         &self,
         storage: Arc<dyn ProxyStorage>,
+        observer: Option<Arc<dyn HealthObserver>>,
     ) -> Result<HealthOrchestrator, CliError> {
-        Ok(HealthOrchestrator::builder(storage, self.probe.clone())
+        let mut builder = HealthOrchestrator::builder(storage, self.probe.clone())
             .options(self.options.clone())
             .policy(self.policy)
             .concurrency(self.concurrency)
-            .skip_leased(self.skip_leased)
-            .build()?)
+            .skip_leased(self.skip_leased);
+        if let Some(observer) = observer {
+            builder = builder.observer(observer);
+        }
+        Ok(builder.build()?)
     }
 
     /// Fetches --target directly (without a proxy) unless
@@ -337,7 +343,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     let proxies = storage.list_proxies(pool.id).await?;
     let addresses: HashMap<ProxyId, String> =
         proxies.iter().map(|p| (p.id, p.to_string())).collect();
-    let orchestrator = setup.orchestrator(storage)?;
+    let orchestrator = setup.orchestrator(storage, None)?;
     let mut sweep = orchestrator.sweep(proxies);
     let bar = ProgressBar::new(sweep.total() as u64);
     if let Ok(style) =

@@ -16,7 +16,7 @@ use pharox::{
     ProxyManager, ProxyProtocol, ProxyStorage, parse_proxy_list,
 };
 use pharox_server::config::ConfigError;
-use pharox_server::{AppState, HealthSweeps, ServerArgs};
+use pharox_server::{AppState, HealthSweeps, ServerArgs, ServerMetrics};
 use tokio::sync::oneshot;
 
 use crate::database_url::DatabaseUrl;
@@ -109,8 +109,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     }
     let holder = describe_process("pharox serve");
-    let orchestrator = sweep.orchestrator(Arc::clone(&stores.storage))?;
-    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&stores.storage)));
+    let metrics = ServerMetrics::new();
+    let orchestrator = sweep.orchestrator(Arc::clone(&stores.storage), Some(metrics.observer()))?;
+    let manager = Arc::new(
+        ProxyManager::from_arc(Arc::clone(&stores.storage)).with_observer(metrics.observer()),
+    );
     let state = match stores.keys {
         Some(store) => AppState::with_stored_keys(
             manager,
@@ -120,6 +123,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         ),
         None => AppState::new(manager, keys, limits),
     }
+    .with_metrics(metrics)
     .with_health_sweeps(HealthSweeps::new(
         orchestrator.clone(),
         Arc::clone(&stores.locks),

@@ -127,11 +127,12 @@ fn pharox(args: &[&str]) -> Run {
 }
 
 /// The keys of `pharox bench --json`, whatever the storage.
-const BENCH_KEYS: [&str; 16] = [
+const BENCH_KEYS: [&str; 17] = [
     "storage",
     "workers",
     "session_keys",
     "target_count",
+    "metrics",
     "proxies",
     "operations",
     "ops_per_sec",

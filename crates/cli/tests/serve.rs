@@ -115,6 +115,22 @@ async fn serve_leases_from_a_list_in_memory_and_stops_on_sigterm() {
     assert_eq!(overview["active_leases"], 0);
     let refused = client.post(url("/v1/pools/p/leases")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+    // The lease metrics: `serve` puts the observer on the manager.
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "pharox_acquire_total{pool=\"p\",result=\"hit\"} 1",
+        "pharox_release_total{pool=\"p\"} 1",
+        "pharox_pool_proxies{pool=\"p\",status=\"active\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     let pid = server.0.id().to_string();
     assert!(

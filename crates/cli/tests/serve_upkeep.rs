@@ -239,6 +239,21 @@ fn one_replica_leads_the_upkeep_and_the_other_takes_over_when_it_is_killed() {
             .unwrap();
         assert_eq!(health["status"], "active", "{health}");
         assert!(health["records"].as_array().unwrap().len() >= 2, "{health}");
+        // The leader's sweeps are counted in its metrics.
+        let metrics = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let checks = metrics
+            .lines()
+            .find(|l| l.starts_with("pharox_health_checks_total{") && l.contains("pool=\"p\""))
+            .unwrap_or_else(|| panic!("no health checks counted:\n{metrics}"));
+        let count: f64 = checks.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 2.0, "{checks}");
     });
 }
 

@@ -22,6 +22,8 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use crate::PharoxError;
+use crate::observe::{HealthCheckEvent, HealthObserver};
+use crate::pool_names::PoolNames;
 
 /// Default number of probes in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -254,6 +256,9 @@ struct Inner {
     concurrency: usize,
     deadline: Option<Duration>,
     skip_leased: bool,
+    observers: Vec<Arc<dyn HealthObserver>>,
+    /// Pool names for the observers' events.
+    pool_names: PoolNames,
 }
 
 impl Inner {
@@ -283,10 +288,18 @@ impl Inner {
         proxy: &Proxy,
         result: HealthCheckResult,
     ) -> Result<HealthCheck, PharoxError> {
-        let updated = self
+        let updated = match self
             .storage
             .apply_health_result(&result, &self.policy)
-            .await?;
+            .await
+        {
+            Ok(updated) => updated,
+            Err(e) => {
+                let error = PharoxError::from(e);
+                self.notify(proxy, &result, None, Some(&error)).await;
+                return Err(error);
+            }
+        };
         tracing::debug!(
             proxy = %proxy.id,
             verdict = %result.status,
@@ -294,12 +307,41 @@ impl Inner {
             latency_ms = result.latency_ms,
             "health result applied"
         );
-        Ok(HealthCheck {
+        let check = HealthCheck {
             proxy_id: proxy.id,
             status_before: proxy.status,
             status_after: updated.map(|p| p.status),
             result,
-        })
+        };
+        self.notify(proxy, &check.result, check.status_after, None)
+            .await;
+        Ok(check)
+    }
+
+    /// Tells the observers about one check (nothing to do without any).
+    async fn notify(
+        &self,
+        proxy: &Proxy,
+        result: &HealthCheckResult,
+        status_after: Option<ProxyStatus>,
+        error: Option<&PharoxError>,
+    ) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let pool_name = self.pool_names.resolve(&*self.storage, proxy.pool_id).await;
+        let event = HealthCheckEvent {
+            proxy_id: proxy.id,
+            pool_id: proxy.pool_id,
+            pool_name: pool_name.as_deref(),
+            result,
+            status_before: proxy.status,
+            status_after,
+            error,
+        };
+        self.observers
+            .iter()
+            .for_each(|o| o.on_health_check(&event));
     }
 }
 
@@ -342,6 +384,8 @@ impl HealthOrchestrator {
                 concurrency: DEFAULT_CONCURRENCY,
                 deadline: None,
                 skip_leased: false,
+                observers: Vec::new(),
+                pool_names: PoolNames::default(),
             },
         }
     }
@@ -360,6 +404,11 @@ impl HealthOrchestrator {
     /// Sweeps every proxy of a pool (see [`sweep`](Self::sweep)).
     pub async fn sweep_pool(&self, pool_name: &str) -> Result<Sweep, PharoxError> {
         let pool = self.inner.storage.get_pool_by_name(pool_name).await?;
+        if !self.inner.observers.is_empty() {
+            self.inner
+                .pool_names
+                .remember(pool.id, &pool.name.as_str().into());
+        }
         let proxies = self.inner.storage.list_proxies(pool.id).await?;
         Ok(self.sweep(proxies))
     }
@@ -461,7 +510,10 @@ async fn drive_sweep(
             counts
         });
     }
-    drop(tx);
+    // Held until the summary is logged: the stream ends when the last
+    // sender goes, and a consumer that drops the sweep at the end of the
+    // stream aborts this task, which would lose the log line.
+    let keep_stream_open = tx;
     let mut summary = SweepSummary::default();
     let deadline = async {
         match inner.deadline {
@@ -498,6 +550,7 @@ async fn drive_sweep(
         not_persisted = summary.not_persisted,
         "sweep finished"
     );
+    drop(keep_stream_open);
 }
 
 /// Configures a [`HealthOrchestrator`].
@@ -547,6 +600,13 @@ impl HealthOrchestratorBuilder {
     /// a lease held, as listed when the sweep starts (default: check them).
     pub fn skip_leased(mut self, skip: bool) -> Self {
         self.inner.skip_leased = skip;
+        self
+    }
+
+    /// Adds an observer of every check (for metrics: `MetricsObserver`
+    /// with the `metrics` feature).
+    pub fn observer(mut self, observer: Arc<dyn HealthObserver>) -> Self {
+        self.inner.observers.push(observer);
         self
     }
 

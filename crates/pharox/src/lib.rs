@@ -11,6 +11,9 @@
 //! | `postgres` | `pharox::postgres` (PostgreSQL on SeaORM) |
 //! | `http-probe` | `pharox::http_probe` (HTTP/HTTPS/SOCKS health probe) |
 //!
+//! and the feature `metrics` adds `MetricsObserver` (Prometheus-style
+//! lease and health metrics through the `metrics` facade).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,8 +45,12 @@ pub mod api_keys;
 mod error;
 pub mod health;
 mod manager;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod observe;
 mod operator;
+mod pool_names;
+mod release;
 pub mod upkeep;
 
 pub use admin::{ImportOptions, import_proxies};
@@ -56,7 +63,12 @@ pub use manager::{
     DEFAULT_CONSUMER, DEFAULT_TTL, LeaseRequest, ManagerConfig, PreparedRequest, ProxyManager,
     default_release_retry,
 };
-pub use observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
+#[cfg(feature = "metrics")]
+pub use metrics::MetricsObserver;
+pub use observe::{
+    AcquireErrorEvent, AcquireEvent, HealthCheckEvent, HealthObserver, LeaseObserver, OutcomeEvent,
+    ReleaseEvent,
+};
 pub use operator::{CLOSE_NAME_DISTANCE, Operator, close_names, edit_distance};
 pub use upkeep::{Upkeep, UpkeepEvent, UpkeepTask, sweep_lock_key};
 

@@ -10,12 +10,12 @@ use pharox_domain::{
     ConsumerId, Lease, LeaseId, Outcome, PoolStats, Proxy, ProxyFilter, RetryPolicy, Selector,
     SessionKey, SessionRequest, TargetHost, UsagePolicy, validate_name, validate_ttl,
 };
-use pharox_ports::{
-    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, SystemClock,
-};
+use pharox_ports::{AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, SystemClock};
 use tracing::Instrument;
 
-use crate::observe::{AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
+use crate::observe::{AcquireErrorEvent, AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
+use crate::pool_names::PoolNames;
+use crate::release::{ReleaseOnDrop, retry_storage};
 use crate::{PharoxError, WithLeaseError};
 
 /// The consumer name used when a request names none.
@@ -269,6 +269,10 @@ pub struct ProxyManager {
     consumers: RwLock<HashMap<String, ConsumerId>>,
     /// The default consumer's id, read without a lock on the hot path.
     default_consumer_id: OnceLock<ConsumerId>,
+    /// Pool names for events that carry only a pool id (used with observers).
+    pool_names: PoolNames,
+    /// Whether an observer wants pool names read when not cached.
+    read_pool_names: bool,
 }
 
 impl std::fmt::Debug for ProxyManager {
@@ -295,6 +299,8 @@ impl ProxyManager {
             observers: Vec::new(),
             consumers: RwLock::new(HashMap::new()),
             default_consumer_id: OnceLock::new(),
+            pool_names: PoolNames::default(),
+            read_pool_names: false,
         }
     }
 
@@ -316,6 +322,7 @@ impl ProxyManager {
     /// Adds an observer of acquire and release events.
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn LeaseObserver>) -> Self {
+        self.read_pool_names |= observer.wants_pool_names();
         self.observers.push(observer);
         self
     }
@@ -414,7 +421,26 @@ impl ProxyManager {
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        let lease = self.storage.acquire(request).instrument(span).await?;
+        let lease = match self.storage.acquire(request).instrument(span).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                let error = PharoxError::from(e);
+                if let Some(started_at) = started_at {
+                    let event = AcquireErrorEvent {
+                        pool_name: &request.pool_name,
+                        consumer: &prepared.consumer,
+                        error: &error,
+                        duration: (self.clock.now() - started_at)
+                            .try_into()
+                            .unwrap_or_default(),
+                    };
+                    self.observers
+                        .iter()
+                        .for_each(|o| o.on_acquire_error(&event));
+                }
+                return Err(error);
+            }
+        };
         match &lease {
             Some(lease) => tracing::debug!(
                 pool = %request.pool_name,
@@ -427,6 +453,9 @@ impl ProxyManager {
         }
 
         if let Some(started_at) = started_at {
+            if let Some(lease) = &lease {
+                self.pool_names.remember(lease.pool_id, &lease.pool_name);
+            }
             let stats = self.stats_for_event(&request.pool_name).await;
             let completed_at = self.clock.now();
             let event = AcquireEvent {
@@ -544,9 +573,14 @@ impl ProxyManager {
             cooling_down = proxy.usage.cooldown_until.is_some_and(|t| t > self.clock.now()),
             "outcome reported"
         );
+        if self.observers.is_empty() {
+            return Ok(proxy);
+        }
+        let pool_name = self.pool_name(proxy.pool_id, self.read_pool_names).await;
         let event = OutcomeEvent {
             lease_id,
             proxy_id: proxy.id,
+            pool_name: pool_name.as_deref(),
             outcome,
             on_release: false,
             proxy: Some(&proxy),
@@ -582,25 +616,30 @@ impl ProxyManager {
                 outcome = reported.map(Outcome::kind),
                 "lease released"
             );
-            if let Some(reported) = reported {
-                let event = OutcomeEvent {
-                    lease_id,
-                    proxy_id: released.proxy_id,
-                    outcome: reported,
-                    on_release: true,
-                    proxy: None,
-                };
-                self.observers.iter().for_each(|o| o.on_outcome(&event));
-            }
             if !self.observers.is_empty() {
-                let stats = match self.config.pool_stats_in_events {
-                    true => self.stats_for_pool_id(released).await,
-                    false => None,
+                // Pool stats in events need the name too (as they always did).
+                let read = self.read_pool_names || self.config.pool_stats_in_events;
+                let pool_name = self.pool_name(released.pool_id, read).await;
+                if let Some(reported) = reported {
+                    let event = OutcomeEvent {
+                        lease_id,
+                        proxy_id: released.proxy_id,
+                        pool_name: pool_name.as_deref(),
+                        outcome: reported,
+                        on_release: true,
+                        proxy: None,
+                    };
+                    self.observers.iter().for_each(|o| o.on_outcome(&event));
+                }
+                let stats = match (self.config.pool_stats_in_events, &pool_name) {
+                    (true, Some(name)) => self.stats_for_event(name).await,
+                    _ => None,
                 };
                 let event = ReleaseEvent {
                     lease_id,
                     proxy_id: released.proxy_id,
                     pool_id: released.pool_id,
+                    pool_name: pool_name.as_deref(),
                     consumer_id: released.consumer_id,
                     released_at: released.released_at,
                     lease_duration: (released.released_at - released.acquired_at)
@@ -715,6 +754,15 @@ impl ProxyManager {
         Ok(self.storage.pool_stats(pool_name).await?)
     }
 
+    /// The name of pool `id` for an event: cached, else read (once per
+    /// pool) if `read`.
+    async fn pool_name(&self, id: pharox_domain::PoolId, read: bool) -> Option<Arc<str>> {
+        match read {
+            true => self.pool_names.resolve(&*self.storage, id).await,
+            false => self.pool_names.cached(id),
+        }
+    }
+
     async fn stats_for_event(&self, pool_name: &str) -> Option<PoolStats> {
         if !self.config.pool_stats_in_events {
             return None;
@@ -725,84 +773,6 @@ impl ProxyManager {
                 tracing::debug!(pool = %pool_name, error = %e, "pool stats for event unavailable");
                 None
             }
-        }
-    }
-
-    async fn stats_for_pool_id(&self, released: &pharox_ports::ReleasedLease) -> Option<PoolStats> {
-        let pool = self.storage.get_pool(released.pool_id).await.ok()?;
-        self.stats_for_event(&pool.name).await
-    }
-}
-
-/// Releases the lease in a background task if the scope that holds it ends
-/// early (panic or cancellation), so capacity comes back before expiry.
-struct ReleaseOnDrop {
-    storage: Arc<dyn ProxyStorage>,
-    lease_id: LeaseId,
-    retry: RetryPolicy,
-    armed: bool,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let lease_id = self.lease_id;
-        let storage = Arc::clone(&self.storage);
-        let retry = self.retry;
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = release_with_retry(&*storage, lease_id, &retry).await {
-                        tracing::warn!(lease = %lease_id, error = %e, "release after abandoned task failed");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(lease = %lease_id, "no runtime to release an abandoned lease; it will expire")
-            }
-        }
-    }
-}
-
-/// A release, tried again per `policy` while it fails in a retryable way.
-async fn release_with_retry(
-    storage: &dyn ProxyStorage,
-    lease_id: LeaseId,
-    policy: &RetryPolicy,
-) -> Result<ReleaseOutcome, StorageError> {
-    retry_storage(policy, "release", lease_id, || storage.release(lease_id)).await
-}
-
-/// Runs an idempotent storage call on a lease until it succeeds, fails in a
-/// way that will not pass, or has had `policy.max_attempts()` attempts.
-async fn retry_storage<T, F, Fut>(
-    policy: &RetryPolicy,
-    what: &'static str,
-    lease_id: LeaseId,
-    mut call: F,
-) -> Result<T, StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StorageError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e) if e.is_retryable() && attempt < policy.max_attempts() => {
-                let delay = policy.delay_after(attempt);
-                tracing::debug!(lease = %lease_id, attempt, ?delay, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                if e.is_retryable() {
-                    tracing::warn!(lease = %lease_id, attempts = attempt, error = %e, "{what} gave up");
-                }
-                return Err(e);
-            }
-            Ok(value) => return Ok(value),
         }
     }
 }

@@ -1,11 +1,15 @@
-//! Lifecycle observers: hooks called after every acquire and release.
+//! Lifecycle observers: hooks called after every acquire, release,
+//! outcome and health check.
 
 use std::time::Duration;
 
 use pharox_domain::{
-    ConsumerId, Lease, LeaseId, Outcome, PoolId, PoolStats, Proxy, ProxyFilter, ProxyId, Selector,
+    ConsumerId, HealthCheckResult, Lease, LeaseId, Outcome, PoolId, PoolStats, Proxy, ProxyFilter,
+    ProxyId, ProxyStatus, Selector,
 };
 use time::OffsetDateTime;
+
+use crate::PharoxError;
 
 /// What happened in one acquire.
 #[derive(Debug)]
@@ -33,6 +37,22 @@ pub struct AcquireEvent<'a> {
     pub pool_stats: Option<&'a PoolStats>,
 }
 
+/// An acquire the storage failed (a miss is not a failure: see
+/// [`AcquireEvent`]). Validation errors, found before the storage is asked,
+/// give no event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AcquireErrorEvent<'a> {
+    /// The pool asked for.
+    pub pool_name: &'a str,
+    /// The consumer's name.
+    pub consumer: &'a str,
+    /// What went wrong.
+    pub error: &'a PharoxError,
+    /// How long the failed call took.
+    pub duration: Duration,
+}
+
 /// What happened in one release that ended a lease.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -43,6 +63,11 @@ pub struct ReleaseEvent<'a> {
     pub proxy_id: ProxyId,
     /// Its pool.
     pub pool_id: PoolId,
+    /// Its pool's name, from the manager's cache of pool names (filled by
+    /// acquires; for a pool not seen yet, one storage read per pool when an
+    /// observer [wants pool names](LeaseObserver::wants_pool_names)); `None`
+    /// when not known.
+    pub pool_name: Option<&'a str>,
     /// Its holder.
     pub consumer_id: ConsumerId,
     /// When it was released.
@@ -64,6 +89,8 @@ pub struct OutcomeEvent<'a> {
     pub lease_id: LeaseId,
     /// Its proxy.
     pub proxy_id: ProxyId,
+    /// The proxy's pool (resolved as for [`ReleaseEvent::pool_name`]).
+    pub pool_name: Option<&'a str>,
     /// What the use came to.
     pub outcome: &'a Outcome,
     /// Whether it came with the release (then it is also in the
@@ -81,8 +108,49 @@ pub struct OutcomeEvent<'a> {
 pub trait LeaseObserver: Send + Sync {
     /// After every acquire, hit or miss.
     fn on_acquire(&self, _event: &AcquireEvent<'_>) {}
+    /// After every acquire whose storage call failed (each attempt of
+    /// [`acquire_with_retry`](crate::ProxyManager::acquire_with_retry)).
+    fn on_acquire_error(&self, _event: &AcquireErrorEvent<'_>) {}
     /// After every release that ended an active lease.
     fn on_release(&self, _event: &ReleaseEvent<'_>) {}
     /// After every outcome the storage applied.
     fn on_outcome(&self, _event: &OutcomeEvent<'_>) {}
+    /// Whether release and outcome events must name the pool even when
+    /// the manager has not seen it yet (a lease made by another process):
+    /// then the manager reads the pool once and caches its name. `false`
+    /// by default: the events name it only when it is cached, and no
+    /// storage call is added.
+    fn wants_pool_names(&self) -> bool {
+        false
+    }
+}
+
+/// One health check of a [`HealthOrchestrator`](crate::HealthOrchestrator):
+/// the probe's result, and what persisting it did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HealthCheckEvent<'a> {
+    /// The proxy checked.
+    pub proxy_id: ProxyId,
+    /// Its pool.
+    pub pool_id: PoolId,
+    /// Its pool's name (known for [`sweep_pool`](crate::HealthOrchestrator::sweep_pool),
+    /// else read once per pool and cached); `None` if that read failed.
+    pub pool_name: Option<&'a str>,
+    /// What the probe found (`status` is its verdict).
+    pub result: &'a HealthCheckResult,
+    /// The proxy's status before the result was applied.
+    pub status_before: ProxyStatus,
+    /// Its status after, or `None` when it was deleted meanwhile or the
+    /// result could not be persisted.
+    pub status_after: Option<ProxyStatus>,
+    /// Why the result could not be persisted, if it could not.
+    pub error: Option<&'a PharoxError>,
+}
+
+/// Receives the health orchestrator's events; defaults to doing nothing.
+/// Runs inline on the sweep's lanes: keep it cheap.
+pub trait HealthObserver: Send + Sync {
+    /// After every check, persisted or not.
+    fn on_health_check(&self, _event: &HealthCheckEvent<'_>) {}
 }

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod tls;
@@ -58,6 +59,7 @@ use tower::timeout::TimeoutLayer;
 pub use auth::{ApiKeys, Caller, Scope};
 pub use config::{Limits, ServerArgs};
 pub use error::ApiError;
+pub use metrics::ServerMetrics;
 pub use state::AppState;
 
 pub use routes::sweeps::HealthSweeps;
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/pools", get(pools::list).post(pools::create))
         .route(
             "/v1/pools/{pool}",
@@ -109,6 +112,11 @@ pub fn router(state: AppState) -> Router {
                 .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency))
                 .layer(TimeoutLayer::new(limits.request_timeout)),
         )
+        // Outermost, so refused (503) and timed-out (408) requests count too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -146,6 +154,7 @@ async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_timeout = state.limits().header_timeout;
+    let upkeep = tokio::spawn(metrics::upkeep(state.metrics().clone()));
     let app = router(state);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -205,6 +214,7 @@ async fn serve_with(
     // Stop accepting, then let every connection finish what it is doing.
     drop(listener);
     graceful.shutdown().await;
+    upkeep.abort();
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! [`AppState`]: what every handler shares (the manager, the operator use
-//! cases, the static and stored API keys, the limits), and the bounded per-key consumer names.
+//! cases, the static and stored API keys, the limits, the metrics), and the
+//! bounded per-key consumer names.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -9,6 +10,7 @@ use pharox::{ApiKeyAdmin, ConsumerId, Operator, ProxyManager};
 use crate::auth::{ApiKeys, Caller};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
 use crate::routes::sweeps::HealthSweeps;
 
 /// Consumer name used when a lease request names none.
@@ -22,6 +24,7 @@ pub const MAX_CONSUMERS_PER_KEY: usize = 256;
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
+    metrics: ServerMetrics,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ impl AppState {
                 consumers: Mutex::new(HashMap::new()),
                 health_sweeps: OnceLock::new(),
             }),
+            metrics: ServerMetrics::new(),
         }
     }
 
@@ -97,6 +101,21 @@ impl AppState {
         if let Some(sweeps) = self.health_sweeps() {
             sweeps.stop().await;
         }
+    }
+
+    /// Serves `metrics` on `GET /metrics` (by default a fresh registry
+    /// with HTTP metrics only: lease metrics need its observer on the
+    /// manager, see [`ServerMetrics`]).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: ServerMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics registry.
+    #[must_use]
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
     }
 
     /// The lease manager.

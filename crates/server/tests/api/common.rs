@@ -8,7 +8,7 @@ use pharox::Proxy;
 use pharox::{ProxyManager, ProxyPool, ProxyStorage};
 use pharox_adapter_memory::MemoryStorage;
 use pharox_server::Limits;
-use pharox_server::{ApiKeys, AppState};
+use pharox_server::{ApiKeys, AppState, ServerMetrics};
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -81,8 +81,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server over `storage` within `limits`, on 127.0.0.1 port 0.
 pub async fn spawn_with(storage: Arc<dyn ProxyStorage>, limits: Limits) -> TestApp {
-    let manager = Arc::new(ProxyManager::from_arc(Arc::clone(&storage)));
-    let state = AppState::new(manager, static_keys(), limits);
+    let metrics = ServerMetrics::new();
+    let manager =
+        Arc::new(ProxyManager::from_arc(Arc::clone(&storage)).with_observer(metrics.observer()));
+    let state = AppState::new(manager, static_keys(), limits).with_metrics(metrics);
     spawn_state(storage, state, None).await
 }
 

@@ -113,6 +113,25 @@ async fn over_the_concurrency_cap_is_503_at_once() {
         tokio::task::yield_now().await;
     }
     assert!(ok, "the slot came back");
+    // Refused requests count too: the metrics layer is outside the cap.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "pharox_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"503\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no refused /healthz in\n{metrics}"));
+    assert_eq!(refusals, "1", "{metrics}");
 }
 
 #[tokio::test]

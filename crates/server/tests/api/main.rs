@@ -10,6 +10,7 @@ mod auth;
 mod common;
 mod leases;
 mod limits;
+mod metrics;
 mod postgres;
 mod stored_keys;
 mod tls;
