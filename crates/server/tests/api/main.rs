@@ -9,4 +9,5 @@ mod auth;
 mod common;
 mod leases;
 mod limits;
+mod openapi;
 mod postgres;
