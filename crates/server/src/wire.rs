@@ -14,6 +14,7 @@ use pharox::{
     ProxyPool, ProxyProtocol, ProxyStatus, Selector,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
@@ -25,6 +26,7 @@ use crate::openapi::domain::{
 /// `POST /v1/pools/{pool}/leases`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"consumer": "worker-1", "ttl_seconds": 60, "selector": "least_used"}))]
 pub struct AcquireBody {
     /// The client's consumer name under its key (default `default`).
     pub consumer: Option<String>,
@@ -61,6 +63,7 @@ pub enum SessionBody {
 /// `POST /v1/leases/{id}/renew`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl_seconds": 120}))]
 pub struct RenewBody {
     /// New time-to-live from now, in seconds.
     pub ttl_seconds: u64,
@@ -195,6 +198,7 @@ impl From<&Proxy> for StandingBody {
 /// `POST /v1/pools`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "us-datacenter", "description": "US datacenter proxies"}))]
 pub struct CreatePoolBody {
     /// The pool's name.
     pub name: String,
@@ -379,6 +383,7 @@ impl From<&Proxy> for ProxyBody {
 /// `PATCH /v1/proxies/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "inactive"}))]
 pub struct PatchProxyBody {
     /// The status to set by hand (a ban set here is never lifted by checks).
     #[schema(value_type = ProxyStatusSchema)]

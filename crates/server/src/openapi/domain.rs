@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use pharox::domain::{IMPORT_COLUMNS, MAX_TARGET_CHARS};
 use pharox::{LeaseStatus, ProxyFailureKind, ProxyProtocol, ProxyStatus, Selector};
+use serde_json::json;
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayBuilder, Discriminator, KnownFormat, ObjectBuilder, OneOfBuilder,
     Schema, SchemaFormat, SchemaType, Type,
@@ -135,6 +136,7 @@ named_schema!(
     OutcomeSchema = "Outcome",
     OneOfBuilder::new()
         .description(Some("What one use of a leased proxy came to."))
+        .examples([json!({"kind": "success", "latency_ms": 120})])
         .discriminator(Some(Discriminator::new("kind")))
         .item(
             outcome("success", "The request went through.")
@@ -259,7 +261,7 @@ fn http_status() -> ObjectBuilder {
 #[cfg(test)]
 mod tests {
     use pharox::Outcome;
-    use serde_json::{Value, json};
+    use serde_json::Value;
 
     use super::*;
 

@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use utoipa::openapi::content::Content;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
@@ -29,6 +30,10 @@ use crate::routes::{health, leases, pools, proxies};
 pub const BEARER: &str = "bearer";
 /// The security scheme for `X-API-Key: KEY`.
 pub const API_KEY: &str = "api_key";
+
+/// The pool name the document's examples use (on every pool operation
+/// but `DELETE`, so a client that tries the examples deletes nothing).
+pub const EXAMPLE_POOL: &str = "eu-residential";
 
 /// The document's source: every operation and the schemas they use.
 #[derive(OpenApi)]
@@ -86,6 +91,39 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The document as JSON, with its link objects' keys in camelCase as
+/// OpenAPI has them (utoipa 5 writes `operation_id` and `request_body`).
+pub fn openapi_json() -> Result<Value, serde_json::Error> {
+    let mut doc = serde_json::to_value(openapi())?;
+    let responses = doc
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response.get_mut("links").and_then(Value::as_object_mut);
+        for link in links.into_iter().flat_map(|l| l.values_mut()) {
+            if let Some(link) = link.as_object_mut() {
+                for (snake, camel) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(value) = link.remove(snake) {
+                        link.insert(camel.to_owned(), value);
+                    }
+                }
+            }
+        }
+    }
+    Ok(doc)
+}
+
 /// `GET /openapi.json`: the API's OpenAPI 3.1 document.
 #[utoipa::path(
     get,
@@ -95,8 +133,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")),
 )]
 pub async fn document() -> Response {
-    static DOCUMENT: LazyLock<Result<Vec<u8>, String>> =
-        LazyLock::new(|| serde_json::to_vec(&openapi()).map_err(|e| e.to_string()));
+    static DOCUMENT: LazyLock<Result<Vec<u8>, String>> = LazyLock::new(|| {
+        openapi_json()
+            .and_then(|doc| serde_json::to_vec(&doc))
+            .map_err(|e| e.to_string())
+    });
     match &*DOCUMENT {
         Ok(bytes) => (
             [(

@@ -10,6 +10,7 @@ use pharox::{
     parse_proxy_list,
 };
 use serde::Deserialize;
+use serde_json::json;
 use utoipa::IntoParams;
 
 use crate::auth::AdminCaller;
@@ -58,7 +59,14 @@ pub async fn list(
     tag = "pools",
     request_body = CreatePoolBody,
     responses(
-        (status = 201, description = "The new pool", body = PoolBody),
+        (status = 201, description = "The new pool", body = PoolBody,
+            links(
+                ("show" = (operation_id = "show_pool", parameters(("pool" = "$response.body#/name")))),
+                ("import" = (operation_id = "import_proxies", parameters(("pool" = "$response.body#/name")))),
+                ("proxies" = (operation_id = "list_pool_proxies", parameters(("pool" = "$response.body#/name")))),
+                ("lease" = (operation_id = "acquire_lease", parameters(("pool" = "$response.body#/name")))),
+            ),
+        ),
         (status = 403, description = "forbidden: a lease key on an admin endpoint"),
         (status = 409, description = "conflict: the name is taken"),
         (status = 413, description = "payload_too_large"),
@@ -93,7 +101,7 @@ pub async fn create(
     path = "/v1/pools/{pool}",
     operation_id = "show_pool",
     tag = "pools",
-    params(("pool" = String, Path, description = "The pool's name")),
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential")),
     responses(
         (status = 200, description = "The pool's overview", body = OverviewBody),
         (status = 403, description = "forbidden: a lease key on an admin endpoint"),
@@ -158,9 +166,15 @@ pub struct ProxiesQuery {
     path = "/v1/pools/{pool}/proxies",
     operation_id = "list_pool_proxies",
     tag = "pools",
-    params(("pool" = String, Path, description = "The pool's name"), ProxiesQuery),
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential"), ProxiesQuery),
     responses(
-        (status = 200, description = "Proxies by id, without passwords", body = Page<ProxyBody>),
+        (status = 200, description = "Proxies by id, without passwords", body = Page<ProxyBody>,
+            links(
+                ("show" = (operation_id = "show_proxy", parameters(("id" = "$response.body#/items/0/id")))),
+                ("patch" = (operation_id = "patch_proxy", parameters(("id" = "$response.body#/items/0/id")))),
+                ("health" = (operation_id = "proxy_health", parameters(("id" = "$response.body#/items/0/id")))),
+            ),
+        ),
         (status = 403, description = "forbidden: a lease key on an admin endpoint"),
         (status = 404, description = "pool_not_found"),
         (status = 422, description = "invalid_request: `field` names the bad input"),
@@ -216,14 +230,16 @@ pub struct ImportQuery {
     path = "/v1/pools/{pool}/proxies",
     operation_id = "import_proxies",
     tag = "pools",
-    params(("pool" = String, Path, description = "The pool's name"), ImportQuery),
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential"), ImportQuery),
     request_body(
         description = "A proxy list, in the format its content type names",
         content(
-            (Vec<ImportRowSchema> = "application/json"),
-            (String = "text/csv"),
-            (String = "application/x-ndjson"),
-            (String = "text/plain"),
+            (Vec<ImportRowSchema> = "application/json",
+                example = json!([{"host": "192.0.2.10", "port": 8080, "country": "AR"}])),
+            (String = "text/csv", example = json!("host,port,country\n192.0.2.11,8080,AR\n")),
+            (String = "application/x-ndjson",
+                example = json!("{\"url\": \"http://192.0.2.12:8080\"}\n")),
+            (String = "text/plain", example = json!("http://user:pass@192.0.2.13:3128\n")),
         ),
     ),
     responses(

@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod common;
+mod fuzz;
 mod leases;
 mod limits;
 mod openapi;

@@ -161,6 +161,21 @@ async fn keys_errors_and_bodies_are_described() {
     ] {
         assert!(import.get(media_type).is_some(), "{media_type}: {import}");
     }
+    // Examples name the pool a client may try (never on DELETE).
+    let pool_example =
+        |method: &str, path: &str| doc["paths"][path][method]["parameters"][0]["example"].clone();
+    assert_eq!(
+        pool_example("post", "/v1/pools/{pool}/leases"),
+        pharox_server::openapi::EXAMPLE_POOL
+    );
+    assert_eq!(pool_example("delete", "/v1/pools/{pool}"), Value::Null);
+    // Links name their target by operationId (OpenAPI's spelling).
+    let links = &doc["paths"]["/v1/pools/{pool}/leases"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["release"]["operationId"], "release_lease", "{links}");
+    assert_eq!(
+        links["release"]["parameters"]["id"],
+        "$response.body#/lease_id"
+    );
     // The filter tree is recursive; outcomes are tagged by kind.
     let filter = &doc["components"]["schemas"]["ProxyFilter"];
     assert_eq!(
