@@ -14,7 +14,6 @@ use pharox::{
     ProxyPool, ProxyProtocol, ProxyStatus, Selector,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
@@ -22,6 +21,7 @@ use crate::openapi::domain::{
     LeaseStatusSchema, ProxyFilterSchema, ProxyProtocolSchema, ProxyStatusSchema, SelectorSchema,
     StatusCountsSchema,
 };
+use crate::openapi::pool_name;
 
 /// `POST /v1/pools/{pool}/leases`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -29,8 +29,10 @@ use crate::openapi::domain::{
 #[schema(example = json!({"consumer": "worker-1", "ttl_seconds": 60, "selector": "least_used"}))]
 pub struct AcquireBody {
     /// The client's consumer name under its key (default `default`).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub consumer: Option<String>,
     /// Lease time-to-live in seconds (default 300, at most 30 days).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: Option<u64>,
     /// Only proxies matching this filter tree (the domain's JSON form).
     #[schema(value_type = Option<ProxyFilterSchema>)]
@@ -41,7 +43,7 @@ pub struct AcquireBody {
     /// A sticky session: its key, or `{key, ttl_seconds?}`.
     pub session: Option<SessionBody>,
     /// The site the lease is for: proxies banned for it are skipped.
-    #[schema(max_length = 253)]
+    #[schema(min_length = 1, max_length = 253, pattern = r"\S")]
     pub target: Option<String>,
 }
 
@@ -65,7 +67,8 @@ pub enum SessionBody {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"ttl_seconds": 120}))]
 pub struct RenewBody {
-    /// New time-to-live from now, in seconds.
+    /// New time-to-live from now, in seconds (at most 30 days).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: u64,
 }
 
@@ -200,7 +203,9 @@ impl From<&Proxy> for StandingBody {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "us-datacenter", "description": "US datacenter proxies"}))]
 pub struct CreatePoolBody {
-    /// The pool's name.
+    /// The pool's name: 1 to 128 characters, not blank, no control
+    /// characters.
+    #[schema(schema_with = pool_name)]
     pub name: String,
     /// What it is for.
     pub description: Option<String>,

@@ -122,9 +122,22 @@ named_schema!(
                 .maximum(Some(u32::MAX))
                 .description(Some("Autonomous system number.")),
         )
-        .property("latitude", number("Centre of a radius search, degrees."))
-        .property("longitude", number("Centre of a radius search, degrees."))
-        .property("radius_km", number("Radius around latitude/longitude, km."))
+        .property(
+            "latitude",
+            number("Centre of a radius search, degrees (with longitude and radius_km).")
+                .minimum(Some(-90))
+                .maximum(Some(90)),
+        )
+        .property(
+            "longitude",
+            number("Centre of a radius search, degrees (with latitude and radius_km).")
+                .minimum(Some(-180))
+                .maximum(Some(180)),
+        )
+        .property(
+            "radius_km",
+            number("Radius around latitude/longitude, km.").exclusive_minimum(Some(0)),
+        )
         .property("all_of", filters("Every one of these matches."))
         .property("any_of", filters("At least one of these matches."))
         .property("none_of", filters("None of these matches."))
@@ -203,9 +216,11 @@ fn string_enum<'a>(description: &str, values: impl Iterator<Item = &'a str>) -> 
         .enum_values(Some(values.collect::<Vec<_>>()))
 }
 
+/// A string that is not blank when given.
 fn text(description: &str) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
+        .pattern(Some(r"\S"))
         .description(Some(description))
 }
 

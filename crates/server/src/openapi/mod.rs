@@ -15,10 +15,12 @@ use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use pharox::domain::MAX_NAME_CHARS;
 use serde_json::Value;
 use utoipa::openapi::content::Content;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi};
@@ -34,6 +36,24 @@ pub const API_KEY: &str = "api_key";
 /// The pool name the document's examples use (on every pool operation
 /// but `DELETE`, so a client that tries the examples deletes nothing).
 pub const EXAMPLE_POOL: &str = "eu-residential";
+
+/// A pool name as the domain takes it (1 to 128 characters, not blank, no
+/// control characters), as a pattern for the document.
+pub const NAME_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// The schema of a pool name.
+#[must_use]
+pub fn pool_name() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_NAME_CHARS))
+        .pattern(Some(NAME_PATTERN))
+        .description(Some(
+            "A pool's name: 1 to 128 characters, not blank, no control characters.",
+        ))
+        .build()
+}
 
 /// The document's source: every operation and the schemas they use.
 #[derive(OpenApi)]
@@ -168,8 +188,8 @@ impl Modify for Security {
     }
 }
 
-/// Lists the statuses any request can get and gives every error response
-/// the problem body.
+/// Lists the statuses any request can get, gives every error response the
+/// problem body, and every `{pool}` the domain's rule for names.
 struct Problems;
 
 /// What the router's layers can answer to any request.
@@ -196,9 +216,22 @@ impl Modify for Problems {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
+                describe_pool_names(operation);
                 add_problems(operation);
             }
         }
+    }
+}
+
+/// Gives every `{pool}` path parameter the domain's rule for pool names.
+fn describe_pool_names(operation: &mut Operation) {
+    let pools = operation
+        .parameters
+        .iter_mut()
+        .flatten()
+        .filter(|p| p.name == "pool" && p.parameter_in == ParameterIn::Path);
+    for parameter in pools {
+        parameter.schema = Some(pool_name().into());
     }
 }
 

@@ -39,6 +39,7 @@ pub struct AcquireQuery {
 #[into_params(parameter_in = Query)]
 pub struct HolderQuery {
     /// The consumer named when acquiring (default `default`).
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub consumer: Option<String>,
 }
 

@@ -10,7 +10,6 @@ use pharox::{
     parse_proxy_list,
 };
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::IntoParams;
 
 use crate::auth::AdminCaller;

@@ -78,7 +78,7 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
         .args(["--seed", &seed])
         .args(["--request-timeout", "10"])
         .args(["--max-time", "90"])
-        .args(["--workers", "2"])
+        .args(["--workers", "1"])
         .args(["--warnings", "off"])
         .arg("--no-color")
         // More arguments, e.g. `--report har --report-dir /tmp/st`.
