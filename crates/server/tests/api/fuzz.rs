@@ -52,7 +52,7 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     let storage = Arc::new(MemoryStorage::new());
     // The pool the document's examples name, so the fuzz reaches leases
     // and proxies, not only 404s.
-    seed(storage.as_ref(), EXAMPLE_POOL, 20, 5).await;
+    let proxies = seed(storage.as_ref(), EXAMPLE_POOL, 20, 5).await;
     let limits = Limits {
         // Acquires with ?wait_ms wait for free proxies: keep that short.
         max_wait: Duration::from_millis(100),
@@ -61,11 +61,24 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     let app = spawn_with(storage, limits).await;
     assert!(app.addr.ip().is_loopback());
     let base = format!("http://{}", app.addr);
+    // Real lease and proxy ids, drawn for `{id}` half of the time, so the
+    // lease and proxy calls answer more than 404.
+    let mut leases = Vec::new();
+    for _ in 0..20 {
+        let lease = app.lease(EXAMPLE_POOL, serde_json::json!({})).await;
+        leases.push(lease["lease_id"].as_str().unwrap().to_owned());
+    }
+    let proxy_ids: Vec<String> = proxies.iter().map(|p| p.id.to_string()).collect();
+    let config = schemathesis_config(&leases, &proxy_ids);
     let seed = std::env::var("PHAROX_FUZZ_SEED").unwrap_or_else(|_| DEFAULT_SEED.to_owned());
     let workdir = tempfile::tempdir().unwrap();
+    let config_file = workdir.path().join("schemathesis.toml");
+    std::fs::write(&config_file, config).unwrap();
 
     let mut command = Command::new(&schemathesis);
     command
+        .arg("--config-file")
+        .arg(&config_file)
         .arg("run")
         .arg(format!("{base}/openapi.json"))
         .args(["--url", &base])
@@ -115,4 +128,25 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     let pools = app.storage.list_pools().await.unwrap();
     assert!(pools.len() > 1, "the fuzz created no pool: {pools:?}");
     app.stop().await;
+}
+
+/// schemathesis's configuration: `{id}` of the lease and proxy calls drawn
+/// from real ids half of the time.
+fn schemathesis_config(leases: &[String], proxies: &[String]) -> String {
+    let list = |ids: &[String]| {
+        ids.iter()
+            .map(|id| format!("\"{id}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[dictionaries.leases]\nvalues = [{}]\n\n\
+         [dictionaries.proxies]\nvalues = [{}]\n\n\
+         [[operations]]\ninclude-path-regex = \"^/v1/leases/\"\n\
+         parameters = {{ \"path.id\" = {{ dictionary = \"leases\", probability = 0.5 }} }}\n\n\
+         [[operations]]\ninclude-path-regex = \"^/v1/proxies/\"\n\
+         parameters = {{ \"path.id\" = {{ dictionary = \"proxies\", probability = 0.5 }} }}\n",
+        list(leases),
+        list(proxies)
+    )
 }
