@@ -2,8 +2,9 @@
 //!
 //! - `test`: every test of the workspace plus the storage contract suite on
 //!   every adapter, against a real PostgreSQL (see [`postgres`]) and with
-//!   Python pharox 0.11 for the interop test (see [`python`]), with a
-//!   summary of which adapters passed.
+//!   Python pharox 0.11 for the interop test and schemathesis for the
+//!   server's schema fuzz (see [`python`]), with a summary of which
+//!   adapters passed.
 //! - `migrate [up|down|status|fresh] [--database-url URL]`: the schema.
 //! - `tidy`: checks the workspace layout rules (also run by `cargo test`).
 
@@ -59,19 +60,22 @@ fn test(extra: &[String]) -> Result<(), String> {
 
     let mut summary = Vec::new();
     let mut failed = false;
-    // Python pharox 0.11 for the adapter's interop test; without it that
-    // test fails (never skips), and so does this run.
-    let python = python::prepare(&workspace_root());
-    if let Err(e) = &python {
-        failed = true;
-        summary.push((
-            "Python pharox 0.11 for the interop test".to_owned(),
-            Err(e.clone()),
-        ));
+    // Python tools: pharox 0.11 for the adapter's interop test, schemathesis
+    // for the server's schema fuzz. Without one, its test fails (never
+    // skips), and so does this run.
+    let mut venvs = Vec::new();
+    for venv in [&python::INTEROP, &python::SCHEMATHESIS] {
+        match python::prepare(&workspace_root(), venv) {
+            Ok(program) => venvs.push((venv.env, program)),
+            Err(e) => {
+                failed = true;
+                summary.push((venv.what.to_owned(), Err(e)));
+            }
+        }
     }
-    let envs: Vec<(&str, &std::path::Path)> = python
+    let envs: Vec<(&str, &std::path::Path)> = venvs
         .iter()
-        .map(|p| (python::ENV_PYTHON, p.as_path()))
+        .map(|(env, program)| (*env, program.as_path()))
         .collect();
     for (adapter, package) in ADAPTERS {
         let outcome = cargo_test(

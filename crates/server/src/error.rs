@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pharox::{InvalidLine, PharoxError, StorageError, ValidationError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -94,18 +95,20 @@ pub enum ApiError {
 
 /// The body of an error: RFC 9457 members plus `code` and, when they apply,
 /// `field` and `invalid`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type (`urn:pharox:problem:<code>`).
     #[serde(rename = "type")]
     pub kind: String,
     /// The status's reason phrase.
+    #[schema(value_type = String)]
     pub title: &'static str,
     /// The HTTP status code.
     pub status: u16,
     /// What went wrong, for people.
     pub detail: String,
     /// The stable, machine-readable code.
+    #[schema(value_type = String, example = "pool_not_found")]
     pub code: Cow<'static, str>,
     /// The field that was wrong, for `invalid_request`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +119,7 @@ pub struct Problem {
 }
 
 /// One rejected line of an import.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProblemLine {
     /// 1-based line (or array element) number.
     pub line: usize,

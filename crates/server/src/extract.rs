@@ -16,7 +16,8 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-/// A JSON object body that may be absent: an empty body gives `None`.
+/// A JSON object body that may be absent: an empty body (or JSON `null`)
+/// gives `None`.
 #[derive(Debug)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -80,6 +81,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for MaybeJson<T> {
         {
             return Err(ApiError::UnsupportedMediaType("application/json"));
         }
+        if is_null(&body.bytes) {
+            return Ok(Self(None));
+        }
         match body.bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Ok(Self(None)),
             // serde would also read a struct from an array: refuse that here.
@@ -106,6 +110,11 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
                 ApiError::invalid("query", reason)
             })
     }
+}
+
+/// Whether a body is JSON `null`, surrounded by whitespace or not.
+fn is_null(bytes: &[u8]) -> bool {
+    bytes.trim_ascii() == b"null"
 }
 
 /// Whether a media type is JSON (`application/json`, `application/*+json`).

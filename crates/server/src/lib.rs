@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod tls;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
+        .route("/openapi.json", get(openapi::document))
         .route("/v1/pools", get(pools::list).post(pools::create))
         .route(
             "/v1/pools/{pool}",

@@ -173,6 +173,13 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// `GET /metrics` (no key): the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "probes",
+    responses((status = 200, description = "The server's metrics, Prometheus text format 0.0.4", body = String, content_type = "text/plain")),
+)]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let text = state
         .metrics()

@@ -2,6 +2,10 @@
 //! built from domain values with `From`. Domain `Proxy` and `Lease` are
 //! never serialised here (they carry passwords); only [`LeaseBody`] carries
 //! a proxy's password, inside `proxy_url`.
+//!
+//! Each type derives `ToSchema`, so the OpenAPI document (`GET
+//! /openapi.json`, [`crate::openapi`]) is made from these very types; the
+//! domain types they carry are described by [`crate::openapi::domain`].
 
 use std::collections::BTreeMap;
 
@@ -11,27 +15,40 @@ use pharox::{
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::openapi::domain::{
+    LeaseStatusSchema, ProxyFilterSchema, ProxyProtocolSchema, ProxyStatusSchema, SelectorSchema,
+    StatusCountsSchema,
+};
+use crate::openapi::pool_name;
 
 /// `POST /v1/pools/{pool}/leases`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"consumer": "worker-1", "ttl_seconds": 60, "selector": "least_used"}))]
 pub struct AcquireBody {
     /// The client's consumer name under its key (default `default`).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub consumer: Option<String>,
     /// Lease time-to-live in seconds (default 300, at most 30 days).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: Option<u64>,
     /// Only proxies matching this filter tree (the domain's JSON form).
+    #[schema(value_type = Option<ProxyFilterSchema>)]
     pub filter: Option<ProxyFilter>,
     /// first_available (default), least_used, round_robin, lowest_latency, random.
+    #[schema(value_type = Option<SelectorSchema>)]
     pub selector: Option<Selector>,
     /// A sticky session: its key, or `{key, ttl_seconds?}`.
     pub session: Option<SessionBody>,
     /// The site the lease is for: proxies banned for it are skipped.
+    #[schema(min_length = 1, max_length = 253, pattern = r"\S")]
     pub target: Option<String>,
 }
 
 /// A session in a lease request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum SessionBody {
     /// Just the key (the session TTL is the server's default).
@@ -46,10 +63,12 @@ pub enum SessionBody {
 }
 
 /// `POST /v1/leases/{id}/renew`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl_seconds": 120}))]
 pub struct RenewBody {
-    /// New time-to-live from now, in seconds.
+    /// New time-to-live from now, in seconds (at most 30 days).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: u64,
 }
 
@@ -60,7 +79,7 @@ pub struct RenewBody {
 pub type OutcomeBody = Outcome;
 
 /// A lease as its holder sees it, with the URL to connect through.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LeaseBody {
     /// The lease's id.
     pub lease_id: String,
@@ -71,12 +90,14 @@ pub struct LeaseBody {
     /// `scheme://user:password@host:port`: the one place a password is sent.
     pub proxy_url: String,
     /// http, https, socks4 or socks5.
+    #[schema(value_type = ProxyProtocolSchema)]
     pub protocol: ProxyProtocol,
     /// The proxy's host.
     pub host: String,
     /// The proxy's port.
     pub port: u16,
     /// active or released.
+    #[schema(value_type = LeaseStatusSchema)]
     pub status: LeaseStatus,
     /// When the lease was made (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
@@ -124,12 +145,12 @@ impl From<&Lease> for LeaseBody {
 }
 
 /// The answer to a release.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReleaseBody {
     /// The lease.
     pub lease_id: String,
     /// `released` when this call ended it, `already_released` otherwise.
-    pub result: &'static str,
+    pub result: ReleaseResult,
     /// When it was released, when known.
     #[serde(
         with = "time::serde::rfc3339::option",
@@ -138,12 +159,23 @@ pub struct ReleaseBody {
     pub released_at: Option<OffsetDateTime>,
 }
 
+/// Whether a release call ended the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseResult {
+    /// This call released it.
+    Released,
+    /// It was released before (by an earlier call, or by expiry).
+    AlreadyReleased,
+}
+
 /// A proxy's standing after an outcome report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StandingBody {
     /// The proxy.
     pub proxy_id: String,
     /// Its status.
+    #[schema(value_type = ProxyStatusSchema)]
     pub status: ProxyStatus,
     /// Penalties minus credits.
     pub error_score: f64,
@@ -167,17 +199,20 @@ impl From<&Proxy> for StandingBody {
 }
 
 /// `POST /v1/pools`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "us-datacenter", "description": "US datacenter proxies"}))]
 pub struct CreatePoolBody {
-    /// The pool's name.
+    /// The pool's name: 1 to 128 characters, not blank, no control
+    /// characters.
+    #[schema(schema_with = pool_name)]
     pub name: String,
     /// What it is for.
     pub description: Option<String>,
 }
 
 /// A pool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PoolBody {
     /// Its id.
     pub id: String,
@@ -203,7 +238,7 @@ impl From<&ProxyPool> for PoolBody {
 }
 
 /// `GET /v1/pools/{pool}`: the operator's overview of a pool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OverviewBody {
     /// The pool's name.
     pub pool: String,
@@ -212,6 +247,7 @@ pub struct OverviewBody {
     /// Proxies in it.
     pub proxies: u64,
     /// Proxies per status (every status present).
+    #[schema(value_type = StatusCountsSchema)]
     pub by_status: BTreeMap<ProxyStatus, u64>,
     /// Proxies with at least one active lease.
     pub leased_proxies: u64,
@@ -256,7 +292,7 @@ impl From<&PoolOverview> for OverviewBody {
 }
 
 /// A proxy as the admin API shows it: the user name, never the password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProxyBody {
     /// Its id.
     pub id: String,
@@ -265,6 +301,7 @@ pub struct ProxyBody {
     /// `scheme://user@host:port`, no password.
     pub url: String,
     /// http, https, socks4 or socks5.
+    #[schema(value_type = ProxyProtocolSchema)]
     pub protocol: ProxyProtocol,
     /// Host.
     pub host: String,
@@ -274,6 +311,7 @@ pub struct ProxyBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// active, inactive, slow or banned.
+    #[schema(value_type = ProxyStatusSchema)]
     pub status: ProxyStatus,
     /// Country.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,15 +386,17 @@ impl From<&Proxy> for ProxyBody {
 }
 
 /// `PATCH /v1/proxies/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "inactive"}))]
 pub struct PatchProxyBody {
     /// The status to set by hand (a ban set here is never lifted by checks).
+    #[schema(value_type = ProxyStatusSchema)]
     pub status: ProxyStatus,
 }
 
 /// One health check of a proxy.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HealthRecordBody {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
@@ -367,8 +407,10 @@ pub struct HealthRecordBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
     /// Status before the check.
+    #[schema(value_type = ProxyStatusSchema)]
     pub status_before: ProxyStatus,
     /// Status after it.
+    #[schema(value_type = ProxyStatusSchema)]
     pub status_after: ProxyStatus,
     /// HTTP status seen through the proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,11 +435,12 @@ impl From<&HealthRecord> for HealthRecordBody {
 }
 
 /// `GET /v1/proxies/{id}/health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProxyHealthBody {
     /// The proxy.
     pub proxy_id: String,
     /// Its status now.
+    #[schema(value_type = ProxyStatusSchema)]
     pub status: ProxyStatus,
     /// Failed checks in a row.
     pub consecutive_failures: u32,
@@ -409,7 +452,7 @@ pub struct ProxyHealthBody {
 }
 
 /// The answer to an import.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImportBody {
     /// Proxies added.
     pub added: usize,
@@ -433,7 +476,7 @@ impl From<&ImportReport> for ImportBody {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     /// The items, in the list's order.
     pub items: Vec<T>,
@@ -444,17 +487,19 @@ pub struct Page<T> {
 
 /// `?limit=&cursor=` of every list: `limit` 1 to 1000 (default 100),
 /// `cursor` the `next_cursor` of the page before.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Items per page.
+    /// Items per page: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
-    /// Where the page starts.
+    /// Where the page starts: the `next_cursor` of the page before.
     pub cursor: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/health-sweeps`: the sweep that was started.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SweepStartedBody {
     /// The pool being swept.
     pub pool: String,
@@ -469,7 +514,7 @@ pub struct SweepStartedBody {
 
 /// `GET /v1/pools/{pool}/health-sweeps`: whether a sweep of the pool runs
 /// now (started by any replica, the upkeep or `pharox health check`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SweepStatusBody {
     /// The pool.
     pub pool: String,
@@ -478,4 +523,21 @@ pub struct SweepStatusBody {
     /// Who runs it, as it described itself (when one runs and it is known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+}
+
+/// The body of `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProbeBody {
+    /// `ok` (the process serves) or `ready` (the storage answers too).
+    pub status: ProbeStatus,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStatus {
+    /// The process serves (`/healthz`).
+    Ok,
+    /// The storage answers a read (`/readyz`).
+    Ready,
 }

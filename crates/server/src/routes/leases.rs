@@ -9,34 +9,67 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pharox::{Lease, LeaseId, LeaseRequest, ReleaseOutcome, RetryPolicy, StorageError};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::{Caller, LeaseCaller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, MaybeJson};
+use crate::openapi::domain::OutcomeSchema;
 use crate::state::AppState;
 use crate::wire::{
-    AcquireBody, LeaseBody, OutcomeBody, ReleaseBody, RenewBody, SessionBody, StandingBody,
+    AcquireBody, LeaseBody, OutcomeBody, ReleaseBody, ReleaseResult, RenewBody, SessionBody,
+    StandingBody,
 };
 
 /// `?wait_ms=N` of an acquire.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AcquireQuery {
-    /// Wait up to this long for a proxy to come free before answering 409.
+    /// Wait up to this many ms (at most the server's `--max-wait-ms`) for a
+    /// proxy to come free before answering 409.
+    #[param(minimum = 0)]
     pub wait_ms: Option<u64>,
 }
 
 /// `?consumer=NAME` of the calls on a lease: the consumer it was acquired
 /// for, when that was not the default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HolderQuery {
-    /// The consumer named when acquiring.
+    /// The consumer named when acquiring (default `default`).
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub consumer: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/leases`: 201 with the lease, 409 when no proxy
 /// qualifies, 404 for an unknown pool.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/leases",
+    operation_id = "acquire_lease",
+    tag = "leases",
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential"), AcquireQuery),
+    request_body(content = Option<AcquireBody>, description = "What to lease; may be absent"),
+    responses(
+        (status = 201, description = "The lease, with the URL to connect through", body = LeaseBody,
+            links(
+                ("show" = (operation_id = "show_lease", parameters(("id" = "$response.body#/lease_id")))),
+                ("release" = (operation_id = "release_lease", parameters(("id" = "$response.body#/lease_id")))),
+                ("renew" = (operation_id = "renew_lease", parameters(("id" = "$response.body#/lease_id")))),
+                ("report" = (operation_id = "report_outcome", parameters(("id" = "$response.body#/lease_id")))),
+                ("proxy" = (operation_id = "show_proxy", parameters(("id" = "$response.body#/proxy_id")))),
+            ),
+        ),
+        (status = 404, description = "pool_not_found"),
+        (status = 409, description = "no_proxy_available: no proxy of the pool qualifies"),
+        (status = 413, description = "payload_too_large"),
+        (status = 415, description = "unsupported_media_type: the body is not JSON"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn acquire(
     State(state): State<AppState>,
     LeaseCaller(caller): LeaseCaller,
@@ -78,6 +111,20 @@ pub async fn acquire(
 }
 
 /// `GET /v1/leases/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/leases/{id}",
+    operation_id = "show_lease",
+    tag = "leases",
+    params(("id" = uuid::Uuid, Path, description = "The lease's id"), HolderQuery),
+    responses(
+        (status = 200, description = "The lease", body = LeaseBody),
+        (status = 403, description = "not_lease_holder: another key's or consumer's lease"),
+        (status = 404, description = "lease_not_found"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     LeaseCaller(caller): LeaseCaller,
@@ -91,6 +138,23 @@ pub async fn show(
 /// `POST /v1/leases/{id}/release`, with an optional outcome body applied
 /// atomically with the release. Releasing twice is fine
 /// (`already_released`).
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/release",
+    operation_id = "release_lease",
+    tag = "leases",
+    params(("id" = uuid::Uuid, Path, description = "The lease's id"), HolderQuery),
+    request_body(content = Option<OutcomeSchema>, description = "An outcome to apply with the release; may be absent"),
+    responses(
+        (status = 200, description = "Released now, or before", body = ReleaseBody),
+        (status = 403, description = "not_lease_holder: another key's or consumer's lease"),
+        (status = 404, description = "lease_not_found"),
+        (status = 413, description = "payload_too_large"),
+        (status = 415, description = "unsupported_media_type: the body is not JSON"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn release(
     State(state): State<AppState>,
     LeaseCaller(caller): LeaseCaller,
@@ -107,7 +171,7 @@ pub async fn release(
     Ok(Json(match outcome {
         ReleaseOutcome::Released(released) => ReleaseBody {
             lease_id: released.lease_id.to_string(),
-            result: "released",
+            result: ReleaseResult::Released,
             released_at: Some(released.released_at),
         },
         ReleaseOutcome::AlreadyReleased {
@@ -115,7 +179,7 @@ pub async fn release(
             released_at,
         } => ReleaseBody {
             lease_id: lease_id.to_string(),
-            result: "already_released",
+            result: ReleaseResult::AlreadyReleased,
             released_at,
         },
     }))
@@ -123,6 +187,24 @@ pub async fn release(
 
 /// `POST /v1/leases/{id}/renew` `{ttl_seconds}`: the lease, now ending
 /// `ttl_seconds` from now; 409 when it is no longer active.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/renew",
+    operation_id = "renew_lease",
+    tag = "leases",
+    params(("id" = uuid::Uuid, Path, description = "The lease's id"), HolderQuery),
+    request_body = RenewBody,
+    responses(
+        (status = 200, description = "The lease, now ending `ttl_seconds` from now", body = LeaseBody),
+        (status = 403, description = "not_lease_holder: another key's or consumer's lease"),
+        (status = 404, description = "lease_not_found"),
+        (status = 409, description = "lease_not_active: released or expired"),
+        (status = 413, description = "payload_too_large"),
+        (status = 415, description = "unsupported_media_type: the body is not JSON"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn renew(
     State(state): State<AppState>,
     LeaseCaller(caller): LeaseCaller,
@@ -141,6 +223,24 @@ pub async fn renew(
 
 /// `POST /v1/leases/{id}/outcomes`: what a use of the lease came to; the
 /// proxy's standing afterwards. 409 when the lease is no longer active.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/outcomes",
+    operation_id = "report_outcome",
+    tag = "leases",
+    params(("id" = uuid::Uuid, Path, description = "The lease's id"), HolderQuery),
+    request_body = OutcomeSchema,
+    responses(
+        (status = 200, description = "The proxy's standing afterwards", body = StandingBody),
+        (status = 403, description = "not_lease_holder: another key's or consumer's lease"),
+        (status = 404, description = "lease_not_found"),
+        (status = 409, description = "lease_not_active: released or expired"),
+        (status = 413, description = "payload_too_large"),
+        (status = 415, description = "unsupported_media_type: the body is not JSON"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn report(
     State(state): State<AppState>,
     LeaseCaller(caller): LeaseCaller,

@@ -14,6 +14,20 @@ use crate::state::AppState;
 use crate::wire::{HealthRecordBody, PageQuery, PatchProxyBody, ProxyBody, ProxyHealthBody};
 
 /// `GET /v1/proxies/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/proxies/{id}",
+    operation_id = "show_proxy",
+    tag = "proxies",
+    params(("id" = uuid::Uuid, Path, description = "The proxy's id")),
+    responses(
+        (status = 200, description = "The proxy, without its password", body = ProxyBody),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "proxy_not_found"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     _: AdminCaller,
@@ -24,6 +38,23 @@ pub async fn show(
 }
 
 /// `PATCH /v1/proxies/{id}` `{status}`: sets the status by hand.
+#[utoipa::path(
+    patch,
+    path = "/v1/proxies/{id}",
+    operation_id = "patch_proxy",
+    tag = "proxies",
+    params(("id" = uuid::Uuid, Path, description = "The proxy's id")),
+    request_body = PatchProxyBody,
+    responses(
+        (status = 200, description = "The proxy, with its new status", body = ProxyBody),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "proxy_not_found"),
+        (status = 413, description = "payload_too_large"),
+        (status = 415, description = "unsupported_media_type: the body is not JSON"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn patch(
     State(state): State<AppState>,
     _: AdminCaller,
@@ -38,6 +69,20 @@ pub async fn patch(
 }
 
 /// `DELETE /v1/proxies/{id}`: 204; its leases and health history go too.
+#[utoipa::path(
+    delete,
+    path = "/v1/proxies/{id}",
+    operation_id = "delete_proxy",
+    tag = "proxies",
+    params(("id" = uuid::Uuid, Path, description = "The proxy's id")),
+    responses(
+        (status = 204, description = "Removed, with its leases and health history"),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "proxy_not_found"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     _: AdminCaller,
@@ -52,6 +97,20 @@ pub async fn delete(
 
 /// `GET /v1/proxies/{id}/health?limit=&cursor=`: its health checks, newest
 /// first.
+#[utoipa::path(
+    get,
+    path = "/v1/proxies/{id}/health",
+    operation_id = "proxy_health",
+    tag = "proxies",
+    params(("id" = uuid::Uuid, Path, description = "The proxy's id"), PageQuery),
+    responses(
+        (status = 200, description = "Its health checks, newest first", body = ProxyHealthBody),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "proxy_not_found"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn health(
     State(state): State<AppState>,
     _: AdminCaller,

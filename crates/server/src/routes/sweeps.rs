@@ -121,6 +121,22 @@ impl HealthSweeps {
 
 /// `POST /v1/pools/{pool}/health-sweeps`: 202 with the sweep started; 409
 /// `sweep_running` when one runs already; 404 for an unknown pool.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/health-sweeps",
+    operation_id = "start_health_sweep",
+    tag = "pools",
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential")),
+    responses(
+        (status = 202, description = "The sweep runs in the background", body = SweepStartedBody),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "pool_not_found"),
+        (status = 409, description = "sweep_running: a sweep of the pool runs already (anywhere)"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+        (status = 501, description = "not_configured: this server runs no health sweeps"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn start(
     State(state): State<AppState>,
     _: AdminCaller,
@@ -133,6 +149,21 @@ pub async fn start(
 }
 
 /// `GET /v1/pools/{pool}/health-sweeps`: whether a sweep of the pool runs.
+#[utoipa::path(
+    get,
+    path = "/v1/pools/{pool}/health-sweeps",
+    operation_id = "health_sweep_status",
+    tag = "pools",
+    params(("pool" = String, Path, description = "The pool's name", example = "eu-residential")),
+    responses(
+        (status = 200, description = "Whether a sweep of the pool runs, and who runs it", body = SweepStatusBody),
+        (status = 403, description = "forbidden: a lease key on an admin endpoint"),
+        (status = 404, description = "pool_not_found"),
+        (status = 422, description = "invalid_request: `field` names the bad input"),
+        (status = 501, description = "not_configured: this server runs no health sweeps"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn status(
     State(state): State<AppState>,
     _: AdminCaller,

@@ -126,6 +126,37 @@ async fn an_empty_body_leases_with_the_defaults() {
     assert_eq!(released.status(), 200);
 }
 
+/// The document gives the optional bodies as `null` or an object, so a
+/// JSON `null` means "no body" (the schema fuzz sent one and got 422).
+#[tokio::test]
+async fn a_null_body_is_no_body() {
+    let app = spawn_app().await;
+    seed(app.storage.as_ref(), "p", 1, 1).await;
+    let null_body = |path: String| {
+        app.post(&path, LEASE_KEY)
+            .header("content-type", "application/json")
+            .body(" null ")
+    };
+    let response = null_body("/v1/pools/p/leases".into()).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let lease: Value = response.json().await.unwrap();
+    let id = lease["lease_id"].as_str().unwrap();
+    let released = null_body(format!("/v1/leases/{id}/release"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 200);
+    // A required body is still required.
+    let renew = null_body(format!("/v1/leases/{id}/renew"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(renew, 422, "invalid_request").await["field"],
+        "body"
+    );
+}
+
 #[tokio::test]
 async fn filters_selectors_sessions_and_targets_reach_the_manager() {
     let app = spawn_app().await;

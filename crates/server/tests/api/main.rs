@@ -8,9 +8,11 @@
 mod admin;
 mod auth;
 mod common;
+mod fuzz;
 mod leases;
 mod limits;
 mod metrics;
+mod openapi;
 mod postgres;
 mod stored_keys;
 mod tls;
