@@ -125,10 +125,10 @@ pub async fn run(args: ServeBenchArgs) -> Result<(), CliError> {
     let pool_name = format!("bench-serve-{:012x}", uuid::Uuid::new_v4().as_u128() >> 80);
     let outcome = measure(&args, duration, &storage, &pool_name).await;
     // The pool goes, with its leases, whatever happened.
-    if let Ok(pool) = storage.get_pool_by_name(&pool_name).await {
-        if let Err(e) = storage.delete_pool(pool.id).await {
-            tracing::warn!(error = %e, pool = %pool_name, "could not remove the benchmark's pool");
-        }
+    if let Ok(pool) = storage.get_pool_by_name(&pool_name).await
+        && let Err(e) = storage.delete_pool(pool.id).await
+    {
+        tracing::warn!(error = %e, pool = %pool_name, "could not remove the benchmark's pool");
     }
     let mut measured = outcome?;
     let healthz_per_sec = measured.healthz.per_sec();

@@ -7,71 +7,26 @@
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 mod common;
 
-/// The server process; killed if the test fails before stopping it. Its
-/// stderr is collected in `log`.
-struct Server {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `pharox serve --database-url URL` with no static key and no key
 /// cache; returns it and its address.
-fn start(url: &str) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key-cache-secs",
-            "0",
-        ])
-        .args(["--database-url", url, "--max-connections", "2"])
-        .env_remove("PHAROX_API_KEYS")
-        .env_remove("PHAROX_DATABASE_URL")
-        .env_remove("PHAROX_LISTEN")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let log = Arc::new(Mutex::new(String::new()));
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens before exiting")
-            .unwrap();
-        log.lock().unwrap().push_str(&line);
-        if let Some(addr) = line.strip_prefix("pharox serve: listening on http://") {
-            break addr.to_owned();
-        }
-    };
-    let collected = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut log = collected.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    (Server { child, log }, addr)
+fn start(url: &str) -> (common::ServeProcess, String) {
+    let mut command = common::serve_command(&[
+        "--api-key-cache-secs",
+        "0",
+        "--database-url",
+        url,
+        "--max-connections",
+        "2",
+    ]);
+    command.env("RUST_LOG", "debug");
+    common::spawn_serve(command, "http")
 }
 
 /// The key a `create` printed (its second stdout line).
@@ -166,7 +121,7 @@ fn created_keys_work_on_the_server_until_revoked() {
             .success()
     );
     assert_eq!(server.child.wait().unwrap().code(), Some(0));
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     for key in [&lease_key, &admin_key] {
         assert!(
             !log.contains(key.as_str()),
@@ -254,34 +209,14 @@ fn serve_with_tls_files_answers_over_https() {
     let (cert, key) = (base.with_extension("crt"), base.with_extension("key"));
     std::fs::write(&cert, pem("CERTIFICATE", made.cert.der())).unwrap();
     std::fs::write(&key, pem("PRIVATE KEY", &made.signing_key.serialize_der())).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .env("PHAROX_API_KEYS", "lease:lease-key-0123456789")
-        .env_remove("PHAROX_DATABASE_URL")
-        .env_remove("PHAROX_LISTEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("pharox serve: listening on https://") {
-            break addr.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let mut server = Server {
-        child,
-        log: Arc::default(),
-    };
+    let mut command = common::serve_command(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    command.env("PHAROX_API_KEYS", "lease:lease-key-0123456789");
+    let (mut server, addr) = common::spawn_serve(command, "https");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(made.cert.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -4,8 +4,7 @@
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -14,48 +13,9 @@ mod common;
 const LEASE_KEY: &str = "lease-key-for-the-cli-test";
 const ADMIN_KEY: &str = "admin-key-for-the-cli-test";
 
-/// The server process; killed if the test fails before stopping it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `pharox serve ARGS --listen 127.0.0.1:0`; returns it and its address.
-fn start(args: &[&str]) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pharox"))
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env(
-            "PHAROX_API_KEYS",
-            format!("lease:{LEASE_KEY},admin:{ADMIN_KEY}"),
-        )
-        .env_remove("PHAROX_DATABASE_URL")
-        .env_remove("PHAROX_LISTEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens before exiting")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("pharox serve: listening on http://") {
-            break addr.to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Server(child), addr)
+/// Starts `pharox serve ARGS --listen 127.0.0.1:0` with the test's keys.
+fn start(args: &[&str]) -> (common::ServeProcess, String) {
+    common::serve(args, &format!("lease:{LEASE_KEY},admin:{ADMIN_KEY}"))
 }
 
 #[tokio::test]
@@ -132,7 +92,7 @@ async fn serve_leases_from_a_list_in_memory_and_stops_on_sigterm() {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
 
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -140,7 +100,7 @@ async fn serve_leases_from_a_list_in_memory_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
-    let status = server.0.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
@@ -176,7 +136,7 @@ async fn a_request_still_in_flight_at_the_shutdown_timeout_does_not_hold_the_exi
         .unwrap();
     assert_eq!(healthz.status(), 200);
 
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     let signalled = std::time::Instant::now();
     assert!(
         Command::new("kill")
@@ -185,7 +145,7 @@ async fn a_request_still_in_flight_at_the_shutdown_timeout_does_not_hold_the_exi
             .unwrap()
             .success()
     );
-    let status = tokio::task::spawn_blocking(move || server.0.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
@@ -249,7 +209,7 @@ fn serve_leases_from_postgres_with_database_url() {
     let leases = schema.pharox(&["lease", "list", "--pool", "p", "--json"]);
     assert_eq!(leases.code, Some(0), "{leases:?}");
     assert!(!leases.stdout.contains("pw-in-db"), "{leases:?}");
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -257,7 +217,7 @@ fn serve_leases_from_postgres_with_database_url() {
             .unwrap()
             .success()
     );
-    assert_eq!(server.0.wait().unwrap().code(), Some(0));
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
 }
 
 #[test]

@@ -3,8 +3,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pharox::postgres::testing::{TEST_SCHEMA_PREFIX, test_database_url};
@@ -164,4 +165,89 @@ pub fn assert_no_password<'a>(password: &str, runs: impl IntoIterator<Item = &'a
             "a password in the output: {run:?}"
         );
     }
+}
+
+/// A `pharox serve` process; killed if the test fails before stopping it.
+/// Its stderr is collected in `log`.
+pub struct ServeProcess {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// Sends SIGTERM and waits: the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.child.wait().unwrap().code()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// `pharox serve ARGS --listen 127.0.0.1:0`, with none of the variables of
+/// the machine that would change it; the caller adds keys and more.
+pub fn serve_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pharox"));
+    command
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("PHAROX_API_KEYS")
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("PHAROX_LISTEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Spawns `command` (from [`serve_command`]) and returns it once it says
+/// it listens on `scheme://ADDR`, with ADDR.
+pub fn spawn_serve(mut command: Command, scheme: &str) -> (ServeProcess, String) {
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(Mutex::new(String::new()));
+    let prefix = format!("pharox serve: listening on {scheme}://");
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens before exiting")
+            .unwrap();
+        log.lock().unwrap().push_str(&line);
+        if let Some(addr) = line.strip_prefix(&prefix) {
+            break addr.to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = collected.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (ServeProcess { child, log }, addr)
+}
+
+/// Starts `pharox serve ARGS --listen 127.0.0.1:0` with `PHAROX_API_KEYS`
+/// set to `keys`; returns it once it listens, and its address.
+pub fn serve(args: &[&str], keys: &str) -> (ServeProcess, String) {
+    let mut command = serve_command(args);
+    command.env("PHAROX_API_KEYS", keys);
+    spawn_serve(command, "http")
 }
