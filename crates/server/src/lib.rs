@@ -28,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod held;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

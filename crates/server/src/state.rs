@@ -10,6 +10,7 @@ use pharox::{ApiKeyAdmin, ConsumerId, Operator, ProxyManager};
 use crate::auth::{ApiKeys, Caller};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::held::HeldLeases;
 use crate::metrics::ServerMetrics;
 use crate::routes::sweeps::HealthSweeps;
 
@@ -35,6 +36,7 @@ struct Inner {
     stored_keys: Option<Arc<ApiKeyAdmin>>,
     limits: Limits,
     consumers: Mutex<HashMap<String, HashSet<String>>>,
+    held_leases: HeldLeases,
     health_sweeps: OnceLock<HealthSweeps>,
 }
 
@@ -73,6 +75,7 @@ impl AppState {
                 stored_keys,
                 limits,
                 consumers: Mutex::new(HashMap::new()),
+                held_leases: HeldLeases::default(),
                 health_sweeps: OnceLock::new(),
             }),
             metrics: ServerMetrics::new(),
@@ -140,6 +143,12 @@ impl AppState {
     #[must_use]
     pub fn stored_keys(&self) -> Option<&ApiKeyAdmin> {
         self.inner.stored_keys.as_deref()
+    }
+
+    /// The holders of the leases this server handed out.
+    #[must_use]
+    pub fn held_leases(&self) -> &HeldLeases {
+        &self.inner.held_leases
     }
 
     /// The limits in force.

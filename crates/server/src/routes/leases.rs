@@ -100,7 +100,12 @@ pub async fn acquire(
     }
     .map_err(|e| renamed(e.into()))?;
     match lease {
-        Some(lease) => Ok((StatusCode::CREATED, Json(LeaseBody::from(&lease)))),
+        Some(lease) => {
+            if !caller.is_admin() {
+                state.held_leases().remember(lease.id, lease.consumer_id);
+            }
+            Ok((StatusCode::CREATED, Json(LeaseBody::from(&lease))))
+        }
         // The storage answers "none" for an unknown pool too: tell them apart
         // on this (rarer) path only.
         None => match manager.storage().get_pool_by_name(&pool).await {
@@ -162,12 +167,13 @@ pub async fn release(
     ApiQuery(holder): ApiQuery<HolderQuery>,
     MaybeJson(outcome): MaybeJson<OutcomeBody>,
 ) -> Result<Json<ReleaseBody>, ApiError> {
-    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    let lease_id = held_lease_id(&state, &caller, &id, holder.consumer.as_deref()).await?;
     let outcome = state
         .manager()
-        .release_with_outcome(lease.id, outcome)
+        .release_with_outcome(lease_id, outcome)
         .await
         .map_err(|e| outcome_field(e.into()))?;
+    state.held_leases().forget(lease_id);
     Ok(Json(match outcome {
         ReleaseOutcome::Released(released) => ReleaseBody {
             lease_id: released.lease_id.to_string(),
@@ -248,13 +254,35 @@ pub async fn report(
     ApiQuery(holder): ApiQuery<HolderQuery>,
     ApiJson(outcome): ApiJson<OutcomeBody>,
 ) -> Result<Json<StandingBody>, ApiError> {
-    let lease = held_lease(&state, &caller, &id, holder.consumer.as_deref()).await?;
+    let lease_id = held_lease_id(&state, &caller, &id, holder.consumer.as_deref()).await?;
     let proxy = state
         .manager()
-        .report(lease.id, &outcome)
+        .report(lease_id, &outcome)
         .await
         .map_err(|e| outcome_field(e.into()))?;
     Ok(Json(StandingBody::from(&proxy)))
+}
+
+/// The id of the lease `id`, if the caller may act on it (as
+/// [`held_lease`]); a lease key's own lease, handed out by this server, is
+/// checked without reading it (see [`HeldLeases`](crate::held::HeldLeases)).
+async fn held_lease_id(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    consumer: Option<&str>,
+) -> Result<LeaseId, ApiError> {
+    let lease_id = parse_lease_id(id)?;
+    if !caller.is_admin()
+        && let Some(remembered) = state.held_leases().holder(lease_id)
+    {
+        if state.consumer_id(caller, consumer).await? != remembered {
+            tracing::info!(lease = %lease_id, key = %caller.key_id, "lease call by a key that does not hold it");
+            return Err(ApiError::NotLeaseHolder(lease_id.to_string()));
+        }
+        return Ok(lease_id);
+    }
+    Ok(held_lease(state, caller, id, consumer).await?.id)
 }
 
 /// The lease `id`, if the caller may act on it: an admin key always; a

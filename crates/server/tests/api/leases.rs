@@ -1,8 +1,13 @@
 //! The lease endpoints on the in-memory storage: each success and failure.
 
+use std::sync::Arc;
+
+use pharox_server::Limits;
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN_KEY, LEASE_KEY, LEASE_KEY_2, PASSWORD, problem, seed, spawn_app};
+use crate::common::{
+    ADMIN_KEY, LEASE_KEY, LEASE_KEY_2, PASSWORD, problem, seed, spawn_app, spawn_with,
+};
 
 #[tokio::test]
 async fn a_lease_is_acquired_shown_renewed_reported_and_released() {
@@ -459,4 +464,70 @@ async fn a_key_may_use_a_bounded_number_of_consumer_names() {
         .await
         .unwrap();
     problem(other_key, 409, "no_proxy_available").await;
+}
+
+#[tokio::test]
+async fn a_replica_that_did_not_hand_out_a_lease_checks_its_holder_through_the_storage() {
+    let made_here = spawn_app().await;
+    seed(made_here.storage.as_ref(), "p", 2, 1).await;
+    let other = spawn_with(Arc::clone(&made_here.storage), Limits::default()).await;
+    let lease = made_here.lease("p", json!({"consumer": "w1"})).await;
+    let id = lease["lease_id"].as_str().unwrap();
+
+    let wrong_key = other
+        .post(&format!("/v1/leases/{id}/release?consumer=w1"), LEASE_KEY_2)
+        .send()
+        .await
+        .unwrap();
+    problem(wrong_key, 403, "not_lease_holder").await;
+    let wrong_consumer = other
+        .post(&format!("/v1/leases/{id}/outcomes"), LEASE_KEY)
+        .json(&json!({"kind": "success"}))
+        .send()
+        .await
+        .unwrap();
+    problem(wrong_consumer, 403, "not_lease_holder").await;
+    let released: Value = other
+        .post(&format!("/v1/leases/{id}/release?consumer=w1"), LEASE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(released["result"], "released");
+    // The replica that made it still knows its holder, and the storage
+    // that it is over.
+    let again: Value = made_here
+        .post(&format!("/v1/leases/{id}/release?consumer=w1"), LEASE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["result"], "already_released");
+}
+
+#[tokio::test]
+async fn a_lease_gone_with_its_pool_is_not_found_by_the_key_that_held_it() {
+    let app = spawn_app().await;
+    seed(app.storage.as_ref(), "p", 1, 1).await;
+    let lease = app.lease("p", json!({})).await;
+    let id = lease["lease_id"].as_str().unwrap();
+    let deleted = app.delete("/v1/pools/p", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let release = app
+        .post(&format!("/v1/leases/{id}/release"), LEASE_KEY)
+        .send()
+        .await
+        .unwrap();
+    problem(release, 404, "lease_not_found").await;
+    let report = app
+        .post(&format!("/v1/leases/{id}/outcomes"), LEASE_KEY)
+        .json(&json!({"kind": "success"}))
+        .send()
+        .await
+        .unwrap();
+    problem(report, 404, "lease_not_found").await;
 }
