@@ -1,5 +1,6 @@
-//! The admin endpoints on the in-memory storage: pools, proxies, imports,
-//! health history, pagination, and the unauthenticated health probes.
+//! The admin endpoints: pools, proxies, imports, health history and
+//! pagination on both storages; the unauthenticated health probes and an
+//! unreachable storage (a mock) on the in-memory one.
 
 use std::sync::Arc;
 
@@ -8,11 +9,18 @@ use pharox_ports::{MockProxyStorage, StorageError};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::common::{ADMIN_KEY, LEASE_KEY, PASSWORD, problem, seed, spawn_app, spawn_with};
+use crate::common::{
+    ADMIN_KEY, LEASE_KEY, PASSWORD, TestApp, on_both_storages, problem, seed, spawn_app, spawn_with,
+};
 
-#[tokio::test]
-async fn pools_are_created_listed_by_page_shown_and_deleted() {
-    let app = spawn_app().await;
+on_both_storages!(
+    pools_are_created_listed_by_page_shown_and_deleted,
+    proxies_are_imported_in_each_format_all_or_nothing,
+    proxies_are_listed_by_page_shown_switched_and_removed,
+    a_proxys_health_history_is_paged_newest_first,
+);
+
+async fn pools_are_created_listed_by_page_shown_and_deleted(app: TestApp) {
     for name in ["b", "a", "c"] {
         let created = app
             .post("/v1/pools", ADMIN_KEY)
@@ -116,9 +124,7 @@ async fn pools_are_created_listed_by_page_shown_and_deleted() {
     .await;
 }
 
-#[tokio::test]
-async fn proxies_are_imported_in_each_format_all_or_nothing() {
-    let app = spawn_app().await;
+async fn proxies_are_imported_in_each_format_all_or_nothing(app: TestApp) {
     seed(app.storage.as_ref(), "p", 0, 1).await;
     let json_list = json!([
         {"url": "http://u:pw@10.1.0.1:8080", "country": "AR"},
@@ -239,9 +245,7 @@ async fn proxies_are_imported_in_each_format_all_or_nothing() {
     );
 }
 
-#[tokio::test]
-async fn proxies_are_listed_by_page_shown_switched_and_removed() {
-    let app = spawn_app().await;
+async fn proxies_are_listed_by_page_shown_switched_and_removed(app: TestApp) {
     let proxies = seed(app.storage.as_ref(), "p", 3, 1).await;
     let first: Value = app
         .get("/v1/pools/p/proxies?limit=2", ADMIN_KEY)
@@ -352,9 +356,7 @@ async fn proxies_are_listed_by_page_shown_switched_and_removed() {
     );
 }
 
-#[tokio::test]
-async fn a_proxys_health_history_is_paged_newest_first() {
-    let app = spawn_app().await;
+async fn a_proxys_health_history_is_paged_newest_first(app: TestApp) {
     let proxies = seed(app.storage.as_ref(), "p", 1, 1).await;
     let proxy = &proxies[0];
     let start = OffsetDateTime::now_utc() - time::Duration::hours(1);

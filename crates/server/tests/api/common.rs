@@ -88,6 +88,15 @@ pub async fn spawn_with(storage: Arc<dyn ProxyStorage>, limits: Limits) -> TestA
     spawn_state(storage, state, None).await
 }
 
+/// A server over a fresh, migrated PostgreSQL schema (from
+/// `PHAROX_TEST_DATABASE_URL`), within the default limits.
+pub async fn spawn_on_postgres() -> TestApp {
+    let schema = pharox_adapter_postgres::testing::TestSchema::create_with(4)
+        .await
+        .unwrap();
+    spawn_with(Arc::new(schema.storage().clone()), Limits::default()).await
+}
+
 /// The test's static keys: [`LEASE_KEY`], [`LEASE_KEY_2`], [`ADMIN_KEY`].
 pub fn static_keys() -> ApiKeys {
     ApiKeys::parse(&format!(
@@ -183,3 +192,24 @@ pub async fn problem(response: Response, status: u16, code: &str) -> Value {
     assert_eq!(body["type"], format!("urn:pharox:problem:{code}"), "{body}");
     body
 }
+
+/// Each scenario, once on the in-memory storage and once on a fresh
+/// PostgreSQL schema.
+macro_rules! on_both_storages_ {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_memory {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(crate::common::spawn_app().await).await;
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(crate::common::spawn_on_postgres().await).await;
+            })*
+        }
+    };
+}
+
+pub(crate) use on_both_storages_ as on_both_storages;

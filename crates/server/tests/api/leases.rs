@@ -1,4 +1,4 @@
-//! The lease endpoints on the in-memory storage: each success and failure.
+//! The lease endpoints on both storages: each success and failure.
 
 use std::sync::Arc;
 
@@ -6,12 +6,25 @@ use pharox_server::Limits;
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_KEY, LEASE_KEY, LEASE_KEY_2, PASSWORD, problem, seed, spawn_app, spawn_with,
+    ADMIN_KEY, LEASE_KEY, LEASE_KEY_2, PASSWORD, TestApp, on_both_storages, problem, seed,
+    spawn_with,
 };
 
-#[tokio::test]
-async fn a_lease_is_acquired_shown_renewed_reported_and_released() {
-    let app = spawn_app().await;
+on_both_storages!(
+    a_lease_is_acquired_shown_renewed_reported_and_released,
+    an_empty_body_leases_with_the_defaults,
+    a_null_body_is_no_body,
+    filters_selectors_sessions_and_targets_reach_the_manager,
+    nothing_free_is_409_and_an_unknown_pool_404,
+    wait_ms_waits_for_a_release_and_gives_up_with_409,
+    invalid_lease_requests_are_422_naming_the_field,
+    only_the_holder_or_an_admin_acts_on_a_lease,
+    a_key_may_use_a_bounded_number_of_consumer_names,
+    a_replica_that_did_not_hand_out_a_lease_checks_its_holder_through_the_storage,
+    a_lease_gone_with_its_pool_is_not_found_by_the_key_that_held_it,
+);
+
+async fn a_lease_is_acquired_shown_renewed_reported_and_released(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
 
     let lease = app
@@ -110,9 +123,7 @@ async fn a_lease_is_acquired_shown_renewed_reported_and_released() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_empty_body_leases_with_the_defaults() {
-    let app = spawn_app().await;
+async fn an_empty_body_leases_with_the_defaults(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let response = app
         .post("/v1/pools/p/leases", LEASE_KEY)
@@ -133,9 +144,7 @@ async fn an_empty_body_leases_with_the_defaults() {
 
 /// The document gives the optional bodies as `null` or an object, so a
 /// JSON `null` means "no body" (the schema fuzz sent one and got 422).
-#[tokio::test]
-async fn a_null_body_is_no_body() {
-    let app = spawn_app().await;
+async fn a_null_body_is_no_body(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let null_body = |path: String| {
         app.post(&path, LEASE_KEY)
@@ -162,9 +171,7 @@ async fn a_null_body_is_no_body() {
     );
 }
 
-#[tokio::test]
-async fn filters_selectors_sessions_and_targets_reach_the_manager() {
-    let app = spawn_app().await;
+async fn filters_selectors_sessions_and_targets_reach_the_manager(app: TestApp) {
     seed(app.storage.as_ref(), "p", 4, 10).await;
     let lease = app
         .lease(
@@ -190,9 +197,7 @@ async fn filters_selectors_sessions_and_targets_reach_the_manager() {
     assert_eq!(again["session_moved"], false);
 }
 
-#[tokio::test]
-async fn nothing_free_is_409_and_an_unknown_pool_404() {
-    let app = spawn_app().await;
+async fn nothing_free_is_409_and_an_unknown_pool_404(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     app.lease("p", json!({})).await;
     let busy = app
@@ -226,9 +231,7 @@ async fn nothing_free_is_409_and_an_unknown_pool_404() {
     problem(unknown_lease, 404, "lease_not_found").await;
 }
 
-#[tokio::test]
-async fn wait_ms_waits_for_a_release_and_gives_up_with_409() {
-    let app = spawn_app().await;
+async fn wait_ms_waits_for_a_release_and_gives_up_with_409(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let held = app.lease("p", json!({})).await;
 
@@ -264,9 +267,7 @@ async fn wait_ms_waits_for_a_release_and_gives_up_with_409() {
     assert_eq!(body["field"], "wait_ms");
 }
 
-#[tokio::test]
-async fn invalid_lease_requests_are_422_naming_the_field() {
-    let app = spawn_app().await;
+async fn invalid_lease_requests_are_422_naming_the_field(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let cases: Vec<(Value, &str)> = vec![
         (json!({"ttl_seconds": "soon"}), "ttl_seconds"),
@@ -363,9 +364,7 @@ async fn invalid_lease_requests_are_422_naming_the_field() {
     assert_eq!(shown.json::<Value>().await.unwrap()["status"], "active");
 }
 
-#[tokio::test]
-async fn only_the_holder_or_an_admin_acts_on_a_lease() {
-    let app = spawn_app().await;
+async fn only_the_holder_or_an_admin_acts_on_a_lease(app: TestApp) {
     seed(app.storage.as_ref(), "p", 2, 1).await;
     let lease = app.lease("p", json!({"consumer": "w1"})).await;
     let id = lease["lease_id"].as_str().unwrap();
@@ -423,9 +422,7 @@ async fn only_the_holder_or_an_admin_acts_on_a_lease() {
     assert_eq!(admin.json::<Value>().await.unwrap()["result"], "released");
 }
 
-#[tokio::test]
-async fn a_key_may_use_a_bounded_number_of_consumer_names() {
-    let app = spawn_app().await;
+async fn a_key_may_use_a_bounded_number_of_consumer_names(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let limit = pharox_server::state::MAX_CONSUMERS_PER_KEY;
     // Each new name counts, whatever became of the request (here: an
@@ -466,9 +463,9 @@ async fn a_key_may_use_a_bounded_number_of_consumer_names() {
     problem(other_key, 409, "no_proxy_available").await;
 }
 
-#[tokio::test]
-async fn a_replica_that_did_not_hand_out_a_lease_checks_its_holder_through_the_storage() {
-    let made_here = spawn_app().await;
+async fn a_replica_that_did_not_hand_out_a_lease_checks_its_holder_through_the_storage(
+    made_here: TestApp,
+) {
     seed(made_here.storage.as_ref(), "p", 2, 1).await;
     let other = spawn_with(Arc::clone(&made_here.storage), Limits::default()).await;
     let lease = made_here.lease("p", json!({"consumer": "w1"})).await;
@@ -509,9 +506,7 @@ async fn a_replica_that_did_not_hand_out_a_lease_checks_its_holder_through_the_s
     assert_eq!(again["result"], "already_released");
 }
 
-#[tokio::test]
-async fn a_lease_gone_with_its_pool_is_not_found_by_the_key_that_held_it() {
-    let app = spawn_app().await;
+async fn a_lease_gone_with_its_pool_is_not_found_by_the_key_that_held_it(app: TestApp) {
     seed(app.storage.as_ref(), "p", 1, 1).await;
     let lease = app.lease("p", json!({})).await;
     let id = lease["lease_id"].as_str().unwrap();

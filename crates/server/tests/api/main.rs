@@ -1,7 +1,7 @@
 //! The API over real HTTP: a server on 127.0.0.1 port 0 per test, a real
-//! reqwest client, the in-memory storage (and PostgreSQL for the lease
-//! endpoints, in `postgres`, and the keys in storage, in `stored_keys`;
-//! HTTPS in `tls`).
+//! reqwest client; the lease and admin scenarios run on both storages
+//! (`on_both_storages!`: in memory and on a fresh PostgreSQL schema), the
+//! keys in storage in `stored_keys`, HTTPS in `tls`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
