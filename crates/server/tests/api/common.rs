@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pharox::Proxy;
-use pharox::{ProxyManager, ProxyPool, ProxyStorage};
-use pharox_adapter_memory::MemoryStorage;
+use pharox::{HealthOrchestrator, HealthProbe, ProxyManager, ProxyPool, ProxyStorage};
+use pharox_adapter_memory::{MemoryStorage, MemoryTaskLocks};
 use pharox_server::Limits;
-use pharox_server::{ApiKeys, AppState, ServerMetrics};
+use pharox_server::{ApiKeys, AppState, HealthSweeps, ServerMetrics};
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -95,6 +95,30 @@ pub async fn spawn_on_postgres() -> TestApp {
         .await
         .unwrap();
     spawn_with(Arc::new(schema.storage().clone()), Limits::default()).await
+}
+
+/// A server as `pharox serve` builds it, health sweeps included (in-process
+/// locks), checking proxies with `probe`.
+pub async fn spawn_with_sweeps(
+    storage: Arc<dyn ProxyStorage>,
+    limits: Limits,
+    probe: Arc<dyn HealthProbe>,
+) -> TestApp {
+    let metrics = ServerMetrics::new();
+    let orchestrator = HealthOrchestrator::builder(Arc::clone(&storage), probe)
+        .observer(metrics.observer())
+        .build()
+        .unwrap();
+    let manager =
+        Arc::new(ProxyManager::from_arc(Arc::clone(&storage)).with_observer(metrics.observer()));
+    let state = AppState::new(manager, static_keys(), limits)
+        .with_metrics(metrics)
+        .with_health_sweeps(HealthSweeps::new(
+            orchestrator,
+            Arc::new(MemoryTaskLocks::new()),
+            "the API tests",
+        ));
+    spawn_state(storage, state, None).await
 }
 
 /// The test's static keys: [`LEASE_KEY`], [`LEASE_KEY_2`], [`ADMIN_KEY`].

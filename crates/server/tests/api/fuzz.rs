@@ -12,12 +12,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pharox::{HealthOrchestrator, ProxyManager, ProxyStorage, SimulatedProbe};
-use pharox_adapter_memory::{MemoryStorage, MemoryTaskLocks};
+use pharox::SimulatedProbe;
+use pharox_adapter_memory::MemoryStorage;
+use pharox_server::Limits;
 use pharox_server::openapi::EXAMPLE_POOL;
-use pharox_server::{AppState, HealthSweeps, Limits, ServerMetrics};
 
-use crate::common::{ADMIN_KEY, TestApp, seed, spawn_state, static_keys};
+use crate::common::{ADMIN_KEY, seed, spawn_with_sweeps};
 
 /// The variable naming the schemathesis executable.
 const ENV_SCHEMATHESIS: &str = "PHAROX_TEST_SCHEMATHESIS";
@@ -59,7 +59,10 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
         max_wait: Duration::from_millis(100),
         ..Limits::default()
     };
-    let app = spawn_with_sweeps(storage, limits).await;
+    // The seeded proxies and the ones the fuzz imports have made-up
+    // addresses: sweeps check them with a probe that touches no network.
+    let probe = Arc::new(SimulatedProbe::new(Duration::from_millis(2)));
+    let app = spawn_with_sweeps(storage, limits, probe).await;
     assert!(app.addr.ip().is_loopback());
     let base = format!("http://{}", app.addr);
     // Real lease and proxy ids, drawn for `{id}` half of the time, so the
@@ -129,29 +132,6 @@ async fn schemathesis_finds_no_response_that_breaks_the_document() {
     let pools = app.storage.list_pools().await.unwrap();
     assert!(pools.len() > 1, "the fuzz created no pool: {pools:?}");
     app.stop().await;
-}
-
-/// The server as `pharox serve` builds it, health sweeps included, with
-/// one difference: its probe touches no network. The seeded proxies and the
-/// ones the fuzz imports have made-up addresses, and a sweep through a real
-/// probe would connect to them; tests send traffic to loopback only.
-async fn spawn_with_sweeps(storage: Arc<dyn ProxyStorage>, limits: Limits) -> TestApp {
-    let metrics = ServerMetrics::new();
-    let probe = Arc::new(SimulatedProbe::new(Duration::from_millis(2)));
-    let orchestrator = HealthOrchestrator::builder(Arc::clone(&storage), probe)
-        .observer(metrics.observer())
-        .build()
-        .unwrap();
-    let manager =
-        Arc::new(ProxyManager::from_arc(Arc::clone(&storage)).with_observer(metrics.observer()));
-    let state = AppState::new(manager, static_keys(), limits)
-        .with_metrics(metrics)
-        .with_health_sweeps(HealthSweeps::new(
-            orchestrator,
-            Arc::new(MemoryTaskLocks::new()),
-            "the schema fuzz",
-        ));
-    spawn_state(storage, state, None).await
 }
 
 /// schemathesis's configuration: `{id}` of the lease and proxy calls drawn

@@ -15,4 +15,5 @@ mod metrics;
 mod openapi;
 mod postgres;
 mod stored_keys;
+mod sweeps;
 mod tls;
