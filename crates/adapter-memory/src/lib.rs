@@ -55,6 +55,8 @@
 
 mod admin;
 mod api_keys;
+mod builder;
+mod grant;
 mod hash;
 mod leases;
 mod locks;
@@ -84,8 +86,10 @@ use rand::Rng;
 use time::OffsetDateTime;
 
 pub use crate::api_keys::MemoryApiKeys;
+pub use crate::builder::MemoryStorageBuilder;
 pub use crate::locks::MemoryTaskLocks;
 
+use crate::grant::{Granted, expiry};
 use crate::hash::IdBuildHasher;
 use crate::leases::{Ended, FinishedLease, Found, LeaseIndex};
 use crate::pool::{ActiveLease, PoolCell, PoolState, Slot};
@@ -195,107 +199,6 @@ impl MemoryStorage {
         }
     }
 
-    /// The locked part of acquire: reclaim, select and grant under the
-    /// pool's lock.
-    fn grant(&self, request: &AcquireRequest) -> StorageResult<Granted> {
-        let now = self.clock.now();
-        let expires_at = expiry(now, request.ttl)?;
-        let (now_us, expires_us) = (micros(now), micros(expires_at));
-        let filter_empty = request.filter.is_empty();
-        let predicates = !filter_empty && request.filter.has_predicate();
-
-        let catalog = self.catalog.read();
-        if !catalog.consumer_ids.contains(&request.consumer_id) {
-            return Err(StorageError::not_found("consumer", request.consumer_id));
-        }
-        let Some(cell) = catalog.by_name.get(request.pool_name.as_str()) else {
-            return Ok(Granted::Nothing);
-        };
-        let session_expires_us = match &request.session {
-            Some(session) => Some(micros(expiry(now, session.ttl)?)),
-            None => None,
-        };
-        let lease_id = request.lease_id.unwrap_or_else(|| new_lease_id(now_us));
-        // The catalog stays read-locked until the lease is granted, so the
-        // pool cannot be deleted meanwhile.
-        let mut state = cell.lock();
-        // Acquires of one pool are serialised by its lock, and a lease is
-        // indexed under it: a repeat with the same id sees the first one.
-        if request.lease_id.is_some() && !matches!(self.leases.find(lease_id), Found::Unknown) {
-            return Ok(Granted::Repeat(lease_id, cell.id));
-        }
-        self.reclaim(&mut state, cell, now, now_us);
-        let skips = state.skips(now, now_us, request.target.as_ref());
-        // A known session's proxy first, if it still qualifies; otherwise
-        // the selector picks and the session moves.
-        let mut moved = false;
-        let mut sticky = None;
-        if let Some(session) = &request.session
-            && let Some(bound) = state.session_proxy(&session.key, now_us)
-        {
-            match state.slot_of(bound) {
-                Some(idx)
-                    if state.qualifies(idx, &request.filter, filter_empty, predicates, &skips) =>
-                {
-                    sticky = Some(idx);
-                }
-                _ => moved = true,
-            }
-        }
-        let (idx, selector) = match sticky {
-            // Reusing the session's proxy is no pick: a round-robin cursor
-            // stays where it was.
-            Some(idx) => (idx, Selector::FirstAvailable),
-            None => {
-                let Some(idx) = state.select(
-                    &request.filter,
-                    request.selector,
-                    filter_empty,
-                    predicates,
-                    &skips,
-                ) else {
-                    return Ok(Granted::Nothing);
-                };
-                (idx, request.selector)
-            }
-        };
-        let proxy_id = state
-            .slot(idx)
-            .map(|slot| slot.proxy.id)
-            .ok_or_else(|| internal("selected slot is empty"))?;
-        let active = ActiveLease {
-            slot: idx,
-            proxy_id,
-            consumer_id: request.consumer_id,
-            acquired_at: now,
-            expires_at,
-            expires_us,
-        };
-        let proxy = state
-            .grant(idx, lease_id, active, selector)
-            .ok_or_else(|| internal("granted slot is empty"))?;
-        let session = match (&request.session, session_expires_us) {
-            (Some(session), Some(expires_us)) => {
-                state.bind_session(&session.key, proxy_id, expires_us, now_us);
-                Some(LeaseSession {
-                    key: session.key.clone(),
-                    moved,
-                })
-            }
-            _ => None,
-        };
-        // Indexed under the pool lock, so a concurrent reclaim cannot finish
-        // the lease before the index knows it.
-        self.leases
-            .insert_active(lease_id, Arc::clone(cell), active);
-        let (pool_id, pool_name) = (cell.id, Arc::clone(&state.name));
-        drop(state);
-        drop(catalog);
-        let mut lease = lease_from(lease_id, &active, pool_id, pool_name, proxy);
-        lease.session = session;
-        Ok(Granted::Lease(lease))
-    }
-
     /// The pool of an active lease, for a report on it: `LeaseNotActive`
     /// for a released one, not-found for an unknown one.
     fn pool_of_active(&self, lease_id: LeaseId) -> StorageResult<Arc<PoolCell>> {
@@ -345,61 +248,6 @@ impl MemoryStorage {
     }
 }
 
-/// Builds a [`MemoryStorage`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct MemoryStorageBuilder {
-    clock: Option<Arc<dyn Clock>>,
-    lease_history: usize,
-    health_history: usize,
-}
-
-impl Default for MemoryStorageBuilder {
-    fn default() -> Self {
-        Self {
-            clock: None,
-            lease_history: DEFAULT_LEASE_HISTORY,
-            health_history: DEFAULT_HEALTH_HISTORY,
-        }
-    }
-}
-
-impl MemoryStorageBuilder {
-    /// Uses this clock instead of the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// Remembers about `n` finished leases (default
-    /// [`DEFAULT_LEASE_HISTORY`]; rounded up to a multiple of 64, the number
-    /// of lease-index shards, each of which keeps its share in FIFO order).
-    /// Releasing a forgotten lease gives not-found instead of
-    /// already-released. `0` remembers none.
-    pub fn lease_history(mut self, n: usize) -> Self {
-        self.lease_history = n;
-        self
-    }
-
-    /// Keeps at most `n` health records per proxy, dropping the oldest
-    /// (default [`DEFAULT_HEALTH_HISTORY`]).
-    pub fn health_history(mut self, n: usize) -> Self {
-        self.health_history = n;
-        self
-    }
-
-    /// The storage, empty.
-    #[must_use]
-    pub fn build(self) -> MemoryStorage {
-        MemoryStorage {
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
-            catalog: RwLock::new(Catalog::default()),
-            leases: LeaseIndex::new(self.lease_history),
-            health_history: self.health_history,
-        }
-    }
-}
-
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -407,36 +255,11 @@ pub(crate) fn micros(t: OffsetDateTime) -> i64 {
         .saturating_add(i64::from(t.microsecond()))
 }
 
-/// A UUIDv7 lease id stamped with the storage's clock (milliseconds) and
-/// 74 random bits from the thread's generator: no global lock, no second
-/// clock read.
-fn new_lease_id(now_us: i64) -> LeaseId {
-    let millis = u64::try_from(now_us / 1000).unwrap_or(0);
-    let random: [u8; 10] = rand::rng().random();
-    LeaseId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
-}
-
-/// What the locked part of acquire came to.
-enum Granted {
-    Lease(Lease),
-    Nothing,
-    /// A lease with the caller's id exists already (in this pool).
-    Repeat(LeaseId, PoolId),
-}
-
 fn internal(message: &str) -> StorageError {
     StorageError::Backend {
         message: format!("memory storage invariant broken: {message}"),
         source: None,
     }
-}
-
-fn expiry(now: OffsetDateTime, ttl: Duration) -> StorageResult<OffsetDateTime> {
-    now.checked_add(
-        time::Duration::try_from(ttl).map_err(|_| ValidationError::new("ttl", "too large"))?,
-    )
-    .map(truncate_to_micros)
-    .ok_or_else(|| ValidationError::new("ttl", "too large").into())
 }
 
 fn active_lease(id: LeaseId, lease: &ActiveLease, state: &PoolState, proxy: Arc<Proxy>) -> Lease {
