@@ -179,6 +179,31 @@ async fn a_client_too_slow_with_its_head_is_disconnected() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let app = spawn_limited(Limits {
+        header_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes, and the connection stays open for the next request
+    // (keep-alive) until no head has come for the header timeout.
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut seen)).await;
+    assert!(
+        read.is_ok(),
+        "an idle keep-alive connection outlived the header timeout"
+    );
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+}
+
+#[tokio::test]
 async fn a_graceful_stop_lets_a_request_in_flight_finish() {
     let app = spawn_limited(Limits::default()).await;
     seed(app.storage.as_ref(), "p", 1, 1).await;
