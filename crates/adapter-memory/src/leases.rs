@@ -62,15 +62,6 @@ impl FinishedLease {
     }
 }
 
-/// Where a lease id leads.
-pub(crate) enum Entry {
-    /// Active: its pool, and the lease as granted (so a release can answer
-    /// without the pool's lock).
-    Active(Arc<PoolCell>, ActiveLease),
-    /// Finished, kept until the history forgets it.
-    Finished(FinishedLease),
-}
-
 /// What [`LeaseIndex::end`] did.
 pub(crate) enum Ended {
     /// This call ended the lease; its pool must be given the capacity back.
@@ -88,10 +79,31 @@ pub(crate) enum Found {
     Unknown,
 }
 
+/// One shard: the active leases in a map that stays small (and so in
+/// cache), the finished ones in a ring in the order they ended.
+///
+/// Why not one map for both: with the history in the map every release
+/// inserted a finished entry and evicted the oldest, touching entries
+/// spread over a map of the whole history (10,000 by default), which cost
+/// more than the rest of the lease index together. A ring is written in
+/// order; finding a finished lease scans the shard's share of the history,
+/// which only the rare paths do (a repeated release, reading or reporting
+/// on a finished lease).
 #[derive(Default)]
 struct Shard {
-    map: HashMap<LeaseId, Entry, IdBuildHasher>,
-    finished: VecDeque<LeaseId>,
+    active: HashMap<LeaseId, (Arc<PoolCell>, ActiveLease), IdBuildHasher>,
+    finished: VecDeque<(LeaseId, FinishedLease)>,
+}
+
+impl Shard {
+    fn finished(&self, id: LeaseId) -> Option<&FinishedLease> {
+        // Newest first: a lease looked up after it ended mostly ended lately.
+        self.finished
+            .iter()
+            .rev()
+            .find(|(finished, _)| *finished == id)
+            .map(|(_, lease)| lease)
+    }
 }
 
 /// Keeps a shard on its own cache lines.
@@ -123,24 +135,20 @@ impl LeaseIndex {
 
     /// Records a new active lease.
     pub(crate) fn insert_active(&self, id: LeaseId, pool: Arc<PoolCell>, lease: ActiveLease) {
-        self.shard(id)
-            .lock()
-            .map
-            .insert(id, Entry::Active(pool, lease));
+        self.shard(id).lock().active.insert(id, (pool, lease));
     }
 
     /// Ends an active lease: the moment a release takes effect. Exactly one
     /// of any number of concurrent calls gets [`Ended::Now`].
     pub(crate) fn end(&self, id: LeaseId, released_at: OffsetDateTime) -> Ended {
         let mut shard = self.shard(id).lock();
-        let (cell, finished) = match shard.map.get(&id) {
-            Some(Entry::Active(cell, lease)) => (
-                Arc::clone(cell),
-                FinishedLease::new(cell.id, lease, released_at),
-            ),
-            Some(Entry::Finished(_)) => return Ended::Before,
-            None => return Ended::Unknown,
+        let Some((cell, lease)) = shard.active.remove(&id) else {
+            return match shard.finished(id) {
+                Some(_) => Ended::Before,
+                None => Ended::Unknown,
+            };
         };
+        let finished = FinishedLease::new(cell.id, &lease, released_at);
         self.record_finished(&mut shard, id, finished);
         Ended::Now(cell, finished)
     }
@@ -149,7 +157,7 @@ impl LeaseIndex {
     /// release ended it first.
     pub(crate) fn finish(&self, id: LeaseId, lease: FinishedLease) -> bool {
         let mut shard = self.shard(id).lock();
-        if !matches!(shard.map.get(&id), Some(Entry::Active(..))) {
+        if shard.active.remove(&id).is_none() {
             return false;
         }
         self.record_finished(&mut shard, id, lease);
@@ -159,13 +167,13 @@ impl LeaseIndex {
     /// Moves the recorded expiry of an active lease; `false` when it has
     /// ended.
     pub(crate) fn extend(&self, id: LeaseId, expires_at: OffsetDateTime, expires_us: i64) -> bool {
-        match self.shard(id).lock().map.get_mut(&id) {
-            Some(Entry::Active(_, lease)) => {
+        match self.shard(id).lock().active.get_mut(&id) {
+            Some((_, lease)) => {
                 lease.expires_at = expires_at;
                 lease.expires_us = expires_us;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -173,24 +181,20 @@ impl LeaseIndex {
     /// past the bound.
     fn record_finished(&self, shard: &mut Shard, id: LeaseId, lease: FinishedLease) {
         if self.per_shard == 0 {
-            shard.map.remove(&id);
             return;
         }
-        shard.map.insert(id, Entry::Finished(lease));
-        shard.finished.push_back(id);
-        while shard.finished.len() > self.per_shard {
-            if let Some(old) = shard.finished.pop_front() {
-                shard.map.remove(&old);
-            }
+        if shard.finished.len() >= self.per_shard {
+            shard.finished.pop_front();
         }
+        shard.finished.push_back((id, lease));
     }
 
     /// Forgets a lease entirely (its proxy or pool was deleted).
     pub(crate) fn forget(&self, id: LeaseId) {
         let mut shard = self.shard(id).lock();
-        shard.map.remove(&id);
-        // A stale id left in `finished` is harmless: evicting it removes
-        // nothing (ids are never reused).
+        if shard.active.remove(&id).is_none() {
+            shard.finished.retain(|(finished, _)| *finished != id);
+        }
     }
 
     /// Forgets every finished lease `gone` selects (their proxy or pool was
@@ -198,19 +202,18 @@ impl LeaseIndex {
     /// them back. Walks the whole history: deletes are rare.
     pub(crate) fn forget_finished(&self, gone: impl Fn(&FinishedLease) -> bool) {
         for shard in &self.shards {
-            shard
-                .0
-                .lock()
-                .map
-                .retain(|_, entry| !matches!(entry, Entry::Finished(f) if gone(f)));
+            shard.0.lock().finished.retain(|(_, lease)| !gone(lease));
         }
     }
 
     /// What the index knows about a lease.
     pub(crate) fn find(&self, id: LeaseId) -> Found {
-        match self.shard(id).lock().map.get(&id) {
-            Some(Entry::Active(pool, _)) => Found::Active(Arc::clone(pool)),
-            Some(Entry::Finished(f)) => Found::Finished(*f),
+        let shard = self.shard(id).lock();
+        if let Some((pool, _)) = shard.active.get(&id) {
+            return Found::Active(Arc::clone(pool));
+        }
+        match shard.finished(id) {
+            Some(lease) => Found::Finished(*lease),
             None => Found::Unknown,
         }
     }
@@ -218,22 +221,19 @@ impl LeaseIndex {
     /// How many finished leases are remembered.
     #[cfg(test)]
     pub(crate) fn finished_len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.0.lock()
-                    .map
-                    .values()
-                    .filter(|e| matches!(e, Entry::Finished(_)))
-                    .count()
-            })
-            .sum()
+        self.shards.iter().map(|s| s.0.lock().finished.len()).sum()
     }
 
     /// How many lease ids are indexed at all.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().map.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.0.lock();
+                shard.active.len() + shard.finished.len()
+            })
+            .sum()
     }
 
     /// The most finished leases kept.
