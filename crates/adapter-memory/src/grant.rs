@@ -7,9 +7,12 @@ impl MemoryStorage {
     /// The locked part of acquire: reclaim, select and grant under the
     /// pool's lock.
     pub(crate) fn grant(&self, request: &AcquireRequest) -> StorageResult<Granted> {
-        let now = self.clock.now();
-        let expires_at = expiry(now, request.ttl)?;
-        let (now_us, expires_us) = (micros(now), micros(expires_at));
+        // Time is kept as integer microseconds; the two instants the lease
+        // shows are made once each.
+        let now_us = self.clock.now_unix_micros();
+        let now = instant(now_us)?;
+        let expires_us = expiry_micros(now_us, request.ttl)?;
+        let expires_at = from_unix_micros(expires_us).ok_or_else(ttl_too_large)?;
         let filter_empty = request.filter.is_empty();
         let predicates = !filter_empty && request.filter.has_predicate();
 
@@ -21,7 +24,7 @@ impl MemoryStorage {
             return Ok(Granted::Nothing);
         };
         let session_expires_us = match &request.session {
-            Some(session) => Some(micros(expiry(now, session.ttl)?)),
+            Some(session) => Some(expiry_micros(now_us, session.ttl)?),
             None => None,
         };
         let lease_id = request.lease_id.unwrap_or_else(|| new_lease_id(now_us));
@@ -123,10 +126,27 @@ pub(crate) enum Granted {
     Repeat(LeaseId, PoolId),
 }
 
+/// `now` plus `ttl` (truncated to microseconds), for an expiry.
 pub(crate) fn expiry(now: OffsetDateTime, ttl: Duration) -> StorageResult<OffsetDateTime> {
-    now.checked_add(
-        time::Duration::try_from(ttl).map_err(|_| ValidationError::new("ttl", "too large"))?,
-    )
-    .map(truncate_to_micros)
-    .ok_or_else(|| ValidationError::new("ttl", "too large").into())
+    from_unix_micros(expiry_micros(micros(now), ttl)?).ok_or_else(ttl_too_large)
+}
+
+/// `now_us` plus `ttl` in microseconds, checked to stay in the range an
+/// `OffsetDateTime` can show.
+pub(crate) fn expiry_micros(now_us: i64, ttl: Duration) -> StorageResult<i64> {
+    i64::try_from(ttl.as_micros())
+        .ok()
+        .and_then(|ttl_us| now_us.checked_add(ttl_us))
+        .filter(|&us| from_unix_micros(us).is_some())
+        .ok_or_else(ttl_too_large)
+}
+
+/// The clock's reading as an instant; a clock outside the years `time`
+/// knows is an internal fault, not the caller's.
+pub(crate) fn instant(us: i64) -> StorageResult<OffsetDateTime> {
+    from_unix_micros(us).ok_or_else(|| internal("the clock reads outside the representable years"))
+}
+
+fn ttl_too_large() -> StorageError {
+    ValidationError::new("ttl", "too large").into()
 }

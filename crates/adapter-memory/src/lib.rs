@@ -76,7 +76,7 @@ use pharox_domain::{
     Consumer, ConsumerId, HealthCheckResult, HealthPolicy, HealthRecord, HealthRecordId, Lease,
     LeaseId, LeaseSession, LeaseStatus, Outcome, PoolId, PoolOverview, PoolStats, Proxy,
     ProxyFilter, ProxyId, ProxyPool, ProxyStatus, ProxyUsage, Selector, TargetBan, UsagePolicy,
-    ValidationError, truncate_to_micros, validate_name, validate_ttl,
+    ValidationError, from_unix_micros, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
@@ -250,9 +250,7 @@ impl MemoryStorage {
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(t.microsecond()))
+    pharox_domain::unix_micros(t)
 }
 
 fn internal(message: &str) -> StorageError {

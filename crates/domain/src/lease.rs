@@ -29,7 +29,72 @@ pub fn validate_ttl(ttl: Duration) -> Result<(), ValidationError> {
 /// means values compare equal after a round trip through any adapter.
 #[must_use]
 pub fn now_micros() -> OffsetDateTime {
-    truncate_to_micros(OffsetDateTime::now_utc())
+    // Within range for any clock this program can run under.
+    from_unix_micros(unix_micros_now()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Now, as whole microseconds since the Unix epoch (negative before it).
+///
+/// The hot paths keep time as this integer and make an [`OffsetDateTime`]
+/// only for what they hand out: `time`'s conversion from `SystemTime` and
+/// its `Duration` arithmetic cost several times a clock read.
+#[must_use]
+pub fn unix_micros_now() -> i64 {
+    let now = std::time::SystemTime::now();
+    match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        // A clock set before 1970: count back, truncating toward the past
+        // as `truncate_to_micros` does.
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_micros()).unwrap_or(i64::MAX);
+            let partial = i64::from(before.subsec_nanos() % 1_000 != 0);
+            whole.saturating_add(partial).saturating_neg()
+        }
+    }
+}
+
+/// The instant `micros` microseconds after the Unix epoch, in UTC; `None`
+/// outside the years `time` can represent.
+#[must_use]
+pub fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    thread_local! {
+        // The last day converted: nearly every call on a thread falls on
+        // the same day, and the calendar part is most of the cost.
+        static DAY: std::cell::Cell<Option<(i64, time::Date)>> = const { std::cell::Cell::new(None) };
+    }
+    let day = micros.div_euclid(MICROS_PER_DAY);
+    let within = micros.rem_euclid(MICROS_PER_DAY);
+    let date = match DAY.with(std::cell::Cell::get) {
+        Some((cached, date)) if cached == day => date,
+        _ => {
+            let date = OffsetDateTime::from_unix_timestamp(day.checked_mul(86_400)?)
+                .ok()?
+                .date();
+            DAY.with(|cell| cell.set(Some((day, date))));
+            date
+        }
+    };
+    // `within` is below a day's microseconds, so every part is in range.
+    let seconds = within / 1_000_000;
+    let time = time::Time::from_hms_micro(
+        u8::try_from(seconds / 3_600).ok()?,
+        u8::try_from(seconds / 60 % 60).ok()?,
+        u8::try_from(seconds % 60).ok()?,
+        u32::try_from(within % 1_000_000).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// Whole microseconds since the Unix epoch (the sub-microsecond part is
+/// dropped, toward the past).
+#[must_use]
+pub fn unix_micros(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.microsecond()))
 }
 
 /// Drops the sub-microsecond part of a timestamp (see [`now_micros`]).
@@ -157,5 +222,27 @@ mod tests {
             .replace_nanosecond(123_456_789)
             .unwrap();
         assert_eq!(truncate_to_micros(odd).nanosecond(), 123_456_000);
+    }
+
+    #[test]
+    fn unix_micros_round_trip_on_both_sides_of_the_epoch() {
+        for micros in [0, 1, -1, 999_999, -1_000_000, -1_000_001, 1_733_000_000_123_456] {
+            let t = from_unix_micros(micros).unwrap();
+            assert_eq!(unix_micros(t), micros, "{micros}");
+            assert_eq!(t.nanosecond() % 1_000, 0);
+        }
+        let t = from_unix_micros(-1).unwrap();
+        assert_eq!(t, OffsetDateTime::UNIX_EPOCH - time::Duration::microseconds(1));
+        assert_eq!(from_unix_micros(i64::MAX), None);
+        assert_eq!(from_unix_micros(i64::MIN), None);
+    }
+
+    #[test]
+    fn the_integer_clock_agrees_with_time() {
+        let before = truncate_to_micros(OffsetDateTime::now_utc());
+        let now = from_unix_micros(unix_micros_now()).unwrap();
+        let after = OffsetDateTime::now_utc();
+        assert!(before <= now && now <= after, "{before} {now} {after}");
+        assert!(now_micros() >= now);
     }
 }

@@ -6,6 +6,15 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// Checks a pool or consumer name: not blank, at most [`MAX_NAME_CHARS`]
 /// characters, no control characters.
 pub fn validate_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    // Names are checked on every acquire: most are short ASCII, decided
+    // byte by byte without decoding.
+    if name.is_ascii()
+        && name.len() <= MAX_NAME_CHARS
+        && name.bytes().any(|b| !b.is_ascii_whitespace())
+        && !name.bytes().any(|b| b.is_ascii_control())
+    {
+        return Ok(());
+    }
     if name.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be blank"));
     }

@@ -421,7 +421,7 @@ impl ProxyManager {
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        let lease = match self.storage.acquire(request).instrument(span).await {
+        let lease = match in_span(span, self.storage.acquire(request)).await {
             Ok(lease) => lease,
             Err(e) => {
                 let error = PharoxError::from(e);
@@ -597,7 +597,7 @@ impl ProxyManager {
         let span = tracing::debug_span!("pharox.release", lease = %lease_id);
         let policy = &self.config.usage_policy;
         // Without an outcome, the plain release: the hot path's statement.
-        let outcome = retry_storage(&self.config.release_retry, "release", lease_id, || async {
+        let release = retry_storage(&self.config.release_retry, "release", lease_id, || async {
             match reported {
                 Some(_) => {
                     self.storage
@@ -606,9 +606,8 @@ impl ProxyManager {
                 }
                 None => self.storage.release(lease_id).await,
             }
-        })
-        .instrument(span)
-        .await?;
+        });
+        let outcome = in_span(span, release).await?;
         if let ReleaseOutcome::Released(released) = &outcome {
             tracing::debug!(
                 lease = %lease_id,
@@ -774,5 +773,15 @@ impl ProxyManager {
                 None
             }
         }
+    }
+}
+
+/// Awaits `future` inside `span`, or bare when no subscriber records the
+/// span: the hot paths then skip the wrapper's work on every poll and drop.
+async fn in_span<F: std::future::Future>(span: tracing::Span, future: F) -> F::Output {
+    if span.is_disabled() {
+        future.await
+    } else {
+        future.instrument(span).await
     }
 }

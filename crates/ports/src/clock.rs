@@ -8,6 +8,14 @@ use time::OffsetDateTime;
 pub trait Clock: Send + Sync + Debug {
     /// Now, in UTC, truncated to microseconds (what PostgreSQL keeps).
     fn now(&self) -> OffsetDateTime;
+
+    /// Now, as microseconds since the Unix epoch: the same instant as
+    /// [`Clock::now`], for hot paths that keep time as an integer.
+    /// Override it when the clock can answer without making an
+    /// `OffsetDateTime` first.
+    fn now_unix_micros(&self) -> i64 {
+        pharox_domain::unix_micros(self.now())
+    }
 }
 
 /// The system's wall clock.
@@ -17,6 +25,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         pharox_domain::now_micros()
+    }
+
+    fn now_unix_micros(&self) -> i64 {
+        pharox_domain::unix_micros_now()
     }
 }
 
