@@ -29,8 +29,10 @@ impl MemoryStorageBuilder {
     }
 
     /// Remembers about `n` finished leases (default
-    /// [`DEFAULT_LEASE_HISTORY`]; rounded up to a multiple of 64, the number
-    /// of lease-index shards, each of which keeps its share in FIFO order).
+    /// [`DEFAULT_LEASE_HISTORY`]; threads releasing at once may each keep
+    /// one more). The lease index keeps them per shard in FIFO order, and
+    /// a thread's leases go to one shard, so with one thread the oldest is
+    /// forgotten first; with several, roughly so.
     /// Releasing a forgotten lease gives not-found instead of
     /// already-released. `0` remembers none.
     pub fn lease_history(mut self, n: usize) -> Self {

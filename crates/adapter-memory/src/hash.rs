@@ -31,12 +31,3 @@ impl Hasher for IdHasher {
 
 /// `BuildHasher` for [`IdHasher`].
 pub(crate) type IdBuildHasher = BuildHasherDefault<IdHasher>;
-
-/// A well-mixed 64-bit value from a UUID, for picking a shard.
-pub(crate) fn mix_uuid(id: uuid::Uuid) -> u64 {
-    let v = id.as_u128();
-    #[allow(clippy::cast_possible_truncation)]
-    let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(17);
-    let h = folded.wrapping_mul(K);
-    h ^ (h >> 31)
-}

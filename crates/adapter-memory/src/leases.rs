@@ -1,19 +1,52 @@
 //! Lease id -> pool, sharded so concurrent workers rarely meet on a lock,
-//! plus the bounded history of finished leases (each shard keeps its share
-//! in FIFO order and forgets the oldest).
+//! plus the bounded history of finished leases (each shard keeps its own in
+//! FIFO order; together they keep about the bound).
+//!
+//! A lease's shard is written into its id: the low bits of the id's last
+//! byte, which the storage sets to the shard of the thread that makes the
+//! lease (ids a caller chooses land wherever those bits say). So one thread
+//! keeps to one shard and appends to one history ring in order, which the
+//! processor streams; a shard picked by hash sent every release to another
+//! ring, each to a line not touched since thousands of releases before, and
+//! that cache miss cost more than the rest of the lease index together.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sync::Mutex;
 use pharox_domain::{ConsumerId, Lease, LeaseId, LeaseStatus, PoolId, ProxyId};
 use time::OffsetDateTime;
 
-use crate::hash::{IdBuildHasher, mix_uuid};
+use crate::hash::IdBuildHasher;
 use crate::pool::{ActiveLease, PoolCell};
 
-/// Number of shards (a power of two).
+/// Number of shards (a power of two, at most 256: a shard is one byte's low
+/// bits).
 pub(crate) const SHARDS: usize = 64;
+
+/// The shard of a lease id.
+fn shard_index(id: LeaseId) -> usize {
+    usize::from(id.0.as_bytes()[15]) % SHARDS
+}
+
+/// The shard leases made on this thread go to, given to threads in turn.
+fn home_shard() -> u8 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        #[allow(clippy::cast_possible_truncation)]
+        static HOME: u8 = (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS) as u8;
+    }
+    HOME.with(|home| *home)
+}
+
+/// Puts this thread's home shard into the random bytes of a new lease id
+/// (the last of them becomes the id's last byte).
+pub(crate) fn stamp_home_shard(random: &mut [u8; 10]) {
+    #[allow(clippy::cast_possible_truncation)]
+    let mask = (SHARDS - 1) as u8;
+    random[9] = (random[9] & !mask) | home_shard();
+}
 
 /// A lease that ended, as remembered for `get_lease` and idempotent
 /// release. Compact and free of `Arc`s: forgetting one is a plain free.
@@ -89,20 +122,34 @@ pub(crate) enum Found {
 /// order; finding a finished lease scans the shard's share of the history,
 /// which only the rare paths do (a repeated release, reading or reporting
 /// on a finished lease).
+/// The ids of the history apart from the rest, so a lookup scans 16 bytes
+/// per lease.
 #[derive(Default)]
 struct Shard {
     active: HashMap<LeaseId, (Arc<PoolCell>, ActiveLease), IdBuildHasher>,
-    finished: VecDeque<(LeaseId, FinishedLease)>,
+    finished_ids: VecDeque<LeaseId>,
+    finished: VecDeque<FinishedLease>,
 }
 
 impl Shard {
     fn finished(&self, id: LeaseId) -> Option<&FinishedLease> {
         // Newest first: a lease looked up after it ended mostly ended lately.
-        self.finished
+        let back = self.finished_ids.iter().rev().position(|&f| f == id)?;
+        self.finished.get(self.finished.len() - 1 - back)
+    }
+
+    /// Forgets the finished leases `gone` selects; returns how many.
+    fn forget_finished(&mut self, gone: impl Fn(LeaseId, &FinishedLease) -> bool) -> usize {
+        let before = self.finished.len();
+        let kept: (VecDeque<LeaseId>, VecDeque<FinishedLease>) = self
+            .finished_ids
             .iter()
-            .rev()
-            .find(|(finished, _)| *finished == id)
-            .map(|(_, lease)| lease)
+            .zip(&self.finished)
+            .filter(|&(&id, lease)| !gone(id, lease))
+            .map(|(&id, lease)| (id, *lease))
+            .unzip();
+        (self.finished_ids, self.finished) = kept;
+        before - self.finished.len()
     }
 }
 
@@ -114,23 +161,32 @@ struct Padded(Mutex<Shard>);
 /// The sharded lease index.
 pub(crate) struct LeaseIndex {
     shards: Box<[Padded]>,
-    per_shard: usize,
+    /// The most finished leases kept, all shards together.
+    history: usize,
+    /// How many are kept now. Once at the bound a shard replaces its own
+    /// oldest, so in steady state this is only read; racing shards may
+    /// overshoot it by one each.
+    finished: AtomicUsize,
+    /// How many shards hold any history, for the fair share of each.
+    shards_with_history: AtomicUsize,
+    /// Where [`LeaseIndex::shrink_another`] looks next.
+    victim: AtomicUsize,
 }
 
 impl LeaseIndex {
-    /// An index that keeps about `history` finished leases (rounded up to a
-    /// multiple of [`SHARDS`]).
+    /// An index that keeps about `history` finished leases.
     pub(crate) fn new(history: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Padded::default()).collect(),
-            per_shard: history.div_ceil(SHARDS),
+            history,
+            finished: AtomicUsize::new(0),
+            shards_with_history: AtomicUsize::new(0),
+            victim: AtomicUsize::new(0),
         }
     }
 
     fn shard(&self, id: LeaseId) -> &Mutex<Shard> {
-        #[allow(clippy::cast_possible_truncation)]
-        let i = (mix_uuid(id.0) >> 58) as usize % SHARDS;
-        &self.shards[i].0
+        &self.shards[shard_index(id)].0
     }
 
     /// Records a new active lease.
@@ -180,20 +236,58 @@ impl LeaseIndex {
     /// Puts a finished lease in the shard's history, forgetting the oldest
     /// past the bound.
     fn record_finished(&self, shard: &mut Shard, id: LeaseId, lease: FinishedLease) {
-        if self.per_shard == 0 {
+        if self.history == 0 {
             return;
         }
-        if shard.finished.len() >= self.per_shard {
-            shard.finished.pop_front();
+        if shard.finished.is_empty() {
+            self.shards_with_history.fetch_add(1, Ordering::Relaxed);
         }
-        shard.finished.push_back((id, lease));
+        shard.finished.push_back(lease);
+        shard.finished_ids.push_back(id);
+        if self.finished.load(Ordering::Relaxed) < self.history {
+            self.finished.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Full. In steady state each shard replaces its own oldest; one
+        // below its fair share (a thread that started after others filled
+        // the history) grows and takes the room from a shard above it.
+        let holders = self.shards_with_history.load(Ordering::Relaxed).max(1);
+        let fair = self.history.div_ceil(holders);
+        if shard.finished.len() > fair || !self.shrink_another(shard, fair) {
+            self.pop_oldest(shard);
+        }
+    }
+
+    fn pop_oldest(&self, shard: &mut Shard) {
+        shard.finished_ids.pop_front();
+        if shard.finished.pop_front().is_some() && shard.finished.is_empty() {
+            self.shards_with_history.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the oldest finished lease of a shard holding more than
+    /// `fair`, if one is found free at once (never waits, so never
+    /// deadlocks with the shard the caller holds).
+    fn shrink_another(&self, own: &Shard, fair: usize) -> bool {
+        for _ in 0..SHARDS {
+            let i = self.victim.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let Some(mut other) = self.shards[i].0.try_lock() else {
+                continue;
+            };
+            if std::ptr::eq(&*other, own) || other.finished.len() <= fair {
+                continue;
+            }
+            self.pop_oldest(&mut other);
+            return true;
+        }
+        false
     }
 
     /// Forgets a lease entirely (its proxy or pool was deleted).
     pub(crate) fn forget(&self, id: LeaseId) {
         let mut shard = self.shard(id).lock();
         if shard.active.remove(&id).is_none() {
-            shard.finished.retain(|(finished, _)| *finished != id);
+            self.forget_in(&mut shard, |finished, _| finished == id);
         }
     }
 
@@ -202,7 +296,16 @@ impl LeaseIndex {
     /// them back. Walks the whole history: deletes are rare.
     pub(crate) fn forget_finished(&self, gone: impl Fn(&FinishedLease) -> bool) {
         for shard in &self.shards {
-            shard.0.lock().finished.retain(|(_, lease)| !gone(lease));
+            self.forget_in(&mut shard.0.lock(), |_, lease| gone(lease));
+        }
+    }
+
+    fn forget_in(&self, shard: &mut Shard, gone: impl Fn(LeaseId, &FinishedLease) -> bool) {
+        let had = !shard.finished.is_empty();
+        let forgotten = shard.forget_finished(gone);
+        self.finished.fetch_sub(forgotten, Ordering::Relaxed);
+        if had && shard.finished.is_empty() {
+            self.shards_with_history.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -238,6 +341,6 @@ impl LeaseIndex {
 
     /// The most finished leases kept.
     pub(crate) fn capacity(&self) -> usize {
-        self.per_shard * SHARDS
+        self.history
     }
 }

@@ -30,9 +30,9 @@ pub(crate) struct PoolCell {
     /// Never lock it directly: [`lock`](Self::lock) applies handed-back
     /// releases first.
     state: Mutex<PoolState>,
-    /// Leases a release ended in the lease index, whose capacity the pool
-    /// has not taken back yet (a lock-free queue: a release never waits for
-    /// the pool's lock).
+    /// Leases a release ended in the lease index while the pool was locked,
+    /// whose capacity the pool has not taken back yet (a lock-free queue: a
+    /// release never waits for the pool's lock).
     returns: mpsc::Sender<LeaseId>,
 }
 
@@ -57,11 +57,16 @@ impl PoolCell {
         state
     }
 
-    /// Gives a released lease's capacity back to the pool; applied at the
-    /// next [`lock`](Self::lock). The release itself took effect in the
-    /// lease index, so a pair of acquire and release takes the pool's lock
-    /// once.
+    /// Gives a released lease's capacity back to the pool: at once when the
+    /// pool's lock is free (cheaper than the queue), else queued for the
+    /// next [`lock`](Self::lock), so a release never waits for an acquire.
+    /// The release itself took effect in the lease index before.
     pub(crate) fn give_back(&self, id: LeaseId) {
+        if let Some(mut state) = self.state.try_lock() {
+            // Already gone when a reclaim or a deletion got there first.
+            let _ = state.finish(id);
+            return;
+        }
         // Fails only when the pool state is gone: nothing to give back to.
         let _ = self.returns.send(id);
     }
