@@ -2,6 +2,7 @@
 //! and grant the lease under the pool's lock.
 
 use super::*;
+use rand::RngCore;
 
 impl MemoryStorage {
     /// The locked part of acquire: reclaim, select and grant under the
@@ -114,7 +115,12 @@ impl MemoryStorage {
 /// shard (6 bits): no global lock, no second clock read.
 fn new_lease_id(now_us: i64) -> LeaseId {
     let millis = u64::try_from(now_us / 1000).unwrap_or(0);
-    let mut random: [u8; 10] = rand::rng().random();
+    // Two draws, not ten: an array of bytes is drawn a byte per word.
+    let mut rng = rand::rng();
+    let (high, low) = (rng.next_u64().to_le_bytes(), rng.next_u32().to_le_bytes());
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&high);
+    random[8..].copy_from_slice(&low[..2]);
     crate::leases::stamp_home_shard(&mut random);
     LeaseId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
 }

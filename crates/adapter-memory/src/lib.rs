@@ -82,7 +82,7 @@ use pharox_ports::{
     AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
     StorageResult, SystemClock,
 };
-use rand::Rng;
+
 use time::OffsetDateTime;
 
 pub use crate::api_keys::MemoryApiKeys;
@@ -104,7 +104,9 @@ pub const DEFAULT_HEALTH_HISTORY: usize = 1_000;
 #[derive(Default)]
 struct Catalog {
     pools: HashMap<PoolId, Arc<PoolCell>>,
-    by_name: HashMap<String, Arc<PoolCell>>,
+    /// Looked up on every acquire; names are the operators' (only they
+    /// create pools), so the cheap hasher is safe here.
+    by_name: HashMap<String, Arc<PoolCell>, IdBuildHasher>,
     proxies: HashMap<ProxyId, Arc<PoolCell>>,
     consumers: HashMap<String, Consumer>,
     consumer_ids: HashSet<ConsumerId, IdBuildHasher>,

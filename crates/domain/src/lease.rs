@@ -226,13 +226,24 @@ mod tests {
 
     #[test]
     fn unix_micros_round_trip_on_both_sides_of_the_epoch() {
-        for micros in [0, 1, -1, 999_999, -1_000_000, -1_000_001, 1_733_000_000_123_456] {
+        for micros in [
+            0,
+            1,
+            -1,
+            999_999,
+            -1_000_000,
+            -1_000_001,
+            1_733_000_000_123_456,
+        ] {
             let t = from_unix_micros(micros).unwrap();
             assert_eq!(unix_micros(t), micros, "{micros}");
             assert_eq!(t.nanosecond() % 1_000, 0);
         }
         let t = from_unix_micros(-1).unwrap();
-        assert_eq!(t, OffsetDateTime::UNIX_EPOCH - time::Duration::microseconds(1));
+        assert_eq!(
+            t,
+            OffsetDateTime::UNIX_EPOCH - time::Duration::microseconds(1)
+        );
         assert_eq!(from_unix_micros(i64::MAX), None);
         assert_eq!(from_unix_micros(i64::MIN), None);
     }

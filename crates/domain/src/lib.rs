@@ -59,8 +59,8 @@ pub use import::{
     parse_proxy_json_values, parse_proxy_list, plan_import,
 };
 pub use lease::{
-    Lease, LeaseStatus, MAX_LEASE_TTL, from_unix_micros, now_micros, truncate_to_micros, unix_micros,
-    unix_micros_now, validate_ttl,
+    Lease, LeaseStatus, MAX_LEASE_TTL, from_unix_micros, now_micros, truncate_to_micros,
+    unix_micros, unix_micros_now, validate_ttl,
 };
 pub use names::{MAX_NAME_CHARS, validate_name};
 pub use overview::{CheckedRange, LatencySummary, PoolOverview, percentile_cont};
