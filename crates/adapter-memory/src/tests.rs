@@ -93,6 +93,67 @@ fn lease_history_is_bounded() {
     });
 }
 
+/// Acquires and releases `n` leases on a thread of its own; their ids.
+fn pairs_on_a_thread(storage: &Arc<MemoryStorage>, req: &AcquireRequest, n: usize) -> Vec<LeaseId> {
+    let (storage, req) = (Arc::clone(storage), req.clone());
+    std::thread::spawn(move || {
+        block_on(async {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let lease = storage.acquire(&req).await.unwrap().unwrap();
+                assert!(storage.release(lease.id).await.unwrap().was_released());
+                ids.push(lease.id);
+            }
+            ids
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_threads_leases_keep_to_one_shard() {
+    let storage = Arc::new(MemoryStorage::new());
+    let (pool, consumer, _) = block_on(setup(&storage, &[None]));
+    let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+    let shard = |id: LeaseId| id.0.as_bytes()[15] % 64;
+    let first = pairs_on_a_thread(&storage, &req, 50);
+    let second = pairs_on_a_thread(&storage, &req, 50);
+    assert!(first.iter().all(|&id| shard(id) == shard(first[0])));
+    assert!(second.iter().all(|&id| shard(id) == shard(second[0])));
+    assert_ne!(shard(first[0]), shard(second[0]), "threads take shards in turn");
+    // Still UUIDv7: the shard is in the random part.
+    assert!(first.iter().all(|id| id.0.get_version_num() == 7));
+}
+
+#[test]
+fn a_thread_that_starts_late_gets_its_share_of_the_history() {
+    let storage = Arc::new(MemoryStorage::builder().lease_history(128).build());
+    let (pool, consumer, _) = block_on(setup(&storage, &[None]));
+    let req = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60));
+    let early = pairs_on_a_thread(&storage, &req, 1_000);
+    // One thread alone keeps the whole history, oldest forgotten first.
+    assert_eq!(storage.leases.finished_len(), 128);
+    block_on(async {
+        for &id in &early[early.len() - 128..] {
+            assert!(!storage.release(id).await.unwrap().was_released());
+        }
+        assert!(storage.release(early[early.len() - 129]).await.is_err());
+    });
+    let late = pairs_on_a_thread(&storage, &req, 1_000);
+    // The late thread took room from the first one, up to half of it,
+    // and the bound held.
+    assert!(storage.leases.finished_len() <= 129, "history over its bound");
+    block_on(async {
+        for &id in &late[late.len() - 60..] {
+            assert!(!storage.release(id).await.unwrap().was_released(), "forgot a recent lease");
+        }
+        for &id in &early[early.len() - 60..] {
+            assert!(!storage.release(id).await.unwrap().was_released(), "took more than its share");
+        }
+    });
+}
+
 #[test]
 fn zero_history_forgets_at_once() {
     block_on(async {
