@@ -121,7 +121,11 @@ fn a_threads_leases_keep_to_one_shard() {
     let second = pairs_on_a_thread(&storage, &req, 50);
     assert!(first.iter().all(|&id| shard(id) == shard(first[0])));
     assert!(second.iter().all(|&id| shard(id) == shard(second[0])));
-    assert_ne!(shard(first[0]), shard(second[0]), "threads take shards in turn");
+    assert_ne!(
+        shard(first[0]),
+        shard(second[0]),
+        "threads take shards in turn"
+    );
     // Still UUIDv7: the shard is in the random part.
     assert!(first.iter().all(|id| id.0.get_version_num() == 7));
 }
@@ -143,13 +147,22 @@ fn a_thread_that_starts_late_gets_its_share_of_the_history() {
     let late = pairs_on_a_thread(&storage, &req, 1_000);
     // The late thread took room from the first one, up to half of it,
     // and the bound held.
-    assert!(storage.leases.finished_len() <= 129, "history over its bound");
+    assert!(
+        storage.leases.finished_len() <= 129,
+        "history over its bound"
+    );
     block_on(async {
         for &id in &late[late.len() - 60..] {
-            assert!(!storage.release(id).await.unwrap().was_released(), "forgot a recent lease");
+            assert!(
+                !storage.release(id).await.unwrap().was_released(),
+                "forgot a recent lease"
+            );
         }
         for &id in &early[early.len() - 60..] {
-            assert!(!storage.release(id).await.unwrap().was_released(), "took more than its share");
+            assert!(
+                !storage.release(id).await.unwrap().was_released(),
+                "took more than its share"
+            );
         }
     });
 }

@@ -10,7 +10,9 @@ use pharox_domain::{
     ConsumerId, Lease, LeaseId, Outcome, PoolStats, Proxy, ProxyFilter, RetryPolicy, Selector,
     SessionKey, SessionRequest, TargetHost, UsagePolicy, validate_name, validate_ttl,
 };
-use pharox_ports::{AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, SystemClock};
+use pharox_ports::{
+    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, SystemClock,
+};
 use tracing::Instrument;
 
 use crate::observe::{AcquireErrorEvent, AcquireEvent, LeaseObserver, OutcomeEvent, ReleaseEvent};
@@ -421,7 +423,16 @@ impl ProxyManager {
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        let lease = match in_span(span, self.storage.acquire(request)).await {
+        // A storage that answers without waiting spares a boxed future.
+        let answered = {
+            let _in = span.enter();
+            self.storage.acquire_now(request)
+        };
+        let result = match answered {
+            Some(result) => result,
+            None => in_span(span, self.storage.acquire(request)).await,
+        };
+        let lease = match result {
             Ok(lease) => lease,
             Err(e) => {
                 let error = PharoxError::from(e);
@@ -597,6 +608,17 @@ impl ProxyManager {
         let span = tracing::debug_span!("pharox.release", lease = %lease_id);
         let policy = &self.config.usage_policy;
         // Without an outcome, the plain release: the hot path's statement.
+        // A storage that answers without waiting spares a boxed future; what
+        // is worth retrying goes through the retries all the same.
+        let answered = match reported {
+            None => {
+                let _in = span.enter();
+                self.storage.release_now(lease_id)
+            }
+            Some(_) => None,
+        };
+        let answered =
+            answered.filter(|result| !result.as_ref().is_err_and(StorageError::is_retryable));
         let release = retry_storage(&self.config.release_retry, "release", lease_id, || async {
             match reported {
                 Some(_) => {
@@ -607,7 +629,10 @@ impl ProxyManager {
                 None => self.storage.release(lease_id).await,
             }
         });
-        let outcome = in_span(span, release).await?;
+        let outcome = match answered {
+            Some(result) => result?,
+            None => in_span(span, release).await?,
+        };
         if let ReleaseOutcome::Released(released) = &outcome {
             tracing::debug!(
                 lease = %lease_id,
@@ -778,7 +803,7 @@ impl ProxyManager {
 
 /// Awaits `future` inside `span`, or bare when no subscriber records the
 /// span: the hot paths then skip the wrapper's work on every poll and drop.
-async fn in_span<F: std::future::Future>(span: tracing::Span, future: F) -> F::Output {
+async fn in_span<F: Future>(span: tracing::Span, future: F) -> F::Output {
     if span.is_disabled() {
         future.await
     } else {

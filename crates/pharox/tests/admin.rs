@@ -461,7 +461,7 @@ on_both_storages!(
 );
 
 fn mock_with_pool() -> MockProxyStorage {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_get_pool_by_name()
         .returning(|name| Ok(ProxyPool::new(name).unwrap()));
@@ -531,7 +531,7 @@ async fn everything_is_written_in_one_call_and_storage_errors_pass_through() {
 
 #[tokio::test]
 async fn a_bad_pool_name_is_rejected_before_storage() {
-    let storage = MockProxyStorage::new();
+    let storage = MockProxyStorage::waiting();
     let err = import_proxies(&storage, " ", Default::default(), ImportOptions::default())
         .await
         .unwrap_err();

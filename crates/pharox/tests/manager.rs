@@ -55,7 +55,7 @@ fn unavailable() -> StorageError {
 }
 
 fn mock_with_consumer() -> MockProxyStorage {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let id = ConsumerId::new();
     storage
         .expect_ensure_consumer()
@@ -87,7 +87,7 @@ async fn memory_pool(proxies: usize, max_concurrency: u32) -> MemoryStorage {
 
 #[tokio::test]
 async fn default_consumer_is_created_once_and_cached() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let id = ConsumerId::new();
     storage
         .expect_ensure_consumer()
@@ -109,7 +109,7 @@ async fn default_consumer_is_created_once_and_cached() {
 #[tokio::test]
 async fn bad_input_is_rejected_before_storage_is_touched() {
     // No expectations: any storage call would panic.
-    let manager = ProxyManager::new(MockProxyStorage::new());
+    let manager = ProxyManager::new(MockProxyStorage::waiting());
     let err = manager
         .acquire(LeaseRequest::new("eu").ttl(Duration::ZERO))
         .await
@@ -141,7 +141,7 @@ async fn bad_input_is_rejected_before_storage_is_touched() {
         "{err}"
     );
     assert!(
-        ProxyManager::new(MockProxyStorage::new())
+        ProxyManager::new(MockProxyStorage::waiting())
             .with_config(ManagerConfig::default().with_default_ttl(Duration::ZERO))
             .is_err()
     );
@@ -204,7 +204,7 @@ async fn retry_gives_up_after_max_attempts_and_never_retries_permanent_errors() 
 
 #[tokio::test(start_paused = true)]
 async fn release_retries_retryable_failures_with_backoff() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let granted = lease();
     let outcome = released(&granted);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -231,7 +231,7 @@ async fn release_retries_retryable_failures_with_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn release_gives_up_within_its_policy_and_never_retries_permanent_errors() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_release()
         .times(3)
@@ -245,7 +245,7 @@ async fn release_gives_up_within_its_policy_and_never_retries_permanent_errors()
     assert!(err.is_retryable());
     assert_eq!(start.elapsed(), Duration::from_millis(300));
 
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_release()
         .times(1)
@@ -268,7 +268,7 @@ async fn the_default_release_retry_waits_a_bounded_time() {
         .map(|n| policy.delay_after(n))
         .sum();
     assert_eq!(waited, Duration::from_millis(4260));
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_release()
         .times(policy.max_attempts() as usize)
@@ -281,7 +281,7 @@ async fn the_default_release_retry_waits_a_bounded_time() {
 
 #[tokio::test(start_paused = true)]
 async fn renew_retries_retryable_failures() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let granted = lease();
     let renewed = granted.clone();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -489,7 +489,7 @@ async fn pool_stats_are_not_queried_unless_enabled() {
 
 #[tokio::test]
 async fn release_event_carries_the_lease_duration() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let granted = lease();
     let outcome = released(&granted);
     storage
@@ -524,7 +524,7 @@ async fn renew_and_release_round_trip_on_memory() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_covers_a_consumer_that_cannot_be_created_yet() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let id = ConsumerId::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);

@@ -128,7 +128,7 @@ async fn hits_and_misses_are_counted_by_pool() {
 #[tokio::test]
 async fn a_storage_error_on_acquire_counts_as_error() {
     let (observer, handle) = observer();
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_ensure_consumer()
         .returning(|_| Ok(ConsumerId::new()));
@@ -167,7 +167,7 @@ async fn observers_without_the_error_hook_still_work() {
         }
     }
     let counting = Arc::new(Counting(parking_lot::Mutex::new(0)));
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_ensure_consumer()
         .returning(|_| Ok(ConsumerId::new()));
@@ -377,7 +377,7 @@ async fn a_health_result_that_cannot_be_persisted_counts_as_error() {
     let proxy = Proxy::builder(pool.id, "10.0.0.1", 8080, ProxyProtocol::Http)
         .build()
         .unwrap();
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let known = pool.clone();
     storage
         .expect_get_pool()

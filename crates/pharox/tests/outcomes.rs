@@ -68,7 +68,7 @@ impl LeaseObserver for OutcomeRecorder {
 #[tokio::test]
 async fn sessions_and_targets_are_checked_before_anything_is_created() {
     // No expectations: any storage call would panic (the consumer included).
-    let manager = ProxyManager::new(MockProxyStorage::new());
+    let manager = ProxyManager::new(MockProxyStorage::waiting());
     let cases = [
         (LeaseRequest::new("eu").session("two words"), "session"),
         (LeaseRequest::new("eu").session(""), "session"),
@@ -96,7 +96,7 @@ async fn a_session_gets_the_policys_ttl_unless_it_sets_one_and_targets_are_norma
         session_ttl: Duration::from_secs(42),
         ..UsagePolicy::default()
     };
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let consumer = ConsumerId::new();
     storage
         .expect_ensure_consumer()
@@ -134,7 +134,7 @@ async fn an_invalid_usage_policy_is_refused_by_the_config() {
         score_threshold: -1.0,
         ..UsagePolicy::default()
     };
-    let err = ProxyManager::new(MockProxyStorage::new())
+    let err = ProxyManager::new(MockProxyStorage::waiting())
         .with_config(ManagerConfig::default().with_usage_policy(bad))
         .unwrap_err();
     assert_eq!(invalid_field(&err), "usage.score_threshold");
@@ -142,7 +142,7 @@ async fn an_invalid_usage_policy_is_refused_by_the_config() {
 
 #[tokio::test]
 async fn an_invalid_outcome_never_reaches_the_storage() {
-    let manager = ProxyManager::new(MockProxyStorage::new());
+    let manager = ProxyManager::new(MockProxyStorage::waiting());
     let nan = Outcome::Success {
         target: None,
         latency_ms: Some(f64::NAN),
@@ -158,7 +158,7 @@ async fn an_invalid_outcome_never_reaches_the_storage() {
 
 #[tokio::test(start_paused = true)]
 async fn a_report_is_tried_once_because_a_lost_reply_may_have_counted() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_report_outcome()
         .times(1)
@@ -173,7 +173,7 @@ async fn a_report_is_tried_once_because_a_lost_reply_may_have_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_release_with_an_outcome_is_retried_and_a_retry_that_finds_it_released_applies_nothing() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     let lease_id = LeaseId::new();
     let mut calls = 0;
     storage

@@ -443,7 +443,7 @@ async fn health_probes_need_no_key_and_unknown_routes_are_problems() {
 
 #[tokio::test]
 async fn a_storage_that_is_down_gives_opaque_503s() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage.expect_get_pool_by_name().returning(|_| {
         Err(StorageError::Unavailable {
             message: format!("connection to db.internal refused (password {PASSWORD})"),

@@ -266,7 +266,7 @@ fn unavailable() -> StorageError {
 
 #[tokio::test]
 async fn a_scrape_answers_while_the_storage_cannot_list_pools() {
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage.expect_list_pools().returning(|| Err(unavailable()));
     let app = spawn_with(Arc::new(storage), pharox_server::Limits::default()).await;
     let healthz = app.client.get(app.url("/healthz")).send().await.unwrap();
@@ -300,7 +300,7 @@ async fn a_pool_the_storage_cannot_read_is_left_out_and_the_others_shown() {
         ProxyPool::new("ok").unwrap(),
     ];
 
-    let mut storage = MockProxyStorage::new();
+    let mut storage = MockProxyStorage::waiting();
     storage
         .expect_list_pools()
         .returning(move || Ok(pools.clone()));
