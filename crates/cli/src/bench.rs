@@ -454,6 +454,8 @@ struct Run {
     /// (`--session-keys`, `--target-count`), drawn at random per operation.
     requests: Vec<PreparedRequest>,
     hold: Duration,
+    /// How many workers run.
+    workers: usize,
     /// Set when the run is over; workers check it before every operation.
     stop: AtomicBool,
     /// The same, for workers holding a lease (`--hold-ms`) to wait on.
@@ -563,6 +565,7 @@ async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
         manager,
         requests,
         hold: plan.hold,
+        workers: plan.workers,
         stop: AtomicBool::new(false),
         stopped: watch::Sender::new(false),
         progress: AtomicU64::new(0),
@@ -868,9 +871,10 @@ fn new_histogram() -> Result<Histogram<u64>, CliError> {
         .map_err(|e| CliError::Other(format!("latency histogram: {e}")))
 }
 
-/// How many operations a worker runs between yields to the scheduler. In-memory calls never suspend, so without the
-/// yield the first workers to start would hold both runtime threads and the
-/// others would never run. Yielding wakes an idle thread (a context switch),
+/// How many operations a worker runs between yields to the scheduler, when
+/// workers are as many as the runtime's threads. In-memory calls never
+/// suspend, so without the yield the first workers to start would hold every
+/// runtime thread and the others would never run. Yielding wakes an idle thread (a context switch),
 /// so not too often: 1,024 in-memory operations take about a millisecond.
 const YIELD_EVERY: u64 = 1024;
 
@@ -900,12 +904,18 @@ async fn worker(
     static NEXT_SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let mut draw = NEXT_SEED.fetch_add(0x6A09_E667_F3BC_C909, Ordering::Relaxed) | 1;
     let variants = run.requests.len() as u64;
+    // With a runtime thread to spare for the others (the progress ticker),
+    // a worker need not yield: a yield wakes the idle thread, which then
+    // takes the worker over, and its caches with it.
+    let share_threads = run.workers >= tokio::runtime::Handle::current().metrics().num_workers();
     // Every operation is timed until one proves fast.
     let mut stride: u64 = 1;
     loop {
         if done > 0 && done.is_multiple_of(YIELD_EVERY) {
             run.progress.fetch_add(YIELD_EVERY, Ordering::Relaxed);
-            tokio::task::yield_now().await;
+            if share_threads {
+                tokio::task::yield_now().await;
+            }
         }
         if quota.is_some_and(|quota| done >= quota) || run.stop.load(Ordering::Relaxed) {
             break;
@@ -936,9 +946,16 @@ async fn worker(
         match outcome {
             Ok(Some(lease)) => {
                 tally.hits += 1;
-                let held = run.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                if held > run.max_in_flight.load(Ordering::Relaxed) {
-                    run.max_in_flight.fetch_max(held, Ordering::Relaxed);
+                // One worker holds one lease at a time: nothing to count.
+                if run.workers == 1 {
+                    if run.max_in_flight.load(Ordering::Relaxed) == 0 {
+                        run.max_in_flight.store(1, Ordering::Relaxed);
+                    }
+                } else {
+                    let held = run.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                    if held > run.max_in_flight.load(Ordering::Relaxed) {
+                        run.max_in_flight.fetch_max(held, Ordering::Relaxed);
+                    }
                 }
                 let on_proxy = run.per_proxy.get(&lease.proxy_id);
                 if let Some(count) = on_proxy
@@ -957,7 +974,9 @@ async fn worker(
                 if let Some(count) = on_proxy {
                     count.fetch_sub(1, Ordering::Relaxed);
                 }
-                run.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if run.workers > 1 {
+                    run.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
                 // The manager retries what is worth retrying; what still
                 // fails is counted.
                 if let Err(e) = run.manager.release(&lease).await {

@@ -58,34 +58,24 @@ pub fn unix_micros_now() -> i64 {
 /// outside the years `time` can represent.
 #[must_use]
 pub fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
-    const MICROS_PER_DAY: i64 = 86_400_000_000;
     thread_local! {
-        // The last day converted: nearly every call on a thread falls on
-        // the same day, and the calendar part is most of the cost.
-        static DAY: std::cell::Cell<Option<(i64, time::Date)>> = const { std::cell::Cell::new(None) };
+        // The last second converted: calls on a thread mostly fall in the
+        // same second, and all but the microseconds is the costly part.
+        static SECOND: std::cell::Cell<Option<(i64, OffsetDateTime)>> =
+            const { std::cell::Cell::new(None) };
     }
-    let day = micros.div_euclid(MICROS_PER_DAY);
-    let within = micros.rem_euclid(MICROS_PER_DAY);
-    let date = match DAY.with(std::cell::Cell::get) {
-        Some((cached, date)) if cached == day => date,
+    let second = micros.div_euclid(1_000_000);
+    // In 0..1_000_000.
+    let within = u32::try_from(micros.rem_euclid(1_000_000)).ok()?;
+    let start = match SECOND.with(std::cell::Cell::get) {
+        Some((cached, start)) if cached == second => start,
         _ => {
-            let date = OffsetDateTime::from_unix_timestamp(day.checked_mul(86_400)?)
-                .ok()?
-                .date();
-            DAY.with(|cell| cell.set(Some((day, date))));
-            date
+            let start = OffsetDateTime::from_unix_timestamp(second).ok()?;
+            SECOND.with(|cell| cell.set(Some((second, start))));
+            start
         }
     };
-    // `within` is below a day's microseconds, so every part is in range.
-    let seconds = within / 1_000_000;
-    let time = time::Time::from_hms_micro(
-        u8::try_from(seconds / 3_600).ok()?,
-        u8::try_from(seconds / 60 % 60).ok()?,
-        u8::try_from(seconds % 60).ok()?,
-        u32::try_from(within % 1_000_000).ok()?,
-    )
-    .ok()?;
-    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+    start.replace_microsecond(within).ok()
 }
 
 /// Whole microseconds since the Unix epoch (the sub-microsecond part is
