@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::sync::MutexGuard;
 use std::sync::mpsc;
@@ -34,6 +35,10 @@ pub(crate) struct PoolCell {
     /// whose capacity the pool has not taken back yet (a lock-free queue: a
     /// release never waits for the pool's lock).
     returns: mpsc::Sender<LeaseId>,
+    /// How many releases are queued in `returns`: a lock drains the queue
+    /// only when there are any (the queue is mostly empty, and a plain load
+    /// is cheaper than asking it).
+    queued: AtomicUsize,
 }
 
 impl PoolCell {
@@ -43,6 +48,7 @@ impl PoolCell {
             id: pool.id,
             state: Mutex::new(PoolState::new(pool, returned)),
             returns,
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -50,9 +56,14 @@ impl PoolCell {
     /// since the last lock, so whoever looks sees the capacity returned.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PoolState> {
         let mut state = self.state.lock();
-        while let Ok(id) = state.returned.try_recv() {
-            // Already gone when a reclaim or a deletion got there first.
-            let _ = state.finish(id);
+        // A release that returned before this lock queued first and counted
+        // after, so it is seen here.
+        if self.queued.load(Ordering::Acquire) > 0 {
+            while let Ok(id) = state.returned.try_recv() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                // Already gone when a reclaim or a deletion got there first.
+                let _ = state.finish(id);
+            }
         }
         state
     }
@@ -68,7 +79,9 @@ impl PoolCell {
             return;
         }
         // Fails only when the pool state is gone: nothing to give back to.
-        let _ = self.returns.send(id);
+        if self.returns.send(id).is_ok() {
+            self.queued.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
