@@ -277,13 +277,15 @@ pub(crate) struct PoolState {
     free: Vec<u32>,
     by_proxy: HashMap<ProxyId, u32>,
     /// Available proxies by id (always kept).
-    by_id: BTreeMap<ProxyId, u32>,
+    /// Keyed by the id as a number: the same order as the id's, compared
+    /// in two instructions rather than byte by byte.
+    by_id: BTreeMap<u128, u32>,
     /// Built the first time the selector is used in this pool.
     least: Option<BTreeSet<LeastKey>>,
     latency: Option<BTreeSet<LatencyKey>>,
     random: Option<RandomSet>,
     /// The last proxy round-robin handed out.
-    rr_cursor: Option<ProxyId>,
+    rr_cursor: Option<u128>,
     pub(crate) leases: HashMap<LeaseId, ActiveLease, IdBuildHasher>,
     /// (expires_us, lease) min-heap; entries of released or renewed leases
     /// are skipped when popped and dropped by compaction.
@@ -443,7 +445,7 @@ impl PoolState {
         if !slot.available() {
             return;
         }
-        self.by_id.insert(slot.proxy.id, idx);
+        self.by_id.insert(slot.proxy.id.0.as_u128(), idx);
         if let Some(set) = &mut self.least {
             set.insert(slot.least_key(idx));
         }
@@ -462,7 +464,7 @@ impl PoolState {
         if !slot.available() {
             return;
         }
-        self.by_id.remove(&slot.proxy.id);
+        self.by_id.remove(&slot.proxy.id.0.as_u128());
         if let Some(set) = &mut self.least {
             set.remove(&slot.least_key(idx));
         }
@@ -487,12 +489,12 @@ impl PoolState {
         let now = slot.available();
         if was != now {
             if now {
-                self.by_id.insert(slot.proxy.id, idx);
+                self.by_id.insert(slot.proxy.id.0.as_u128(), idx);
                 if let Some(set) = &mut self.random {
                     set.insert(idx);
                 }
             } else {
-                self.by_id.remove(&slot.proxy.id);
+                self.by_id.remove(&slot.proxy.id.0.as_u128());
                 if let Some(set) = &mut self.random {
                     set.remove(idx);
                 }
@@ -752,7 +754,7 @@ impl PoolState {
         let slot = self.slot_mut(idx)?;
         let snapshot = slot.snapshot();
         if selector == Selector::RoundRobin {
-            self.rr_cursor = Some(snapshot.id);
+            self.rr_cursor = Some(snapshot.id.0.as_u128());
         }
         self.leases.insert(lease_id, lease);
         self.schedule(lease.expires_us, lease_id);
@@ -839,7 +841,10 @@ impl PoolState {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         let avail: Vec<(u32, &Slot)> = self.available_slots().collect();
-        let by_id: BTreeMap<ProxyId, u32> = avail.iter().map(|(i, s)| (s.proxy.id, *i)).collect();
+        let by_id: BTreeMap<u128, u32> = avail
+            .iter()
+            .map(|(i, s)| (s.proxy.id.0.as_u128(), *i))
+            .collect();
         if by_id != self.by_id {
             return Err("by_id index differs from the available slots".into());
         }

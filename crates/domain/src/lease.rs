@@ -42,7 +42,10 @@ pub fn now_micros() -> OffsetDateTime {
 pub fn unix_micros_now() -> i64 {
     let now = std::time::SystemTime::now();
     match now.duration_since(std::time::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Ok(after) => i64::try_from(after.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(after.subsec_micros())),
         // A clock set before 1970: count back, truncating toward the past
         // as `truncate_to_micros` does.
         Err(before) => {
@@ -58,22 +61,28 @@ pub fn unix_micros_now() -> i64 {
 /// outside the years `time` can represent.
 #[must_use]
 pub fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
+    type Seconds = [(i64, OffsetDateTime); 2];
     thread_local! {
-        // The last second converted: calls on a thread mostly fall in the
-        // same second, and all but the microseconds is the costly part.
-        static SECOND: std::cell::Cell<Option<(i64, OffsetDateTime)>> =
-            const { std::cell::Cell::new(None) };
+        // The last two seconds converted: a thread converts "now" and an
+        // expiry minutes later, over and over, and all but the
+        // microseconds is the costly part. `i64::MIN` is no second `time`
+        // can show, so it never matches.
+        static SECONDS: std::cell::Cell<Seconds> =
+            const { std::cell::Cell::new([(i64::MIN, OffsetDateTime::UNIX_EPOCH); 2]) };
     }
     let second = micros.div_euclid(1_000_000);
     // In 0..1_000_000.
-    let within = u32::try_from(micros.rem_euclid(1_000_000)).ok()?;
-    let start = match SECOND.with(std::cell::Cell::get) {
-        Some((cached, start)) if cached == second => start,
-        _ => {
-            let start = OffsetDateTime::from_unix_timestamp(second).ok()?;
-            SECOND.with(|cell| cell.set(Some((second, start))));
-            start
-        }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let within = micros.rem_euclid(1_000_000) as u32;
+    let [newer, older] = SECONDS.get();
+    let start = if newer.0 == second {
+        newer.1
+    } else if older.0 == second {
+        older.1
+    } else {
+        let start = OffsetDateTime::from_unix_timestamp(second).ok()?;
+        SECONDS.set([(second, start), newer]);
+        start
     };
     start.replace_microsecond(within).ok()
 }
