@@ -957,7 +957,11 @@ async fn worker(
                         run.max_in_flight.fetch_max(held, Ordering::Relaxed);
                     }
                 }
-                let on_proxy = run.per_proxy.get(&lease.proxy_id);
+                // One worker holds one lease at a time, which no proxy's
+                // limit can be below: only several workers can over-lease.
+                let on_proxy = (run.workers > 1)
+                    .then(|| run.per_proxy.get(&lease.proxy_id))
+                    .flatten();
                 if let Some(count) = on_proxy
                     && count.fetch_add(1, Ordering::Relaxed) + 1 > run.max_concurrency
                 {
