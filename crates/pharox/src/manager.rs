@@ -415,27 +415,41 @@ impl ProxyManager {
         prepared: &PreparedRequest,
     ) -> Result<Option<Lease>, PharoxError> {
         let request = &prepared.request;
-        let observed = !self.observers.is_empty();
-        let started_at = observed.then(|| self.clock.now());
         let span = tracing::debug_span!(
             "pharox.acquire",
             pool = %request.pool_name,
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        // A storage that answers without waiting spares a boxed future; when
-        // nothing observes or traces the call, its answer is the result.
+        // When nothing observes or traces the call, a storage that answers
+        // without waiting answers it all; everything else is boxed, so the
+        // future of this quick path stays small.
+        if self.unwatched(&span)
+            && let Some(result) = self.storage.acquire_now(request)
+        {
+            return result.map_err(PharoxError::from);
+        }
+        Box::pin(self.acquire_watched(prepared, span)).await
+    }
+
+    /// Whether nothing observes or traces a call made in `span`.
+    fn unwatched(&self, span: &tracing::Span) -> bool {
+        self.observers.is_empty() && span.is_disabled() && !tracing::enabled!(tracing::Level::DEBUG)
+    }
+
+    /// [`acquire_prepared`](Self::acquire_prepared) with its events.
+    async fn acquire_watched(
+        &self,
+        prepared: &PreparedRequest,
+        span: tracing::Span,
+    ) -> Result<Option<Lease>, PharoxError> {
+        let request = &prepared.request;
+        let started_at = (!self.observers.is_empty()).then(|| self.clock.now());
+        // A storage that answers without waiting spares a boxed future.
         let answered = {
             let _in = span.enter();
             self.storage.acquire_now(request)
         };
-        if !observed
-            && span.is_disabled()
-            && !tracing::enabled!(tracing::Level::DEBUG)
-            && let Some(result) = answered
-        {
-            return result.map_err(PharoxError::from);
-        }
         let result = match answered {
             Some(result) => result,
             None => in_span(span, self.storage.acquire(request)).await,
@@ -614,6 +628,26 @@ impl ProxyManager {
         reported: Option<&Outcome>,
     ) -> Result<ReleaseOutcome, PharoxError> {
         let span = tracing::debug_span!("pharox.release", lease = %lease_id);
+        // As for acquire: unwatched, an immediate answer is the result
+        // (unless it is worth retrying).
+        if reported.is_none()
+            && self.unwatched(&span)
+            && let Some(result) = self.storage.release_now(lease_id)
+            && !result.as_ref().is_err_and(StorageError::is_retryable)
+        {
+            return result.map_err(PharoxError::from);
+        }
+        Box::pin(self.release_watched(lease_id, reported, span)).await
+    }
+
+    /// [`release_reporting`](Self::release_reporting) with its retries and
+    /// events.
+    async fn release_watched(
+        &self,
+        lease_id: LeaseId,
+        reported: Option<&Outcome>,
+        span: tracing::Span,
+    ) -> Result<ReleaseOutcome, PharoxError> {
         let policy = &self.config.usage_policy;
         // Without an outcome, the plain release: the hot path's statement.
         // A storage that answers without waiting spares a boxed future; what
@@ -627,13 +661,6 @@ impl ProxyManager {
         };
         let answered =
             answered.filter(|result| !result.as_ref().is_err_and(StorageError::is_retryable));
-        if self.observers.is_empty()
-            && span.is_disabled()
-            && !tracing::enabled!(tracing::Level::DEBUG)
-            && let Some(result) = answered
-        {
-            return result.map_err(PharoxError::from);
-        }
         let release = retry_storage(&self.config.release_retry, "release", lease_id, || async {
             match reported {
                 Some(_) => {
