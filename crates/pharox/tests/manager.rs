@@ -576,3 +576,55 @@ async fn a_prepared_request_resolves_its_consumer_once() {
         assert!(manager.acquire_prepared(&prepared).await.unwrap().is_none());
     }
 }
+
+/// A storage that answers at once: the manager takes its answer and never
+/// awaits the futures.
+#[tokio::test(start_paused = true)]
+async fn an_immediate_answer_is_taken_without_awaiting() {
+    let mut storage = MockProxyStorage::new();
+    let granted = lease();
+    let outcome = released(&granted);
+    storage
+        .expect_release_now()
+        .times(1)
+        .returning(move |_| Some(Ok(outcome.clone())));
+    storage.expect_release().never();
+    let manager = ProxyManager::new(storage);
+    assert!(manager.release(&granted).await.unwrap().was_released());
+}
+
+/// An immediate answer worth retrying goes through the release retries all
+/// the same (the same policy, awaited through `release`).
+#[tokio::test(start_paused = true)]
+async fn an_immediate_retryable_failure_is_retried() {
+    let mut storage = MockProxyStorage::new();
+    let granted = lease();
+    let outcome = released(&granted);
+    storage
+        .expect_release_now()
+        .returning(|_| Some(Err(unavailable())));
+    storage
+        .expect_release()
+        .times(1)
+        .returning(move |_| Ok(outcome.clone()));
+    let policy = RetryPolicy::new(3, Duration::from_millis(10), 2.0, None).unwrap();
+    let manager = ProxyManager::new(storage)
+        .with_config(ManagerConfig::default().with_release_retry(policy))
+        .unwrap();
+    assert!(manager.release(&granted).await.unwrap().was_released());
+}
+
+/// A permanent immediate failure is the answer: no retry, no `release`.
+#[tokio::test(start_paused = true)]
+async fn an_immediate_permanent_failure_is_returned() {
+    let mut storage = MockProxyStorage::new();
+    let granted = lease();
+    storage
+        .expect_release_now()
+        .times(1)
+        .returning(|id| Some(Err(StorageError::not_found("lease", id))));
+    storage.expect_release().never();
+    let manager = ProxyManager::new(storage);
+    let err = manager.release(&granted).await.unwrap_err();
+    assert!(!err.is_retryable());
+}
