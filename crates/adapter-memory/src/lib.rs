@@ -56,8 +56,10 @@
 mod admin;
 mod api_keys;
 mod builder;
+mod finished;
 mod grant;
 mod hash;
+mod health;
 mod leases;
 mod locks;
 mod pool;
@@ -162,58 +164,6 @@ impl MemoryStorage {
         MemoryStorageBuilder::default()
     }
 
-    fn reclaim(
-        &self,
-        state: &mut PoolState,
-        cell: &Arc<PoolCell>,
-        now: OffsetDateTime,
-        now_us: i64,
-    ) -> u64 {
-        let mut reclaimed = 0;
-        while let Some((id, lease)) = state.pop_expired(now_us) {
-            let finished = FinishedLease::new(cell.id, &lease, now);
-            self.leases.finish(id, finished);
-            reclaimed += 1;
-        }
-        reclaimed
-    }
-
-    /// The pool name and current snapshot of a finished lease's proxy, or
-    /// `None` when its pool or proxy is gone (deleting a proxy deletes its
-    /// leases).
-    fn finished_view(&self, lease: &FinishedLease) -> Option<(Arc<str>, Arc<Proxy>)> {
-        let cell = self.catalog.read().pools.get(&lease.pool_id).cloned()?;
-        let mut state = cell.lock();
-        let idx = state.slot_of(lease.proxy_id)?;
-        let proxy = state.snapshot(idx)?;
-        Some((Arc::clone(&state.name), proxy))
-    }
-
-    fn already_released(&self, id: LeaseId) -> StorageResult<ReleaseOutcome> {
-        match self.leases.find(id) {
-            Found::Finished(lease) if self.finished_view(&lease).is_some() => {
-                Ok(ReleaseOutcome::AlreadyReleased {
-                    lease_id: id,
-                    released_at: Some(lease.released_at),
-                })
-            }
-            _ => Err(StorageError::not_found("lease", id)),
-        }
-    }
-
-    /// The pool of an active lease, for a report on it: `LeaseNotActive`
-    /// for a released one, not-found for an unknown one.
-    fn pool_of_active(&self, lease_id: LeaseId) -> StorageResult<Arc<PoolCell>> {
-        match self.leases.find(lease_id) {
-            Found::Active(cell) => Ok(cell),
-            Found::Finished(_) => {
-                self.already_released(lease_id)?;
-                Err(StorageError::LeaseNotActive(lease_id))
-            }
-            Found::Unknown => Err(StorageError::not_found("lease", lease_id)),
-        }
-    }
-
     /// The lease an earlier acquire with the caller's `id` made, for a
     /// repeated (idempotent) acquire; a conflict if it is not this request's.
     async fn existing_lease(
@@ -229,39 +179,6 @@ impl MemoryStorage {
             )));
         }
         Ok(lease)
-    }
-
-    fn finished_lease(&self, id: LeaseId) -> StorageResult<Lease> {
-        if let Found::Finished(lease) = self.leases.find(id)
-            && let Some((name, proxy)) = self.finished_view(&lease)
-        {
-            return Ok(lease.to_lease(id, name, proxy));
-        }
-        Err(StorageError::not_found("lease", id))
-    }
-
-    /// The whole of a release: it never waits. It takes effect in the lease
-    /// index (exactly once however many calls race); the pool takes the
-    /// capacity back at once when its lock is free, else at its next lock,
-    /// before anyone can look. So a release never waits for the pool's
-    /// lock.
-    fn release_at_once(&self, lease_id: LeaseId) -> StorageResult<ReleaseOutcome> {
-        let now = self.clock.now();
-        match self.leases.end(lease_id, now) {
-            Ended::Now(cell, finished) => {
-                cell.give_back(lease_id);
-                Ok(ReleaseOutcome::Released(ReleasedLease {
-                    lease_id,
-                    proxy_id: finished.proxy_id,
-                    pool_id: cell.id,
-                    consumer_id: finished.consumer_id,
-                    acquired_at: finished.acquired_at,
-                    released_at: now,
-                }))
-            }
-            Ended::Before => self.already_released(lease_id),
-            Ended::Unknown => Err(StorageError::not_found("lease", lease_id)),
-        }
     }
 
     fn pool_cell(&self, id: PoolId) -> StorageResult<Arc<PoolCell>> {
@@ -728,58 +645,11 @@ impl ProxyStorage for MemoryStorage {
         result: &HealthCheckResult,
         policy: &HealthPolicy,
     ) -> StorageResult<Option<Proxy>> {
-        result.validate()?;
-        // A policy can only be built valid, but serde can bypass `new`.
-        HealthPolicy::new(policy.failures_before_inactive())?;
-        let catalog = self.catalog.read();
-        let Some(cell) = catalog.proxies.get(&result.proxy_id) else {
-            return Ok(None);
-        };
-        let mut state = cell.lock();
-        let Some(idx) = state.slot_of(result.proxy_id) else {
-            return Ok(None);
-        };
-        let Some(slot) = state.slot(idx) else {
-            return Ok(None);
-        };
-        let before = slot.proxy.status;
-        let outcome = policy.apply(before, &slot.proxy.health, result);
-        let after = outcome.status;
-        let checked_at = truncate_to_micros(result.checked_at);
-        state.update_slot(idx, |slot| {
-            let proxy = Arc::make_mut(&mut slot.proxy);
-            proxy.status = outcome.status;
-            proxy.health = outcome.health;
-            proxy.checked_at = Some(checked_at);
-            if outcome.ends_cooldown {
-                proxy.usage = ProxyUsage::default();
-            }
-        });
-        let record = HealthRecord {
-            id: HealthRecordId::new(),
-            proxy_id: result.proxy_id,
-            checked_at,
-            reachable: result.reachable,
-            latency_ms: result.latency_ms,
-            protocol: result.protocol,
-            status_before: before,
-            status_after: after,
-            http_status: result.http_status,
-            error: result.error.clone(),
-        };
-        state.push_health(idx, record, self.health_history);
-        Ok(state.slot(idx).map(Slot::copy))
+        self.apply_health(result, policy)
     }
 
     async fn last_health_result(&self, proxy_id: ProxyId) -> StorageResult<Option<HealthRecord>> {
-        let catalog = self.catalog.read();
-        let Some(cell) = catalog.proxies.get(&proxy_id) else {
-            return Ok(None);
-        };
-        let state = cell.lock();
-        Ok(state
-            .proxy(proxy_id)
-            .and_then(|slot| slot.health.back().cloned()))
+        self.last_health(proxy_id)
     }
 
     async fn list_health_records(
@@ -787,53 +657,11 @@ impl ProxyStorage for MemoryStorage {
         proxy_id: ProxyId,
         limit: usize,
     ) -> StorageResult<Vec<HealthRecord>> {
-        let catalog = self.catalog.read();
-        let Some(cell) = catalog.proxies.get(&proxy_id) else {
-            return Ok(Vec::new());
-        };
-        let state = cell.lock();
-        Ok(state.proxy(proxy_id).map_or_else(Vec::new, |slot| {
-            slot.health.iter().rev().take(limit).cloned().collect()
-        }))
+        self.health_records(proxy_id, limit)
     }
 
     async fn pool_stats(&self, pool_name: &str) -> StorageResult<PoolStats> {
-        let now = self.clock.now();
-        let catalog = self.catalog.read();
-        let cell = catalog
-            .by_name
-            .get(pool_name)
-            .ok_or_else(|| StorageError::not_found("pool", pool_name))?;
-        let mut state = cell.lock();
-        self.reclaim(&mut state, cell, now, micros(now));
-        let mut stats = PoolStats {
-            pool_id: cell.id,
-            pool_name: state.pool.name.clone(),
-            total_proxies: state.proxy_count() as u64,
-            active_proxies: 0,
-            available_proxies: 0,
-            cooling_down_proxies: 0,
-            leased_proxies: 0,
-            total_leases: state.leases.len() as u64,
-        };
-        for slot in state.slots() {
-            if slot.proxy.status == ProxyStatus::Active {
-                stats.active_proxies += 1;
-                if slot.proxy.usage.is_cooling_down_at(now) {
-                    stats.cooling_down_proxies += 1;
-                } else if slot
-                    .proxy
-                    .max_concurrency
-                    .is_none_or(|max| slot.leases < max)
-                {
-                    stats.available_proxies += 1;
-                }
-            }
-            if slot.leases > 0 {
-                stats.leased_proxies += 1;
-            }
-        }
-        Ok(stats)
+        self.stats(pool_name)
     }
 
     async fn pool_overview(&self, pool_name: &str) -> StorageResult<PoolOverview> {
