@@ -39,8 +39,6 @@ mod import;
 #[cfg(test)]
 mod tests;
 
-use connect::{connect_failed, connect_timed_out, invalid_config, probe_connection};
-
 /// How many candidates the predicate path locks and tests per round trip.
 const PREDICATE_BATCH: usize = 32;
 
@@ -91,114 +89,6 @@ fn release_sql(durable: bool) -> &'static str {
 }
 
 impl PostgresStorage {
-    /// Opens a connection pool as `config` says and checks that one
-    /// connection works.
-    ///
-    /// An unreachable server gives [`StorageError::Unavailable`] (retryable)
-    /// within `config.connect_timeout`, saying what happened ("connection
-    /// refused", "host not found", "timed out") and naming `host:port`; a
-    /// refused connection fails at once, without waiting for a timeout. A
-    /// server that answers but turns the connection down gives
-    /// [`StorageError::Backend`] in plain words ("password authentication
-    /// failed", "database \"x\" does not exist"); a bad configuration gives
-    /// [`StorageError::Invalid`]. No message contains the password. This does
-    /// not migrate; run `pharox migrate` (or [`pharox_migration::run`]) first.
-    pub async fn connect(config: &PostgresConfig) -> Result<Self, StorageError> {
-        config.validate().map_err(invalid_config)?;
-        let mut options = PgConnectOptions::new_without_pgpass()
-            .host(&config.host)
-            .port(config.port)
-            .username(&config.user)
-            .database(&config.database)
-            .ssl_mode(config.ssl_mode.into());
-        if let Some(path) = &config.ssl_root_cert {
-            options = options.ssl_root_cert(path);
-        }
-        if let Some(path) = &config.ssl_client_cert {
-            options = options.ssl_client_cert(path);
-        }
-        if let Some(path) = &config.ssl_client_key {
-            options = options.ssl_client_key(path);
-        }
-        if let Some(password) = &config.password {
-            options = options.password(password);
-        }
-        if let Some(name) = &config.application_name {
-            options = options.application_name(name);
-        }
-        // Start-up parameters: no extra round trip per connection.
-        if let Some(schema) = &config.schema {
-            options = options.options([("search_path", schema.as_str())]);
-        }
-        if config.prefer_index_scans {
-            options = options.options([("enable_seqscan", "off")]);
-        }
-        options = if config.sql_logging {
-            match config.sql_log_level.as_str().parse() {
-                Ok(level) => options.log_statements(level),
-                Err(_) => options,
-            }
-        } else {
-            options.disable_statement_logging()
-        };
-        let pool_options = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .min_connections(config.min_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(config.idle_timeout)
-            .max_lifetime(config.max_lifetime)
-            .test_before_acquire(config.test_before_acquire);
-        let target = config.host_port();
-        // One connection of our own first, outside the pool: the pool would
-        // retry a refused connection until `acquire_timeout` and then say
-        // only that it timed out. The pool's own first connection then shares
-        // what is left of `connect_timeout`.
-        let started = Instant::now();
-        probe_connection(&options, config, &target).await?;
-        let remaining = config.connect_timeout.saturating_sub(started.elapsed());
-        let pool = match tokio::time::timeout(remaining, pool_options.connect_with(options)).await {
-            Err(_) => return Err(connect_timed_out(config, &target)),
-            Ok(Err(e)) => return Err(connect_failed(config, &target, e)),
-            Ok(Ok(pool)) => pool,
-        };
-        tracing::debug!(database = %config, "connected to PostgreSQL");
-        Ok(Self {
-            db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
-            stash: Arc::new(Stash::for_pool(&pool)),
-            unresolved: Arc::default(),
-            pool,
-            release_sql: release_sql(config.durable_release),
-            query_timeout: config.query_timeout,
-            resolve_timeout: config.acquire_timeout,
-        })
-    }
-
-    /// Wraps an existing SeaORM connection; it must be a PostgreSQL (sqlx)
-    /// pool, else [`StorageError::Backend`].
-    pub fn from_connection(db: DatabaseConnection) -> Result<Self, StorageError> {
-        if !matches!(
-            db.inner,
-            DatabaseConnectionType::SqlxPostgresPoolConnection(_)
-        ) {
-            return Err(StorageError::Backend {
-                message: "PostgresStorage needs a PostgreSQL (sqlx) connection".to_owned(),
-                source: None,
-            });
-        }
-        let pool = db.get_postgres_connection_pool().clone();
-        let stash = Arc::new(Stash::for_pool(&pool));
-        let defaults = PostgresConfig::new("", "", "");
-        Ok(Self {
-            db,
-            pool,
-            stash,
-            unresolved: Arc::default(),
-            release_sql: release_sql(false),
-            query_timeout: defaults.query_timeout,
-            resolve_timeout: defaults.acquire_timeout,
-        })
-    }
-
     /// Whether a release waits for its commit to reach disk; see
     /// [`PostgresConfig::durable_release`] (default false).
     #[must_use]

@@ -1,6 +1,6 @@
 """Python pharox 0.11 workers on a pool the Rust adapter seeded.
 
-Driven by ``tests/python_interop.rs``; not a test runner of its own. It
+Driven by ``tests/python_interop/``; not a test runner of its own. It
 connects through libpq's environment (``PGHOST``, ``PGPORT``, ``PGUSER``,
 ``PGPASSWORD``, ``PGDATABASE``, ``PGSSLMODE``, and ``PGOPTIONS`` with the test
 schema's ``search_path``), so no password is ever on its command line.
