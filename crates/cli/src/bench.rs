@@ -24,6 +24,14 @@ use crate::limits;
 use crate::output::{self, OutputError, errln, outln};
 use crate::signals::{Signal, Signals};
 
+mod report;
+mod seed;
+mod worker;
+
+use report::{print_json, print_report};
+use seed::{prepare, seed_only};
+use worker::{progress_bar, tick, worker};
+
 /// The consumer the benchmark's leases are held by.
 const BENCH_CONSUMER: &str = "pharox-bench";
 
@@ -528,57 +536,6 @@ impl Tally {
     }
 }
 
-/// Seeds the pool and prepares the request the workers send.
-async fn prepare(plan: &Plan, target: &Target) -> Result<Run, CliError> {
-    let storage = &target.storage;
-    let proxies = match plan.pool {
-        PoolUse::Reuse(_) => seeded_proxies(plan, target).await?,
-        PoolUse::Fresh | PoolUse::SeedOnly(_) => seed_pool(plan, target).await?,
-    };
-    let per_proxy = proxies.iter().map(|p| (p.id, AtomicU32::new(0))).collect();
-    let mut manager = ProxyManager::from_arc(Arc::clone(storage));
-    let mut upkeep = None;
-    if plan.metrics {
-        let metrics = pharox_server::ServerMetrics::new();
-        manager = manager.with_observer(metrics.observer());
-        upkeep = Some(tokio::spawn(pharox_server::metrics::upkeep(metrics)).abort_handle());
-    }
-    // Validated and with its consumer created before the clock starts; the
-    // workers then acquire the way a worker loop should.
-    let variants = plan.session_keys.max(plan.target_count).max(1);
-    let mut requests = Vec::with_capacity(variants);
-    for i in 0..variants {
-        let mut request = LeaseRequest::new(target.pool_name.clone())
-            .consumer(BENCH_CONSUMER)
-            .ttl(Duration::from_secs(300))
-            .filter(plan.filter.clone())
-            .selector(plan.selector);
-        if plan.session_keys > 0 {
-            request = request.session(format!("bench-session-{}", i % plan.session_keys));
-        }
-        if plan.target_count > 0 {
-            request = request.target(format!("site-{}.bench.test", i % plan.target_count));
-        }
-        requests.push(manager.prepare(request).await?);
-    }
-    Ok(Run {
-        manager,
-        requests,
-        hold: plan.hold,
-        workers: plan.workers,
-        stop: AtomicBool::new(false),
-        stopped: watch::Sender::new(false),
-        progress: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        max_in_flight: AtomicU64::new(0),
-        per_proxy,
-        max_concurrency: plan.max_concurrency,
-        capacity: plan.proxies as u64 * u64::from(plan.max_concurrency),
-        over_leased: AtomicU64::new(0),
-        _upkeep: upkeep.map(AbortOnDrop),
-    })
-}
-
 /// Stops a background task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -586,92 +543,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Creates the pool and adds `--proxies` proxies to it.
-async fn seed_pool(plan: &Plan, target: &Target) -> Result<Vec<pharox::Proxy>, CliError> {
-    let storage = &target.storage;
-    let pool = storage
-        .save_pool(&ProxyPool::new(target.pool_name.clone())?)
-        .await?;
-    let proxies = crate::seed::proxies(pool.id, plan.proxies, plan.max_concurrency)?;
-    for chunk in proxies.chunks(1000) {
-        storage.add_proxies(chunk).await?;
-    }
-    Ok(proxies)
-}
-
-/// The proxies of the pool `--reuse-pool` names, if it is what the flags
-/// describe: refused (naming the flag) when the pool is missing, holds
-/// another number of proxies, or proxies of another capacity, since the
-/// run's capacity and over-lease checks are computed from the flags.
-async fn seeded_proxies(plan: &Plan, target: &Target) -> Result<Vec<pharox::Proxy>, CliError> {
-    let storage = &target.storage;
-    let usage = |flag, reason: String| CliError::Usage { flag, reason };
-    let pool = match storage.get_pool_by_name(&target.pool_name).await {
-        Ok(pool) => pool,
-        Err(StorageError::NotFound { .. }) => {
-            return Err(usage(
-                "reuse-pool",
-                format!(
-                    "no pool named {:?}: seed it first with --seed-only --pool {0:?}",
-                    target.pool_name
-                ),
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let proxies = storage.list_proxies(pool.id).await?;
-    if proxies.len() != plan.proxies {
-        return Err(usage(
-            "proxies",
-            format!(
-                "is {} but pool {:?} holds {} proxies (--reuse-pool measures the pool as seeded)",
-                plan.proxies,
-                target.pool_name,
-                proxies.len()
-            ),
-        ));
-    }
-    if let Some(other) = proxies
-        .iter()
-        .find(|p| p.max_concurrency != Some(plan.max_concurrency))
-    {
-        return Err(usage(
-            "max-concurrency",
-            format!(
-                "is {} but pool {:?} has proxies of {} (--reuse-pool measures the pool as seeded)",
-                plan.max_concurrency,
-                target.pool_name,
-                other
-                    .max_concurrency
-                    .map_or_else(|| "unlimited".to_owned(), |m| m.to_string())
-            ),
-        ));
-    }
-    Ok(proxies)
-}
-
-/// `--seed-only`: seeds the pool, says so, keeps it.
-async fn seed_only(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<(), CliError> {
-    let started = Instant::now();
-    tokio::select! {
-        seeded = seed_pool(plan, target) => { seeded?; }
-        signal = signals.recv() => return Err(CliError::Interrupted(signal)),
-    }
-    output::print(|stdout| {
-        outln!(
-            stdout,
-            "pharox bench: seeded pool {} with {} proxies x {} in {:.2} s; kept for --reuse-pool --pool {}",
-            target.pool_name,
-            plan.proxies,
-            plan.max_concurrency,
-            started.elapsed().as_secs_f64(),
-            target.pool_name
-        );
-        Ok(())
-    })
-    .map_err(CliError::from)
 }
 
 async fn bench(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<Outcome, CliError> {
@@ -754,94 +625,6 @@ async fn bench(plan: &Plan, target: &Target, signals: &mut Signals) -> Result<Ou
     })))
 }
 
-/// `--json`: one object, on one line.
-fn print_json(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), OutputError> {
-    let out = json!({
-        "storage": target.name,
-        "workers": plan.workers,
-        "session_keys": plan.session_keys,
-        "target_count": plan.target_count,
-        "metrics": plan.metrics,
-        "proxies": plan.proxies,
-        "operations": m.operations(),
-        "ops_per_sec": round2(m.pairs_per_sec()),
-        "hits": m.tally.hits,
-        "misses": m.tally.misses,
-        "errors": m.tally.errors,
-        "first_error": m.tally.first_error(),
-        "errors_by_kind": m.tally.errors_by_kind,
-        "capacity": m.capacity,
-        "max_concurrent_leases_seen": m.max_seen,
-        "leases_left": m.leases_left,
-        "latency_us": {
-            "p50": round2(m.percentile_us(0.50)),
-            "p95": round2(m.percentile_us(0.95)),
-            "p99": round2(m.percentile_us(0.99)),
-        },
-    });
-    output::print(|stdout| {
-        outln!(stdout, "{out}");
-        Ok(())
-    })
-}
-
-/// The report for people.
-fn print_report(plan: &Plan, target: &Target, m: &Measurement) -> Result<(), OutputError> {
-    let t = &m.tally;
-    output::print(|stdout| {
-        outln!(
-            stdout,
-            "pharox bench: {} storage, {} proxies x {} = capacity {}, {} workers, {}, {:.2} s",
-            target.name,
-            plan.proxies,
-            plan.max_concurrency,
-            m.capacity,
-            plan.workers,
-            plan.selector,
-            m.elapsed.as_secs_f64()
-        );
-        outln!(
-            stdout,
-            "  ops/s (acquire+release pairs per second): {:.0}",
-            m.pairs_per_sec()
-        );
-        outln!(
-            stdout,
-            "  operations {}: hits {}, misses {}, errors {}",
-            m.operations(),
-            t.hits,
-            t.misses,
-            t.errors
-        );
-        outln!(
-            stdout,
-            "  acquire latency: p50 {:.2} us, p95 {:.2} us, p99 {:.2} us",
-            m.percentile_us(0.50),
-            m.percentile_us(0.95),
-            m.percentile_us(0.99)
-        );
-        outln!(
-            stdout,
-            "  max simultaneous leases seen: {} of capacity {}",
-            m.max_seen,
-            m.capacity
-        );
-        if let Some(left) = m.leases_left {
-            outln!(stdout, "  active leases left after the run: {left}");
-        }
-        if let Some(first) = t.first_error() {
-            let kinds: Vec<String> = t
-                .errors_by_kind
-                .iter()
-                .map(|(kind, count)| format!("{kind} {count}"))
-                .collect();
-            outln!(stdout, "  errors by kind: {}", kinds.join(", "));
-            outln!(stdout, "  first error: {first}");
-        }
-        Ok(())
-    })
-}
-
 /// Hashes a proxy id by its last eight bytes, which are random in a UUIDv7:
 /// the per-proxy check in the hot loop should not cost a SipHash.
 #[derive(Default)]
@@ -861,149 +644,10 @@ impl Hasher for IdHasher {
     }
 }
 
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
 fn new_histogram() -> Result<Histogram<u64>, CliError> {
     // Nanoseconds, 1 ns to 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3)
         .map_err(|e| CliError::Other(format!("latency histogram: {e}")))
-}
-
-/// How many operations a worker runs between yields to the scheduler, when
-/// workers are as many as the runtime's threads. In-memory calls never
-/// suspend, so without the yield the first workers to start would hold every
-/// runtime thread and the others would never run. Yielding wakes an idle thread (a context switch),
-/// so not too often: 1,024 in-memory operations take about a millisecond.
-const YIELD_EVERY: u64 = 1024;
-
-/// Operations faster than this (in-memory ones) are timed one in
-/// [`SAMPLE_EVERY`]: two clock reads would cost a fifth of an in-memory pair
-/// and measure the harness more than the storage, while a sample still
-/// gives the percentiles hundreds of thousands of points a second. Slower
-/// ones (a database round trip) are each timed.
-const FAST_NANOS: u64 = 20_000;
-
-/// One in how many fast operations is timed: coprime with [`YIELD_EVERY`],
-/// so the operation after a yield is not always the one timed.
-const SAMPLE_EVERY: u64 = 13;
-
-async fn worker(
-    run: Arc<Run>,
-    quota: Option<u64>,
-    deadline: Option<Instant>,
-    mut latency: Histogram<u64>,
-) -> (Tally, Histogram<u64>) {
-    let mut tally = Tally::default();
-    let mut stopped = run.stopped.subscribe();
-    let mut done: u64 = 0;
-    // A cheap per-worker generator (xorshift) for the request to send: the
-    // draw must not cost what an in-memory acquire costs.
-    // Each worker its own start, so the workers do not draw in lockstep.
-    static NEXT_SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    let mut draw = NEXT_SEED.fetch_add(0x6A09_E667_F3BC_C909, Ordering::Relaxed) | 1;
-    let variants = run.requests.len() as u64;
-    // With a runtime thread to spare for the others (the progress ticker),
-    // a worker need not yield: a yield wakes the idle thread, which then
-    // takes the worker over, and its caches with it.
-    let share_threads = run.workers >= tokio::runtime::Handle::current().metrics().num_workers();
-    // Every operation is timed until one proves fast.
-    let mut stride: u64 = 1;
-    loop {
-        if done > 0 && done.is_multiple_of(YIELD_EVERY) {
-            run.progress.fetch_add(YIELD_EVERY, Ordering::Relaxed);
-            if share_threads {
-                tokio::task::yield_now().await;
-            }
-        }
-        if quota.is_some_and(|quota| done >= quota) || run.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let started = (stride == 1 || done.is_multiple_of(stride)).then(Instant::now);
-        // The clock is read for the latency anyway: checking the deadline
-        // here keeps timed runs exact (to a few microseconds when sampling).
-        if let Some(started) = started
-            && deadline.is_some_and(|d| started >= d)
-        {
-            run.halt();
-            break;
-        }
-        let request = if variants == 1 {
-            &run.requests[0]
-        } else {
-            draw ^= draw << 13;
-            draw ^= draw >> 7;
-            draw ^= draw << 17;
-            &run.requests[(draw % variants) as usize]
-        };
-        let outcome = run.manager.acquire_prepared(request).await;
-        if let Some(started) = started {
-            let nanos = started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
-            latency.saturating_record(nanos);
-            stride = if nanos < FAST_NANOS { SAMPLE_EVERY } else { 1 };
-        }
-        match outcome {
-            Ok(Some(lease)) => {
-                tally.hits += 1;
-                // One worker holds one lease at a time: nothing to count.
-                if run.workers == 1 {
-                    if run.max_in_flight.load(Ordering::Relaxed) == 0 {
-                        run.max_in_flight.store(1, Ordering::Relaxed);
-                    }
-                } else {
-                    let held = run.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                    if held > run.max_in_flight.load(Ordering::Relaxed) {
-                        run.max_in_flight.fetch_max(held, Ordering::Relaxed);
-                    }
-                }
-                // One worker holds one lease at a time, which no proxy's
-                // limit can be below: only several workers can over-lease.
-                let on_proxy = (run.workers > 1)
-                    .then(|| run.per_proxy.get(&lease.proxy_id))
-                    .flatten();
-                if let Some(count) = on_proxy
-                    && count.fetch_add(1, Ordering::Relaxed) + 1 > run.max_concurrency
-                {
-                    run.over_leased.fetch_add(1, Ordering::Relaxed);
-                }
-                if !run.hold.is_zero() {
-                    // A stop cuts the hold short: the lease is released
-                    // all the same.
-                    tokio::select! {
-                        () = tokio::time::sleep(run.hold) => {}
-                        () = until_stopped(&mut stopped) => {}
-                    }
-                }
-                if let Some(count) = on_proxy {
-                    count.fetch_sub(1, Ordering::Relaxed);
-                }
-                if run.workers > 1 {
-                    run.in_flight.fetch_sub(1, Ordering::Relaxed);
-                }
-                // The manager retries what is worth retrying; what still
-                // fails is counted.
-                if let Err(e) = run.manager.release(&lease).await {
-                    tally.release_errors += 1;
-                    tally.record_error(&e);
-                }
-            }
-            Ok(None) => {
-                tally.misses += 1;
-                // Nothing free: let the holders run before asking again.
-                tokio::task::yield_now().await;
-            }
-            Err(e) => tally.record_error(&e),
-        }
-        done += 1;
-    }
-    (tally, latency)
-}
-
-/// Returns once the run is halted.
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
-    // An error means the run is gone, which is a stop too.
-    let _ = stopped.wait_for(|stopped| *stopped).await;
 }
 
 impl Plan {
@@ -1011,40 +655,6 @@ impl Plan {
         match self.stop {
             Stop::After(d) => Some(d),
             Stop::Iterations(_) => None,
-        }
-    }
-}
-
-fn progress_bar(stop: &Stop) -> ProgressBar {
-    let bar = match stop {
-        Stop::After(d) if *d > Duration::from_secs(1) => ProgressBar::new(d.as_millis() as u64),
-        Stop::Iterations(n) => ProgressBar::new(*n),
-        Stop::After(_) => return ProgressBar::hidden(),
-    };
-    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent}%")
-    {
-        bar.set_style(style);
-    }
-    bar
-}
-
-/// Keeps the progress bar current; it only appears once the run has lasted
-/// a second. (Workers stop themselves: see [`worker`].)
-async fn tick(run: Arc<Run>, stop_after: Option<Duration>, bar: ProgressBar) {
-    let started = Instant::now();
-    let mut shown = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let elapsed = started.elapsed();
-        if !shown && elapsed >= Duration::from_secs(1) {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            shown = true;
-        }
-        match stop_after {
-            Some(limit) => bar.set_position(elapsed.min(limit).as_millis() as u64),
-            None => bar.set_position(run.progress.load(Ordering::Relaxed)),
         }
     }
 }
