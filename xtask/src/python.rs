@@ -3,7 +3,7 @@
 //! `cargo xtask test` hands to `cargo test` in an environment variable:
 //!
 //! - [`INTEROP`]: Python pharox 0.11 for the interop test of the PostgreSQL
-//!   adapter (`crates/adapter-postgres/tests/python_interop.rs`), as
+//!   adapter (`crates/adapter-postgres/tests/python_interop/`), as
 //!   `PHAROX_TEST_PYTHON` (the interpreter);
 //! - [`SCHEMATHESIS`]: schemathesis for the schema fuzz of the HTTP API
 //!   (`crates/server/tests/api/fuzz.rs`), as `PHAROX_TEST_SCHEMATHESIS`
