@@ -3,7 +3,7 @@
 //! the one-statement acquire and on the predicate path.
 //!
 //! The one-statement pick keeps every key fixed and corrects for the spans
-//! between keys by rejection (`sql::random_pick`); without the correction
+//! between keys by rejection (`sql::pick::random_pick`); without the correction
 //! a proxy's share is the span of the keys before its own, which the pool
 //! test rejects (simulated: a chi-squared statistic of 254 to 283 for a
 //! window of 32 over 160 proxies, against the bound 234). The predicate
