@@ -19,6 +19,8 @@
 //! assert!(schema_is_current(db).await?);
 //! # Ok(()) }
 //! ```
+//!
+//! This crate has no cargo features.
 
 use std::fmt;
 

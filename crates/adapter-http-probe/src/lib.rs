@@ -17,6 +17,8 @@
 //! TLS uses rustls with the **ring** provider, passed to reqwest as a
 //! finished `ClientConfig`; no process-wide provider is needed or installed.
 //! See the crate README for protocol semantics, error classes and numbers.
+//!
+//! This crate has no cargo features.
 
 mod failure;
 mod tls;

@@ -52,6 +52,8 @@
 //! - Returned values are copies; lease snapshots are shared `Arc<Proxy>`
 //!   that are only deep-cloned (copy-on-write) when the stored proxy changes
 //!   while an old snapshot is still held.
+//!
+//! This crate has no cargo features.
 
 mod admin;
 mod api_keys;

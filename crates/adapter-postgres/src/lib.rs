@@ -17,6 +17,8 @@
 //! pharox_migration::run(storage.connection(), pharox_migration::MigrationCommand::Up).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! This crate has no cargo features.
 
 mod admin_queries;
 mod api_keys;

@@ -8,6 +8,15 @@
 //!   of a pool, and a proxy's health history.
 //! - `pharox serve`: the HTTP lease service (`pharox_server`).
 //! - `pharox apikey create|list|revoke`: the API keys stored in the database.
+//!
+//! Install it with `cargo install pharox-cli` (or `cargo install --path
+//! crates/cli` from a checkout); `pharox --help` lists every command.
+//!
+//! # Features
+//!
+//! - `postgres` (default): `--database-url`, `pharox migrate`, `pharox
+//!   apikey` and the pool, proxy and lease commands against PostgreSQL.
+//! - `http-probe` (default): `pharox health check` through real proxies.
 
 #[cfg(feature = "postgres")]
 mod apikey;

@@ -4,11 +4,12 @@
 //! `rt-multi-thread`) as dev-dependencies and writes one macro call, in a
 //! test file, with an async factory that returns a fresh [`ContractFixture`]:
 //!
-//! ```ignore
+//! ```no_run
 //! // tests/contract.rs
+//! # use pharox_ports::MockProxyStorage as MyStorage; // stands in for your adapter
 //! pharox_contract_tests::storage_contract_tests!(|| async {
 //!     let clock = std::sync::Arc::new(pharox_ports::ManualClock::starting_now());
-//!     let storage = MyStorage::new(clock.clone());
+//!     let storage = MyStorage::new(); // your storage, on `clock`
 //!     pharox_contract_tests::ContractFixture::new(storage, clock)
 //! });
 //! ```
@@ -35,6 +36,8 @@
 //! Scenarios create their own uniquely named pools and consumers, but some
 //! (expiry, `cleanup_expired` counts) act on the whole storage: the factory
 //! must hand every test a storage that no other test writes to.
+//!
+//! This crate has no cargo features.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

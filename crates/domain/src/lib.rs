@@ -21,6 +21,8 @@
 //! assert!(filter.matches(&proxy));
 //! # Ok::<(), pharox_domain::ValidationError>(())
 //! ```
+//!
+//! This crate has no cargo features.
 
 mod api_key;
 mod error;

@@ -3,16 +3,8 @@
 //! This is the crate applications depend on. It holds the application layer
 //! ([`ProxyManager`] for leasing, [`HealthOrchestrator`] for health checks,
 //! [`import_proxies`] for loading proxy lists) and re-exports the domain
-//! types, the ports and, behind cargo features, the adapters:
-//!
-//! | feature | adapter |
-//! |---|---|
-//! | `memory` (default) | [`MemoryStorage`], in-process |
-//! | `postgres` | `pharox::postgres` (PostgreSQL on SeaORM) |
-//! | `http-probe` | `pharox::http_probe` (HTTP/HTTPS/SOCKS health probe) |
-//!
-//! and the feature `metrics` adds `MetricsObserver` (Prometheus-style
-//! lease and health metrics through the `metrics` facade).
+//! types, the ports and, behind cargo features, the adapters (see
+//! [Features](#features)).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -39,6 +31,20 @@
 //! assert_eq!(answer, 8080);
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `memory` | yes | [`MemoryStorage`] and `MemoryTaskLocks`, the in-memory adapter |
+//! | `postgres` | no | `pharox::postgres`, the PostgreSQL adapter (SeaORM) |
+//! | `http-probe` | no | `pharox::http_probe`, the HTTP/HTTPS/SOCKS health probe (reqwest) |
+//! | `metrics` | no | `pharox::metrics` and `MetricsObserver`: lease and health metrics through the `metrics` facade, named for Prometheus |
+//!
+//! An application writes `pharox = "0.1"` (or with
+//! `features = ["postgres", "http-probe"]`) in its `[dependencies]`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
 pub mod api_keys;
@@ -46,6 +52,7 @@ mod error;
 pub mod health;
 mod manager;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod observe;
 mod operator;
@@ -64,6 +71,7 @@ pub use manager::{
     default_release_retry,
 };
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
 pub use observe::{
     AcquireErrorEvent, AcquireEvent, HealthCheckEvent, HealthObserver, LeaseObserver, OutcomeEvent,
@@ -95,14 +103,17 @@ pub use pharox_ports::{
 
 /// The in-memory storage adapter.
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use pharox_adapter_memory::{MemoryStorage, MemoryTaskLocks};
 
 /// The PostgreSQL storage adapter.
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use pharox_adapter_postgres as postgres;
 
 /// The HTTP/HTTPS/SOCKS health probe.
 #[cfg(feature = "http-probe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-probe")))]
 pub use pharox_adapter_http_probe as http_probe;
 
 /// The README's Rust examples, compiled and run as doctests.

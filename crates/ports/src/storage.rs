@@ -445,6 +445,7 @@ pub trait ProxyStorage: Send + Sync {
 }
 
 #[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 impl MockProxyStorage {
     /// A mock that answers [`ProxyStorage::acquire_now`] and
     /// [`ProxyStorage::release_now`] with `None`, as a storage that always

@@ -23,6 +23,8 @@
 //! serve(listener, state, async move { let _ = stopped.await; }).await
 //! # }
 //! ```
+//!
+//! This crate has no cargo features.
 
 pub mod auth;
 pub mod config;
