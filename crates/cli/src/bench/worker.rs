@@ -154,7 +154,7 @@ pub(super) fn progress_bar(stop: &Stop) -> ProgressBar {
 }
 
 /// Keeps the progress bar current; it only appears once the run has lasted
-/// a second. (Workers stop themselves: see [`worker`].)
+/// a second. (Workers stop themselves: see [`worker()`].)
 pub(super) async fn tick(run: Arc<Run>, stop_after: Option<Duration>, bar: ProgressBar) {
     let started = Instant::now();
     let mut shown = false;
