@@ -76,14 +76,9 @@ impl MemoryStorage {
         match self.leases.end(lease_id, now) {
             Ended::Now(cell, finished) => {
                 cell.give_back(lease_id);
-                Ok(ReleaseOutcome::Released(ReleasedLease {
-                    lease_id,
-                    proxy_id: finished.proxy_id,
-                    pool_id: cell.id,
-                    consumer_id: finished.consumer_id,
-                    acquired_at: finished.acquired_at,
-                    released_at: now,
-                }))
+                Ok(ReleaseOutcome::Released(
+                    finished.released(lease_id, cell.id),
+                ))
             }
             Ended::Before => self.already_released(lease_id),
             Ended::Unknown => Err(StorageError::not_found("lease", lease_id)),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sync::Mutex;
 use pharox_domain::{ConsumerId, Lease, LeaseId, LeaseStatus, PoolId, ProxyId};
+use pharox_ports::ReleasedLease;
 use time::OffsetDateTime;
 
 use crate::hash::IdBuildHasher;
@@ -69,6 +70,18 @@ impl FinishedLease {
             acquired_at: lease.acquired_at,
             expires_at: lease.expires_at,
             released_at,
+        }
+    }
+
+    /// What a release that ended lease `id` (of pool `pool_id`) reports.
+    pub(crate) fn released(&self, id: LeaseId, pool_id: PoolId) -> ReleasedLease {
+        ReleasedLease {
+            lease_id: id,
+            proxy_id: self.proxy_id,
+            pool_id,
+            consumer_id: self.consumer_id,
+            acquired_at: self.acquired_at,
+            released_at: self.released_at,
         }
     }
 

@@ -83,8 +83,7 @@ use pharox_domain::{
     ValidationError, from_unix_micros, truncate_to_micros, validate_name, validate_ttl,
 };
 use pharox_ports::{
-    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, ReleasedLease, StorageError,
-    StorageResult, SystemClock,
+    AcquireRequest, Clock, ProxyStorage, ReleaseOutcome, StorageError, StorageResult, SystemClock,
 };
 
 use time::OffsetDateTime;
@@ -493,14 +492,9 @@ impl ProxyStorage for MemoryStorage {
                 }
                 let _ = state.finish(lease_id);
                 drop(state);
-                Ok(ReleaseOutcome::Released(ReleasedLease {
-                    lease_id,
-                    proxy_id: finished.proxy_id,
-                    pool_id: cell.id,
-                    consumer_id: finished.consumer_id,
-                    acquired_at: finished.acquired_at,
-                    released_at: now,
-                }))
+                Ok(ReleaseOutcome::Released(
+                    finished.released(lease_id, cell.id),
+                ))
             }
             Ended::Before => {
                 drop(state);

@@ -424,15 +424,21 @@ impl ProxyManager {
             consumer = %prepared.consumer,
             selector = %request.selector,
         );
-        // When nothing observes or traces the call, a storage that answers
-        // without waiting answers it all; everything else is boxed, so the
-        // future of this quick path stays small.
+        let started_at = (!self.observers.is_empty()).then(|| self.clock.now());
+        // A storage that answers without waiting spares a boxed future; when
+        // nothing observes or traces the call, its answer is the result.
+        // Everything else is boxed, so the future of this quick path stays
+        // small.
+        let answered = {
+            let _in = span.enter();
+            self.storage.acquire_now(request)
+        };
         if self.unwatched(&span)
-            && let Some(result) = self.storage.acquire_now(request)
+            && let Some(result) = answered
         {
             return result.map_err(PharoxError::from);
         }
-        Box::pin(self.acquire_watched(prepared, span)).await
+        Box::pin(self.acquire_watched(prepared, span, started_at, answered)).await
     }
 
     /// Whether nothing observes or traces a call made in `span`.
@@ -440,19 +446,16 @@ impl ProxyManager {
         self.observers.is_empty() && span.is_disabled() && !tracing::enabled!(tracing::Level::DEBUG)
     }
 
-    /// [`acquire_prepared`](Self::acquire_prepared) with its events.
+    /// [`acquire_prepared`](Self::acquire_prepared) with its events, given
+    /// the storage's immediate answer if it had one.
     async fn acquire_watched(
         &self,
         prepared: &PreparedRequest,
         span: tracing::Span,
+        started_at: Option<time::OffsetDateTime>,
+        answered: Option<Result<Option<Lease>, StorageError>>,
     ) -> Result<Option<Lease>, PharoxError> {
         let request = &prepared.request;
-        let started_at = (!self.observers.is_empty()).then(|| self.clock.now());
-        // A storage that answers without waiting spares a boxed future.
-        let answered = {
-            let _in = span.enter();
-            self.storage.acquire_now(request)
-        };
         let result = match answered {
             Some(result) => result,
             None => in_span(span, self.storage.acquire(request)).await,

@@ -83,30 +83,10 @@ impl ProxyManager {
         reported: Option<&Outcome>,
     ) -> Result<ReleaseOutcome, PharoxError> {
         let span = tracing::debug_span!("pharox.release", lease = %lease_id);
-        // As for acquire: unwatched, an immediate answer is the result
-        // (unless it is worth retrying).
-        if reported.is_none()
-            && self.unwatched(&span)
-            && let Some(result) = self.storage.release_now(lease_id)
-            && !result.as_ref().is_err_and(StorageError::is_retryable)
-        {
-            return result.map_err(PharoxError::from);
-        }
-        Box::pin(self.release_watched(lease_id, reported, span)).await
-    }
-
-    /// [`release_reporting`](Self::release_reporting) with its retries and
-    /// events.
-    async fn release_watched(
-        &self,
-        lease_id: LeaseId,
-        reported: Option<&Outcome>,
-        span: tracing::Span,
-    ) -> Result<ReleaseOutcome, PharoxError> {
-        let policy = &self.config.usage_policy;
         // Without an outcome, the plain release: the hot path's statement.
-        // A storage that answers without waiting spares a boxed future; what
-        // is worth retrying goes through the retries all the same.
+        // As for acquire: a storage that answers without waiting spares a
+        // boxed future, and unwatched its answer is the result; what is
+        // worth retrying goes through the retries all the same.
         let answered = match reported {
             None => {
                 let _in = span.enter();
@@ -116,6 +96,24 @@ impl ProxyManager {
         };
         let answered =
             answered.filter(|result| !result.as_ref().is_err_and(StorageError::is_retryable));
+        if self.unwatched(&span)
+            && let Some(result) = answered
+        {
+            return result.map_err(PharoxError::from);
+        }
+        Box::pin(self.release_watched(lease_id, reported, span, answered)).await
+    }
+
+    /// [`release_reporting`](Self::release_reporting) with its retries and
+    /// events, given the storage's immediate answer if it had a final one.
+    async fn release_watched(
+        &self,
+        lease_id: LeaseId,
+        reported: Option<&Outcome>,
+        span: tracing::Span,
+        answered: Option<Result<ReleaseOutcome, StorageError>>,
+    ) -> Result<ReleaseOutcome, PharoxError> {
+        let policy = &self.config.usage_policy;
         let release = retry_storage(&self.config.release_retry, "release", lease_id, || async {
             match reported {
                 Some(_) => {
