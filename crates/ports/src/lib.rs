@@ -7,6 +7,7 @@
 //! - [`HealthProbe`]: one health check through one proxy.
 //! - [`TaskLocks`]: exclusive named locks for background tasks.
 //! - [`ApiKeyStore`]: the HTTP service's API keys, stored as hashes.
+//! - [`ProxyDialer`]: connections through an upstream proxy, for the gateway.
 //!
 //! A storage adapter depends on this crate and `pharox-domain` (re-exported
 //! here as [`domain`]), implements [`ProxyStorage`] and proves it with the
@@ -46,6 +47,7 @@
 
 mod api_key;
 mod clock;
+mod dial;
 mod error;
 mod lock;
 mod probe;
@@ -56,6 +58,7 @@ pub use api_key::ApiKeyStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use api_key::MockApiKeyStore;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use dial::{DialError, DialTarget, Dialed, ProxyDialer, ProxyStream};
 pub use error::{BoxError, StorageError, StorageResult};
 pub use lock::{HeldLock, TaskLockGuard, TaskLocks};
 pub use probe::HealthProbe;
