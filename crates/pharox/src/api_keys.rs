@@ -36,6 +36,10 @@ use tokio::time::Instant;
 
 use crate::PharoxError;
 
+mod listed;
+
+pub use listed::{ApiKeys, Caller, KeyListError, KeyRing, MAX_KEY_CHARS, MIN_KEY_CHARS};
+
 /// How every generated key starts, so a leaked one is recognisable (secret
 /// scanners, logs) as a pharox key.
 pub const API_KEY_PREFIX: &str = "phx_";

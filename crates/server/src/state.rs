@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use pharox::api_keys::KeyRing;
 use pharox::{ApiKeyAdmin, ConsumerId, Operator, ProxyManager};
 
 use crate::auth::{ApiKeys, Caller};
@@ -32,8 +33,7 @@ pub struct AppState {
 struct Inner {
     manager: Arc<ProxyManager>,
     operator: Operator,
-    keys: ApiKeys,
-    stored_keys: Option<Arc<ApiKeyAdmin>>,
+    keys: KeyRing,
     limits: Limits,
     consumers: Mutex<HashMap<String, HashSet<String>>>,
     held_leases: HeldLeases,
@@ -71,8 +71,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 manager,
                 operator,
-                keys,
-                stored_keys,
+                keys: KeyRing::new(keys, stored_keys),
                 limits,
                 consumers: Mutex::new(HashMap::new()),
                 held_leases: HeldLeases::default(),
@@ -136,13 +135,19 @@ impl AppState {
     /// The static API keys (from the key file and `PHAROX_API_KEYS`).
     #[must_use]
     pub fn keys(&self) -> &ApiKeys {
+        self.inner.keys.listed()
+    }
+
+    /// Every key accepted: the static ones, then the stored ones.
+    #[must_use]
+    pub fn key_ring(&self) -> &KeyRing {
         &self.inner.keys
     }
 
     /// The keys in storage, when the server has them.
     #[must_use]
     pub fn stored_keys(&self) -> Option<&ApiKeyAdmin> {
-        self.inner.stored_keys.as_deref()
+        self.inner.keys.stored()
     }
 
     /// The holders of the leases this server handed out.
