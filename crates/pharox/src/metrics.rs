@@ -77,9 +77,35 @@ pub const LEASE_DURATION_BUCKETS: &[f64] = &[
 
 /// The histograms this observer records and their buckets, for configuring
 /// an exporter (e.g. `PrometheusBuilder::set_buckets_for_metric`).
-pub const HISTOGRAM_BUCKETS: [(&str, &[f64]); 2] = [
+pub const HISTOGRAM_BUCKETS: [(&str, &[f64]); 4] = [
     (ACQUIRE_DURATION_SECONDS, ACQUIRE_DURATION_BUCKETS),
     (LEASE_DURATION_SECONDS, LEASE_DURATION_BUCKETS),
+    (GATEWAY_ATTEMPTS, GATEWAY_ATTEMPTS_BUCKETS),
+    (GATEWAY_CONNECT_SECONDS, GATEWAY_CONNECT_BUCKETS),
+];
+
+/// Gateway: absolute-form requests by pool and result.
+pub const GATEWAY_REQUESTS_TOTAL: &str = "pharox_gateway_requests_total";
+/// Gateway: tunnels (HTTP `CONNECT`, SOCKS5) by pool and result.
+pub const GATEWAY_TUNNELS_TOTAL: &str = "pharox_gateway_tunnels_total";
+/// Gateway: upstream proxies tried per request or tunnel.
+pub const GATEWAY_ATTEMPTS: &str = "pharox_gateway_attempts";
+/// Gateway: time to a ready upstream connection (TCP connect and the
+/// proxy's handshake), successful dials only.
+pub const GATEWAY_CONNECT_SECONDS: &str = "pharox_gateway_upstream_connect_seconds";
+/// Gateway: bytes relayed, by direction (`in`: from upstream to clients,
+/// `out`: from clients to upstream).
+pub const GATEWAY_BYTES_TOTAL: &str = "pharox_gateway_bytes_total";
+/// Gateway: tunnels open now.
+pub const GATEWAY_ACTIVE_TUNNELS: &str = "pharox_gateway_active_tunnels";
+/// Gateway: client connections open now.
+pub const GATEWAY_ACTIVE_CONNECTIONS: &str = "pharox_gateway_active_connections";
+/// Buckets for [`GATEWAY_ATTEMPTS`].
+pub const GATEWAY_ATTEMPTS_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0];
+/// Buckets (seconds) for [`GATEWAY_CONNECT_SECONDS`]: 100 µs to 10 s.
+pub const GATEWAY_CONNECT_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Pool names that get series of their own, by default.

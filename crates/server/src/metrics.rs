@@ -115,6 +115,13 @@ impl ServerMetrics {
         }
     }
 
+    /// The registry's recorder, for what else in the process records into
+    /// it (the gateway of `pharox serve --gateway-listen`).
+    #[must_use]
+    pub fn recorder(&self) -> Arc<dyn metrics::Recorder + Send + Sync> {
+        Arc::clone(&self.inner.recorder) as Arc<dyn metrics::Recorder + Send + Sync>
+    }
+
     /// The lease and health observer that records into this registry.
     #[must_use]
     pub fn observer(&self) -> Arc<MetricsObserver> {

@@ -1,0 +1,559 @@
+//! The HTTP proxy protocol, inbound: absolute-form requests, forwarded
+//! through a leased proxy, and `CONNECT` tunnels.
+
+use std::convert::Infallible;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use pharox::ports::{DialError, DialTarget};
+use pharox::{Lease, Outcome, Proxy, ProxyFailureKind, TargetHost};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::admit::{Admitted, Refusal, admit, open_refusal};
+use crate::held::HeldLease;
+use crate::metrics::{GatewayMetrics, GatewayResult};
+use crate::upstream::{self, Budget, Use};
+use crate::{ERROR_HEADER, Gateway, LEASE_ID_HEADER, PROXY_ID_HEADER, tunnel};
+
+/// The tunnel a `CONNECT` on this connection started, awaited before the
+/// connection counts as closed.
+type TunnelSlot = Arc<Mutex<Option<JoinHandle<()>>>>;
+
+/// Serves one client connection: HTTP/1.1 with keep-alive; a head larger
+/// than the header limit gets 431, one slower than the header timeout
+/// ends the connection.
+pub(crate) async fn serve_connection(gateway: &Gateway, stream: TcpStream) {
+    let config = gateway.config();
+    let tunnel: TunnelSlot = Arc::default();
+    let service = {
+        let gateway = gateway.clone();
+        let tunnel = Arc::clone(&tunnel);
+        service_fn(move |request| {
+            let gateway = gateway.clone();
+            let tunnel = Arc::clone(&tunnel);
+            async move { Ok::<_, Infallible>(handle(&gateway, request, &tunnel).await) }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.header_limit);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = pin!(connection);
+    let mut stopping = gateway.stopping();
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = crate::stopped(&mut stopping) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+    let started = tunnel.lock().take();
+    if let Some(tunnel) = started {
+        let _ = tunnel.await;
+    }
+}
+
+/// One request: admitted, then forwarded or tunnelled; every failure is
+/// an answer with `X-Pharox-Error`.
+async fn handle(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    tunnel: &TunnelSlot,
+) -> Response<GatewayBody> {
+    let connect = request.method() == Method::CONNECT;
+    let (username, password) = credentials(request.headers());
+    let headers = request.headers();
+    let admitted = admit(gateway, &username, password.as_deref(), |name| {
+        headers.get(name).and_then(|v| v.to_str().ok())
+    })
+    .await;
+    let metrics = gateway.metrics();
+    let (pool, answer) = match admitted {
+        Ok(admitted) => {
+            let pool = admitted.pool.clone();
+            let answer = if connect {
+                open_tunnel(gateway, request, admitted, tunnel).await
+            } else {
+                forward(gateway, request, admitted).await
+            };
+            (pool, answer)
+        }
+        Err(refusal) => (String::new(), Err(refusal)),
+    };
+    match answer {
+        // Tunnels are counted when they end.
+        Ok((response, result)) => {
+            if !connect {
+                metrics.request(&pool, result);
+            }
+            response
+        }
+        Err(refusal) => {
+            if connect {
+                metrics.tunnel(&pool, refusal.result());
+            } else {
+                metrics.request(&pool, refusal.result());
+            }
+            refusal_response(&refusal)
+        }
+    }
+}
+
+/// The user name and password of `Proxy-Authorization: Basic`, if any
+/// (an empty user name when there is none).
+fn credentials(headers: &HeaderMap) -> (String, Option<String>) {
+    let decoded = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then(|| token.trim())
+        })
+        .and_then(|token| STANDARD.decode(token).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    match decoded {
+        Some(pair) => match pair.split_once(':') {
+            Some((user, pass)) => (user.to_owned(), Some(pass.to_owned())),
+            None => (pair, None),
+        },
+        None => (String::new(), None),
+    }
+}
+
+/// `CONNECT host:port`: an upstream tunnel first (so a failure is still a
+/// 502 the client can read), then 200 and the relay.
+async fn open_tunnel(
+    gateway: &Gateway,
+    mut request: Request<Incoming>,
+    admitted: Admitted,
+    slot: &TunnelSlot,
+) -> Result<(Response<GatewayBody>, GatewayResult), Refusal> {
+    let target = connect_target(request.uri())?;
+    let mut budget = Budget::new(gateway.config().connect_timeout);
+    let opened = upstream::open(
+        gateway,
+        &admitted.request,
+        &target,
+        Use::Tunnel,
+        &mut budget,
+    )
+    .await
+    .map_err(|e| open_refusal(e, &admitted.pool))?;
+    gateway.metrics().attempts(budget.attempts);
+    drop(budget);
+    let mut lease = opened.lease;
+    lease.set_outcome(success(&target, &opened.dialed.latency));
+    let mut response = Response::new(GatewayBody::empty());
+    lease_headers(response.headers_mut(), lease.lease());
+    let upgrade = hyper::upgrade::on(&mut request);
+    let gateway = gateway.clone();
+    let pool = admitted.pool;
+    let upstream = opened.dialed.stream;
+    let handle = tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                tunnel::run(&gateway, TokioIo::new(upgraded), lease, upstream, &pool).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    *slot.lock() = Some(handle);
+    Ok((response, GatewayResult::Success))
+}
+
+/// The target of a `CONNECT`: `host:port`, the port required.
+fn connect_target(uri: &Uri) -> Result<DialTarget, Refusal> {
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Refusal::BadRequest("CONNECT needs host:port".to_owned()))?;
+    let port = authority
+        .port_u16()
+        .ok_or_else(|| Refusal::BadRequest("CONNECT needs a port (host:port)".to_owned()))?;
+    dial_target(authority.host(), port)
+}
+
+fn dial_target(host: &str, port: u16) -> Result<DialTarget, Refusal> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(Refusal::BadRequest(
+            "the target needs a host and a port".to_owned(),
+        ));
+    }
+    Ok(DialTarget {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// An absolute-form request, sent through a leased proxy: as it is to an
+/// HTTP proxy (with that proxy's credentials), in origin form through a
+/// tunnel otherwise. A proxy that fails before the answer reaches the
+/// client is replaced, as long as the request body was not sent yet.
+async fn forward(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    admitted: Admitted,
+) -> Result<(Response<GatewayBody>, GatewayResult), Refusal> {
+    let uri = request.uri().clone();
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Refusal::BadRequest(
+            "this is a forward proxy: send absolute-form http:// requests, or CONNECT for https"
+                .to_owned(),
+        ));
+    }
+    let host = uri.host().unwrap_or_default();
+    let target = dial_target(host, uri.port_u16().unwrap_or(80))?;
+    let target_host = TargetHost::new(&target.host).ok();
+    let config = gateway.config();
+    let (parts, body) = request.into_parts();
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let mut budget = Budget::new(config.connect_timeout);
+    loop {
+        let opened = upstream::open(
+            gateway,
+            &admitted.request,
+            &target,
+            Use::Forward,
+            &mut budget,
+        )
+        .await
+        .map_err(|e| open_refusal(e, &admitted.pool))?;
+        let mut lease = opened.lease;
+        let latency = opened.dialed.latency;
+        let proxy = Arc::clone(&lease.lease().proxy);
+        let outgoing = upstream_request(&parts, body.take(), opened.to_proxy, &proxy, &uri)?;
+        let sent = send(gateway, opened.dialed.stream, outgoing).await;
+        let failure = match sent {
+            Ok(response)
+                if opened.to_proxy
+                    && response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
+            {
+                DialError::new(ProxyFailureKind::ProxyAuth, "the proxy answered 407")
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let blocked = config.blocked_status.contains(&status);
+                let (outcome, result) = match (&target_host, blocked) {
+                    (Some(target), true) => (
+                        Outcome::Blocked {
+                            target: target.clone(),
+                            http_status: Some(status),
+                        },
+                        GatewayResult::Blocked,
+                    ),
+                    _ => (success(&target, &latency), GatewayResult::Success),
+                };
+                lease.set_outcome(outcome);
+                gateway.metrics().attempts(budget.attempts);
+                drop(budget);
+                return Ok((answer(response, lease, gateway.metrics()), result));
+            }
+            Err(failure) => failure,
+        };
+        budget.failed(lease, failure);
+        if !replayable || budget.attempts >= config.max_attempts {
+            let last = budget
+                .last
+                .take()
+                .unwrap_or_else(|| DialError::new(ProxyFailureKind::Other, "failed"));
+            return Err(Refusal::UpstreamFailed {
+                attempts: budget.attempts,
+                last,
+            });
+        }
+    }
+}
+
+/// Sends `request` over a fresh HTTP/1.1 connection on `stream` and waits
+/// (up to the idle timeout) for the answer's head.
+async fn send(
+    gateway: &Gateway,
+    stream: Box<dyn pharox::ports::ProxyStream>,
+    request: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, DialError> {
+    let idle = gateway.config().idle_timeout;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| DialError::new(ProxyFailureKind::Protocol, format!("HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    match tokio::time::timeout(idle, sender.send_request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(DialError::new(
+            ProxyFailureKind::Protocol,
+            format!("no answer through the proxy: {e}"),
+        )),
+        Err(_) => Err(DialError::new(
+            ProxyFailureKind::Timeout,
+            format!("no answer within {idle:?}"),
+        )),
+    }
+}
+
+/// The request body sent upstream: the client's, or none.
+type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+
+/// The request to send upstream: hop-by-hop and `X-Pharox-*` headers
+/// dropped, `Host` set; absolute-form with the proxy's credentials for an
+/// HTTP proxy, origin-form through a tunnel.
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    body: Option<Incoming>,
+    to_proxy: bool,
+    proxy: &Proxy,
+    uri: &Uri,
+) -> Result<Request<UpstreamBody>, Refusal> {
+    let body = match body {
+        Some(body) => http_body_util::Either::Left(body),
+        None => http_body_util::Either::Right(http_body_util::Empty::new()),
+    };
+    let target_uri = if to_proxy {
+        uri.clone()
+    } else {
+        uri.path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>()
+            .map_err(|_| Refusal::BadRequest("the request path is not valid".to_owned()))?
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = target_uri;
+    let headers = request.headers_mut();
+    copy_end_to_end(&parts.headers, headers);
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    if to_proxy
+        && let Some(credentials) = &proxy.credentials
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", credentials.username, credentials.password))
+        ))
+    {
+        let mut value = value;
+        value.set_sensitive(true);
+        headers.insert(header::PROXY_AUTHORIZATION, value);
+    }
+    Ok(request)
+}
+
+/// Copies the end-to-end headers: not the hop-by-hop ones (RFC 9110 7.6.1,
+/// and those `Connection` names), not the gateway's own.
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        if is_hop_by_hop(name) || named.contains(name) || name.as_str().starts_with("x-pharox-") {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The upstream's answer for the client: end-to-end headers, the lease's
+/// ids, and a body that releases the lease when it ends.
+fn answer(
+    response: Response<Incoming>,
+    lease: HeldLease,
+    metrics: &GatewayMetrics,
+) -> Response<GatewayBody> {
+    let (parts, body) = response.into_parts();
+    let mut out = Response::new(GatewayBody {
+        kind: Kind::Upstream(Box::new(Streamed {
+            body,
+            lease: Some(lease),
+            moved: 0,
+            metrics: metrics.clone(),
+        })),
+    });
+    *out.status_mut() = parts.status;
+    copy_end_to_end(&parts.headers, out.headers_mut());
+    if let Kind::Upstream(streamed) = &out.body().kind
+        && let Some(lease) = &streamed.lease
+    {
+        let lease = lease.lease().clone();
+        lease_headers(out.headers_mut(), &lease);
+    }
+    out
+}
+
+/// `X-Pharox-Proxy-Id` and `X-Pharox-Lease-Id`.
+fn lease_headers(headers: &mut HeaderMap, lease: &Lease) {
+    for (name, value) in [
+        (PROXY_ID_HEADER, lease.proxy_id.to_string()),
+        (LEASE_ID_HEADER, lease.id.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// A success through `target` after `latency`.
+fn success(target: &DialTarget, latency: &std::time::Duration) -> Outcome {
+    Outcome::Success {
+        target: TargetHost::new(&target.host).ok(),
+        latency_ms: Some(latency.as_secs_f64() * 1000.0),
+    }
+}
+
+/// The answer to a refused request: its status, `X-Pharox-Error`, the same
+/// text as the body; 407 asks for Basic auth, 503 says when to retry.
+fn refusal_response(refusal: &Refusal) -> Response<GatewayBody> {
+    let message = refusal.message();
+    let mut response = Response::new(GatewayBody::text(format!("{message}\n")));
+    *response.status_mut() =
+        StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert(ERROR_HEADER, value);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match refusal.status() {
+        407 => {
+            headers.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pharox\""),
+            );
+        }
+        503 => {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::config::RETRY_AFTER_SECS),
+            );
+        }
+        _ => {}
+    }
+    response
+}
+
+/// The body of every answer: a short text of the gateway's own, or the
+/// upstream's body, streamed.
+pub(crate) struct GatewayBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Text(Option<Bytes>),
+    Upstream(Box<Streamed>),
+}
+
+/// An upstream body and the lease it runs under: released, with the bytes
+/// counted, when the body ends or the client goes away.
+struct Streamed {
+    body: Incoming,
+    lease: Option<HeldLease>,
+    moved: u64,
+    metrics: GatewayMetrics,
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.metrics.bytes(self.moved, 0);
+    }
+}
+
+impl GatewayBody {
+    fn empty() -> Self {
+        Self {
+            kind: Kind::Text(None),
+        }
+    }
+
+    fn text(text: String) -> Self {
+        Self {
+            kind: Kind::Text(Some(Bytes::from(text))),
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Kind::Upstream(streamed) => {
+                let frame = ready!(Pin::new(&mut streamed.body).poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            streamed.moved += data.len() as u64;
+                        }
+                    }
+                    // The end (or a failure) of the body ends the lease.
+                    Some(Err(_)) | None => drop(streamed.lease.take()),
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Text(text) => text.is_none(),
+            Kind::Upstream(streamed) => streamed.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Text(Some(text)) => SizeHint::with_exact(text.len() as u64),
+            Kind::Text(None) => SizeHint::with_exact(0),
+            Kind::Upstream(streamed) => streamed.body.size_hint(),
+        }
+    }
+}
