@@ -44,6 +44,8 @@ mod seed;
 #[cfg(all(feature = "postgres", feature = "http-probe"))]
 mod serve;
 mod signals;
+#[cfg(feature = "postgres")]
+mod stores;
 
 use std::process::ExitCode;
 

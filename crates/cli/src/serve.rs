@@ -3,58 +3,30 @@
 //! seeded from `--pool NAME --proxies FILE`), binds the listener and stops
 //! on SIGTERM/SIGINT; the API is `pharox_server`'s.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use pharox::admin::{ImportOptions, import_proxies};
-use pharox::ports::TaskLocks;
 use pharox::upkeep::{self, SweepPools, UpkeepEvent};
-use pharox::{
-    ApiKeyAdmin, ApiKeyStore, ImportDefaults, MemoryStorage, MemoryTaskLocks, Operator,
-    ProxyManager, ProxyProtocol, ProxyStorage, parse_proxy_list,
-};
+use pharox::{ApiKeyAdmin, ProxyManager};
 use pharox_server::config::ConfigError;
 use pharox_server::{AppState, HealthSweeps, ServerArgs, ServerMetrics};
 use tokio::sync::oneshot;
 
-use crate::database_url::DatabaseUrl;
 use crate::error::CliError;
 use crate::health::{SweepFlags, describe_process};
-use crate::import::{format_of, list_error, read_input};
-use crate::migrate::open_checked;
 use crate::operate::usage;
 use crate::output::errln;
 use crate::signals::Signals;
+use crate::stores::{StorageArgs, open_storage};
 
 /// Flags of `pharox serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// PostgreSQL to serve from, as postgres://user:pass@host:5432/db
-    /// (several replicas may share one); without it, an in-memory storage.
-    #[arg(long, env = "PHAROX_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<DatabaseUrl>,
-    /// Database connections to keep (with --database-url).
-    #[arg(long, default_value_t = 16)]
-    max_connections: u32,
-    /// In memory: create this pool at start.
-    #[arg(long, conflicts_with = "database_url")]
-    pool: Option<String>,
-    /// In memory: import this proxy list into --pool at start (text, csv or
-    /// jsonl, by extension; as `pharox proxy import`).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "pool",
-        conflicts_with = "database_url"
-    )]
-    proxies: Option<PathBuf>,
-    /// The scheme of list lines that have none: http, https, socks4, socks5.
-    #[arg(long, requires = "proxies")]
-    protocol: Option<String>,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Sweep the pools' health every SECS seconds in the background, with
     /// the sweep flags below (off by default). With several replicas on
     /// one database, one leads the sweeps and the others stand by.
@@ -87,7 +59,7 @@ pub struct ServeArgs {
 /// accepted besides the static ones, so the server starts without static
 /// keys; in memory, at least one static key is required.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let keys = if args.database_url.is_some() {
+    let keys = if args.storage.database_url.is_some() {
         args.server.static_api_keys()
     } else {
         args.server.api_keys()
@@ -101,7 +73,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let cleanup_interval = interval("cleanup-interval", args.cleanup_interval)?;
     let sweep = args.sweep.setup()?;
     let mut signals = Signals::install()?;
-    let stores = open_storage(&args).await?;
+    let stores = open_storage(&args.storage, "pharox serve").await?;
     if health_interval.is_some() {
         tokio::select! {
             signal = signals.recv() => return Err(CliError::Interrupted(signal)),
@@ -201,85 +173,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-/// What a server runs on: the storage, the task locks of its upkeep and
-/// sweeps, and the stored API keys (PostgreSQL only).
-struct Stores {
-    storage: Arc<dyn ProxyStorage>,
-    locks: Arc<dyn TaskLocks>,
-    keys: Option<Arc<dyn ApiKeyStore>>,
-}
-
-/// PostgreSQL (schema checked) with its advisory locks and API keys, or
-/// memory seeded from the flags, with locks within this process and no
-/// stored keys.
-async fn open_storage(args: &ServeArgs) -> Result<Stores, CliError> {
-    if let Some(url) = &args.database_url {
-        let postgres = Arc::new(open_checked(url, args.max_connections, false).await?);
-        return Ok(Stores {
-            storage: postgres.clone(),
-            locks: postgres.clone(),
-            keys: Some(postgres),
-        });
-    }
-    let storage: Arc<dyn ProxyStorage> = Arc::new(MemoryStorage::new());
-    let locks: Arc<dyn TaskLocks> = Arc::new(MemoryTaskLocks::new());
-    let Some(pool) = &args.pool else {
-        return Ok(Stores {
-            storage,
-            locks,
-            keys: None,
-        });
-    };
-    // Check the list before anything is created.
-    let parsed = match &args.proxies {
-        Some(path) => {
-            let protocol = args
-                .protocol
-                .as_deref()
-                .map(str::parse::<ProxyProtocol>)
-                .transpose()
-                .map_err(|e| usage("protocol", &e.reason))?;
-            let defaults = ImportDefaults {
-                protocol,
-                ..ImportDefaults::default()
-            };
-            let format = format_of(path);
-            let input = read_input(path)?;
-            Some(parse_proxy_list(&input, format, &defaults).map_err(|e| list_error(&e, format))?)
-        }
-        None => None,
-    };
-    Operator::new(Arc::clone(&storage))
-        .create_pool(pool, None)
-        .await
-        .map_err(|e| match e {
-            pharox::PharoxError::Invalid(v) => usage("pool", &v.reason),
-            other => other.into(),
-        })?;
-    if let Some(parsed) = parsed {
-        let report =
-            import_proxies(storage.as_ref(), pool, parsed, ImportOptions::default()).await?;
-        if !report.invalid.is_empty() {
-            for line in &report.invalid {
-                errln!("line {}: {}", line.line, line.error);
-            }
-            return Err(CliError::InvalidLines {
-                invalid: report.invalid.len(),
-                written: false,
-            });
-        }
-        errln!(
-            "pharox serve: pool {pool}: {} proxies in memory",
-            report.added
-        );
-    }
-    Ok(Stores {
-        storage,
-        locks,
-        keys: None,
-    })
 }
 
 /// An upkeep interval flag: more than 0 and at most a day.
