@@ -25,7 +25,7 @@ pub const MAX_USERNAME_BYTES: usize = 512;
 /// A client's request, as its username and headers spell it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Route {
-    /// The pool (`pool-NAME`); may contain hyphens (`pool-eu-residential`).
+    /// The pool (`pool-NAME`).
     pub pool: Option<String>,
     /// `country-CC`.
     pub country: Option<String>,
@@ -81,9 +81,11 @@ pub enum RouteError {
 }
 
 impl Route {
-    /// Reads a username: hyphen-separated `key-value` pairs. A `pool` value
-    /// runs up to the next known key, so pool names may contain hyphens;
-    /// every other value is one token. An empty username asks for nothing.
+    /// Reads a username: hyphen-separated `key-value` pairs, each value one
+    /// token (so a pool whose name has a hyphen is named by the
+    /// `X-Pharox-Pool` header or the default pool instead: the username
+    /// `pool-eu-residential` names the unknown key `residential`). An empty
+    /// username asks for nothing.
     pub fn parse_username(username: &str) -> Result<Self, RouteError> {
         let mut route = Self::default();
         if username.is_empty() {
@@ -95,7 +97,7 @@ impl Route {
                 reason: "is longer than 512 bytes",
             });
         }
-        let mut tokens = username.split('-').peekable();
+        let mut tokens = username.split('-');
         while let Some(token) = tokens.next() {
             let key = known_key(token).ok_or_else(|| RouteError::UnknownKey {
                 key: token.chars().take(40).collect(),
@@ -103,14 +105,7 @@ impl Route {
             let Some(first) = tokens.next().filter(|v| !v.is_empty()) else {
                 return Err(RouteError::MissingValue { key });
             };
-            let mut value = first.to_owned();
-            if key == "pool" {
-                while let Some(next) = tokens.next_if(|t| known_key(t).is_none()) {
-                    value.push('-');
-                    value.push_str(next);
-                }
-            }
-            route.set(key, &value)?;
+            route.set(key, first)?;
         }
         Ok(route)
     }
@@ -253,13 +248,13 @@ mod tests {
     #[test]
     fn a_username_carries_every_key() {
         let route = Route::parse_username(
-            "pool-eu-residential-country-de-city-new_york-asn-3320-session-abc-ttl-600-selector-least_used",
+            "pool-residential-country-de-city-new_york-asn-3320-session-abc-ttl-600-selector-least_used",
         )
         .unwrap();
         assert_eq!(
             route,
             Route {
-                pool: Some("eu-residential".into()),
+                pool: Some("residential".into()),
                 country: Some("DE".into()),
                 city: Some("new york".into()),
                 asn: Some(3320),
@@ -281,6 +276,12 @@ mod tests {
             }
         );
         assert!(unknown.to_string().contains("\"colour\""), "{unknown}");
+        assert_eq!(
+            Route::parse_username("pool-eu-residential").unwrap_err(),
+            RouteError::UnknownKey {
+                key: "residential".into()
+            }
+        );
         assert_eq!(
             Route::parse_username("country").unwrap_err(),
             RouteError::MissingValue { key: "country" }
