@@ -149,7 +149,7 @@ fn check_member(root: &Path, member: &str, problems: &mut Vec<String>) -> Result
         // Delivery over HTTP: the application and its types, never a storage
         // adapter (the CLI wires one in), not even through `pharox`'s
         // adapter features.
-        "pharox-server" => {
+        "pharox-server" | "pharox-gateway" => {
             forbid(problems, &["pharox", "pharox-domain", "pharox-ports"]);
             let features = manifest
                 .get("dependencies")
@@ -159,7 +159,7 @@ fn check_member(root: &Path, member: &str, problems: &mut Vec<String>) -> Result
             for feature in features.into_iter().flatten().filter_map(Value::as_str) {
                 if ADAPTER_FEATURES.contains(&feature) {
                     problems.push(format!(
-                        "pharox-server must not enable pharox's {feature} adapter (the CLI chooses storage)"
+                        "{name} must not enable pharox's {feature} adapter (the CLI chooses storage)"
                     ));
                 }
             }
