@@ -6,7 +6,10 @@
 //! - `pharox migrate [up|down|status|fresh]`: the PostgreSQL schema.
 //! - `pharox health check|history`: real health checks through the proxies
 //!   of a pool, and a proxy's health history.
-//! - `pharox serve`: the HTTP lease service (`pharox_server`).
+//! - `pharox serve`: the HTTP lease service (`pharox_server`), with
+//!   `--gateway-listen` the rotating forward proxy beside it.
+//! - `pharox gateway`: the rotating forward proxy (`pharox_gateway`): any
+//!   HTTP or SOCKS5 client leases a proxy per request or tunnel.
 //! - `pharox apikey create|list|revoke`: the API keys stored in the database.
 //!
 //! Install it with `cargo install pharox-cli` (or `cargo install --path
@@ -26,6 +29,8 @@ mod bench_serve;
 #[cfg(feature = "postgres")]
 mod database_url;
 mod error;
+#[cfg(feature = "postgres")]
+mod gateway;
 #[cfg(all(feature = "postgres", feature = "http-probe"))]
 mod health;
 #[cfg(feature = "postgres")]
@@ -82,7 +87,11 @@ enum Command {
     Health(health::HealthArgs),
     /// Serve the HTTP lease API (API keys required).
     #[cfg(all(feature = "postgres", feature = "http-probe"))]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Run the rotating forward proxy: clients lease a proxy per request
+    /// or tunnel through HTTP (and SOCKS5) proxy settings.
+    #[cfg(feature = "postgres")]
+    Gateway(Box<gateway::GatewayArgs>),
     /// Create, list and revoke the API keys stored in the database.
     #[cfg(feature = "postgres")]
     Apikey(apikey::ApiKeyArgs),
@@ -117,7 +126,9 @@ fn main() -> ExitCode {
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
             Command::Health(args) => health::run(args).await,
             #[cfg(all(feature = "postgres", feature = "http-probe"))]
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
+            #[cfg(feature = "postgres")]
+            Command::Gateway(args) => gateway::run(*args).await,
             #[cfg(feature = "postgres")]
             Command::Apikey(args) => apikey::run(args).await,
         }
@@ -178,6 +189,7 @@ mod tests {
             vec!["pharox", "migrate", "--database-url", URL],
             vec!["pharox", "migrate", "status", "--database-url", URL],
             vec!["pharox", "apikey", "list", "--database-url", URL],
+            vec!["pharox", "gateway", "--database-url", URL],
         ];
         #[cfg(feature = "http-probe")]
         cases.extend([
@@ -216,5 +228,34 @@ mod tests {
         let debug = debug_of(&["pharox", "serve", "--api-keys", "lease:k-0123456789abcdef"]);
         assert!(debug.contains("Secret(<redacted>)"), "{debug}");
         assert!(!debug.contains("0123456789abcdef"), "{debug}");
+        let debug = debug_of(&[
+            "pharox",
+            "gateway",
+            "--api-keys",
+            "lease:k-0123456789abcdef",
+        ]);
+        assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+    }
+
+    #[test]
+    #[cfg(feature = "http-probe")]
+    fn serve_and_gateway_flags_do_not_clash() {
+        // clap checks a command's flags once it parses (in debug builds).
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let parsed = debug_of(&[
+            "pharox",
+            "serve",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "4",
+            "--max-client-connections",
+            "8",
+            "--header-timeout",
+            "3",
+        ]);
+        assert!(parsed.contains("max_client_connections: 8"), "{parsed}");
     }
 }

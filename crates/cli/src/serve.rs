@@ -1,19 +1,25 @@
-//! `pharox serve`: the HTTP lease service. This module only chooses the
-//! storage (PostgreSQL from `--database-url`, else the in-memory storage
-//! seeded from `--pool NAME --proxies FILE`), binds the listener and stops
-//! on SIGTERM/SIGINT; the API is `pharox_server`'s.
+//! `pharox serve`: the HTTP lease service, and with `--gateway-listen` the
+//! rotating forward proxy beside it on the same manager, keys and metrics.
+//! This module only chooses the storage (PostgreSQL from `--database-url`,
+//! else the in-memory storage seeded from `--pool NAME --proxies FILE`),
+//! binds the listeners and stops on SIGTERM/SIGINT; the API is
+//! `pharox_server`'s, the proxy `pharox_gateway`'s.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use pharox::upkeep::{self, SweepPools, UpkeepEvent};
 use pharox::{ApiKeyAdmin, ProxyManager};
+use pharox_adapter_dialer::TokioDialer;
+use pharox_gateway::{Gateway, GatewayFlags, GatewayMetrics};
 use pharox_server::config::ConfigError;
 use pharox_server::{AppState, HealthSweeps, ServerArgs, ServerMetrics};
 use tokio::sync::oneshot;
 
 use crate::error::CliError;
+use crate::gateway::{RunningGateway, bind, gateway_config};
 use crate::health::{SweepFlags, describe_process};
 use crate::operate::usage;
 use crate::output::errln;
@@ -50,6 +56,22 @@ pub struct ServeArgs {
     /// POST /v1/pools/{pool}/health-sweeps (as `pharox health check`).
     #[command(flatten, next_help_heading = "Health sweeps")]
     sweep: SweepFlags,
+    /// Also run the rotating forward proxy (as `pharox gateway`) on this
+    /// address, on the same pools, keys and metrics; its header timeout is
+    /// --header-timeout.
+    #[arg(long, value_name = "ADDR", help_heading = "Gateway")]
+    gateway_listen: Option<SocketAddr>,
+    /// With --gateway-listen: serve SOCKS5 too, on this address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "gateway_listen",
+        help_heading = "Gateway"
+    )]
+    gateway_socks_listen: Option<SocketAddr>,
+    /// What the gateway does with a request (with --gateway-listen).
+    #[command(flatten, next_help_heading = "Gateway")]
+    gateway: GatewayFlags,
 }
 
 /// Runs `pharox serve` until SIGTERM or SIGINT, then lets requests in
@@ -72,6 +94,19 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let health_interval = interval("health-interval", args.health_interval)?;
     let cleanup_interval = interval("cleanup-interval", args.cleanup_interval)?;
     let sweep = args.sweep.setup()?;
+    let gateway_listeners: Vec<SocketAddr> = args
+        .gateway_listen
+        .into_iter()
+        .chain(args.gateway_socks_listen)
+        .collect();
+    let gateway_config = match args.gateway_listen {
+        Some(_) => Some(gateway_config(
+            &args.gateway,
+            args.server.header_timeout,
+            &gateway_listeners,
+        )?),
+        None => None,
+    };
     let mut signals = Signals::install()?;
     let stores = open_storage(&args.storage, "pharox serve").await?;
     if health_interval.is_some() {
@@ -86,14 +121,15 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let manager = Arc::new(
         ProxyManager::from_arc(Arc::clone(&stores.storage)).with_observer(metrics.observer()),
     );
+    let gateway_metrics = GatewayMetrics::new(metrics.recorder());
     let state = match stores.keys {
         Some(store) => AppState::with_stored_keys(
-            manager,
+            Arc::clone(&manager),
             keys,
             Arc::new(ApiKeyAdmin::new(store).with_cache_ttl(key_cache)),
             limits,
         ),
-        None => AppState::new(manager, keys, limits),
+        None => AppState::new(Arc::clone(&manager), keys, limits),
     }
     .with_metrics(metrics)
     .with_health_sweeps(HealthSweeps::new(
@@ -124,6 +160,31 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     errln!("pharox serve: listening on {scheme}://{local}");
     tracing::info!(%local, scheme, "listening");
+    // The gateway leases through the server's manager, accepts its keys
+    // (the stored ones through the same cache) and records into its registry.
+    let mut gateway = match (gateway_config, args.gateway_listen) {
+        (Some(config), Some(addr)) => {
+            let (http, local) = bind(addr, "gateway-listen").await?;
+            errln!("pharox serve: gateway listening on http://{local}");
+            let socks = match args.gateway_socks_listen {
+                Some(addr) => {
+                    let (socks, local) = bind(addr, "gateway-socks-listen").await?;
+                    errln!("pharox serve: gateway socks5 on socks5://{local}");
+                    Some(socks)
+                }
+                None => None,
+            };
+            let gateway = Gateway::with_metrics(
+                manager,
+                Arc::new(TokioDialer::new()),
+                state.key_ring().clone(),
+                config,
+                gateway_metrics,
+            );
+            Some(RunningGateway::start(gateway, http, socks))
+        }
+        _ => None,
+    };
 
     let upkeep = upkeep.spawn()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -148,6 +209,16 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
                 Err(e) => Err(CliError::Other(format!("the server failed: {e}"))),
             };
         }
+        ended = async {
+            match &mut gateway {
+                Some(gateway) => gateway.ended().await,
+                None => std::future::pending().await,
+            }
+        } => {
+            // The gateway never stops on its own: only when it failed.
+            ended?;
+            return Err(CliError::Other("the gateway stopped".to_owned()));
+        }
     };
     errln!(
         "pharox serve: {}: finishing requests in flight (up to {:.1} s)",
@@ -155,18 +226,29 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         shutdown_timeout.as_secs_f64()
     );
     let _ = stop.send(());
-    // Requests in flight finish, background sweeps stop gently (results
-    // being written are written) and leader locks are released, all
-    // within the shutdown timeout.
+    if let Some(gateway) = &gateway {
+        gateway.stop();
+    }
+    // Requests in flight finish, tunnels close and their leases are
+    // released, background sweeps stop gently (results being written are
+    // written) and leader locks are released, all within the shutdown
+    // timeout.
     let stopping = async move {
-        let served = server.await;
+        let proxied = async {
+            match &mut gateway {
+                Some(gateway) => gateway.ended().await,
+                None => Ok(()),
+            }
+        };
+        let (served, proxied) = tokio::join!(server, proxied);
         tokio::join!(upkeep.stop(), state.shutdown());
-        served
+        proxied.map(|()| served)
     };
     match tokio::time::timeout(shutdown_timeout, stopping).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(CliError::Other(format!("the server stopped: {e}"))),
-        Ok(Err(e)) => Err(CliError::Other(format!("the server failed: {e}"))),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(CliError::Other(format!("the server stopped: {e}"))),
+        Ok(Ok(Err(e))) => Err(CliError::Other(format!("the server failed: {e}"))),
         Err(_) => {
             tracing::warn!("requests still in flight at the shutdown timeout were cut off");
             errln!("pharox serve: shutdown timeout reached; requests still in flight were cut off");
