@@ -216,23 +216,42 @@ pub fn serve_command(args: &[&str]) -> Command {
 
 /// Spawns `command` (from [`serve_command`]) and returns it once it says
 /// it listens on `scheme://ADDR`, with ADDR.
-pub fn spawn_serve(mut command: Command, scheme: &str) -> (ServeProcess, String) {
+pub fn spawn_serve(command: Command, scheme: &str) -> (ServeProcess, String) {
+    let prefix = format!("pharox serve: listening on {scheme}://");
+    let (process, mut found) = spawn_announcing(command, &[&prefix]);
+    (process, found.remove(0))
+}
+
+/// Spawns `command` and returns it once its stderr has shown a line
+/// starting with each of `prefixes` (in any order), with what followed
+/// each prefix on its line (an address), in the order of `prefixes`.
+pub fn spawn_announcing(mut command: Command, prefixes: &[&str]) -> (ServeProcess, Vec<String>) {
     let mut child = command.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let log = Arc::new(Mutex::new(String::new()));
-    let prefix = format!("pharox serve: listening on {scheme}://");
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens before exiting")
-            .unwrap();
-        log.lock().unwrap().push_str(&line);
-        if let Some(addr) = line.strip_prefix(&prefix) {
-            break addr.to_owned();
+    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+    while found.iter().any(Option::is_none) {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            panic!(
+                "the process exited before it said {prefixes:?}; it said:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let line = line.unwrap();
+        {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
         }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
+        for (prefix, slot) in prefixes.iter().zip(found.iter_mut()) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                *slot = Some(rest.to_owned());
+            }
+        }
+    }
+    // Keep draining stderr so the process never blocks on a full pipe.
     let collected = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
@@ -241,7 +260,30 @@ pub fn spawn_serve(mut command: Command, scheme: &str) -> (ServeProcess, String)
             log.push('\n');
         }
     });
-    (ServeProcess { child, log }, addr)
+    (
+        ServeProcess { child, log },
+        found.into_iter().map(Option::unwrap).collect(),
+    )
+}
+
+/// `pharox gateway ARGS --listen 127.0.0.1:0` (unless ARGS has a
+/// `--listen`), with none of the variables of the machine that would
+/// change it; the caller adds keys and more.
+pub fn gateway_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pharox"));
+    command.arg("gateway").args(args);
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command
+        .env_remove("PHAROX_API_KEYS")
+        .env_remove("PHAROX_DATABASE_URL")
+        .env_remove("PHAROX_GATEWAY_LISTEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Starts `pharox serve ARGS --listen 127.0.0.1:0` with `PHAROX_API_KEYS`
