@@ -99,7 +99,10 @@ fn main() {
 /// A gateway in this process over one upstream, without client auth.
 async fn in_process_gateway(upstream: &str, max_concurrency: u32) -> SocketAddr {
     let storage = MemoryStorage::new();
-    let pool = storage.save_pool(&ProxyPool::new("bench").unwrap()).await.unwrap();
+    let pool = storage
+        .save_pool(&ProxyPool::new("bench").unwrap())
+        .await
+        .unwrap();
     let proxy = Proxy::from_url(pool.id, upstream)
         .unwrap()
         .max_concurrency(max_concurrency)
@@ -119,7 +122,11 @@ async fn in_process_gateway(upstream: &str, max_concurrency: u32) -> SocketAddr 
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(pharox_gateway::serve(listener, gateway, std::future::pending()));
+    tokio::spawn(pharox_gateway::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -139,7 +146,9 @@ async fn load(proxy: SocketAddr, url: &str, concurrency: usize, seconds: f64) ->
                 let stream = TcpStream::connect(proxy).await.unwrap();
                 stream.set_nodelay(true).unwrap();
                 let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
                 tokio::spawn(connection);
                 while !stop.load(Ordering::Relaxed) && sender.ready().await.is_ok() {
                     let request = Request::get(url.as_str())
@@ -172,7 +181,10 @@ async fn rps(options: &Options) {
     let upstream = HttpProxy::start().await.unwrap();
     let gateway = in_process_gateway(&format!("http://{}", upstream.addr()), 100_000).await;
     let url = target.url("/ok");
-    println!("rps: {} clients, {} s per round", options.concurrency, options.seconds);
+    println!(
+        "rps: {} clients, {} s per round",
+        options.concurrency, options.seconds
+    );
     let mut ratios = Vec::new();
     for round in 1..=options.rounds {
         let direct = load(upstream.addr(), &url, options.concurrency, options.seconds).await;
@@ -181,7 +193,10 @@ async fn rps(options: &Options) {
         ratios.push(ratio);
         println!("  round {round}: direct {direct:.0}/s, gateway {through:.0}/s, ratio {ratio:.2}");
     }
-    println!("rps ratio, median of rounds: {:.2} (target >= 0.5)", median(&mut ratios));
+    println!(
+        "rps ratio, median of rounds: {:.2} (target >= 0.5)",
+        median(&mut ratios)
+    );
 }
 
 /// One client, one request at a time: per-request times.
@@ -193,8 +208,9 @@ async fn sequential(proxy: SocketAddr, url: &str, requests: usize) -> Vec<f64> {
         if connection.is_none() {
             let stream = TcpStream::connect(proxy).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            let (sender, driver) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(driver);
             connection = Some(sender);
         }
@@ -229,9 +245,15 @@ async fn latency(options: &Options) {
         let mut through = sequential(gateway, &url, 2_000).await;
         let (d, g) = (median(&mut direct), median(&mut through));
         added.push(g - d);
-        println!("  round {round}: median direct {d:.3} ms, gateway {g:.3} ms, added {:.3} ms", g - d);
+        println!(
+            "  round {round}: median direct {d:.3} ms, gateway {g:.3} ms, added {:.3} ms",
+            g - d
+        );
     }
-    println!("added median latency, median of rounds: {:.3} ms (target < 0.3)", median(&mut added));
+    println!(
+        "added median latency, median of rounds: {:.3} ms (target < 0.3)",
+        median(&mut added)
+    );
 }
 
 /// A target that sends [`BLOB`] bytes to each connection, then closes.
@@ -291,16 +313,24 @@ async fn tunnel(options: &Options) {
     let target = blob_target().await;
     let upstream = HttpProxy::start().await.unwrap();
     let gateway = in_process_gateway(&format!("http://{}", upstream.addr()), 100_000).await;
-    println!("tunnel: 100 MB through CONNECT");
+    println!("tunnel: 100 MB through CONNECT, 4 downloads each way per round, alternating");
     let mut ratios = Vec::new();
     for round in 1..=options.rounds {
-        let direct = download(upstream.addr(), target).await;
-        let through = download(gateway, target).await;
+        let (mut direct, mut through) = (0.0, 0.0);
+        for _ in 0..4 {
+            direct += download(upstream.addr(), target).await / 4.0;
+            through += download(gateway, target).await / 4.0;
+        }
         let ratio = through / direct;
         ratios.push(ratio);
-        println!("  round {round}: direct {direct:.0} MB/s, gateway {through:.0} MB/s, ratio {ratio:.2}");
+        println!(
+            "  round {round}: direct {direct:.0} MB/s, gateway {through:.0} MB/s, ratio {ratio:.2}"
+        );
     }
-    println!("tunnel throughput ratio, median of rounds: {:.2} (target >= 0.8)", median(&mut ratios));
+    println!(
+        "tunnel throughput ratio, median of rounds: {:.2} (target >= 0.8)",
+        median(&mut ratios)
+    );
 }
 
 /// A child process of this binary in `role`, and the port it printed.
@@ -354,7 +384,11 @@ async fn idle(options: &Options) {
             assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "tunnel {i}");
             head.push(byte[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 200"), "tunnel {i}: {}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "tunnel {i}: {}",
+            String::from_utf8_lossy(&head)
+        );
         open.push(stream);
         if i + 1 == options.tunnels / 2 {
             at_half = resident_mib(gateway.id());
@@ -362,7 +396,8 @@ async fn idle(options: &Options) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = resident_mib(gateway.id());
-    let per_tunnel_kib = (after - at_half) * 1024.0 / (options.tunnels - options.tunnels / 2) as f64;
+    let per_tunnel_kib =
+        (after - at_half) * 1024.0 / (options.tunnels - options.tunnels / 2) as f64;
     println!(
         "idle: gateway resident {before:.1} MiB with none open, {at_half:.1} MiB at {}, {after:.1} MiB at {} tunnels; {per_tunnel_kib:.1} KiB per tunnel; at 10,000: {:.1} MiB (target < 300)",
         options.tunnels / 2,

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use pharox::ports::{DialError, DialTarget};
 use pharox::{Lease, Outcome, Proxy, ProxyFailureKind, TargetHost};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -167,13 +168,29 @@ async fn open_tunnel(
     let upgrade = hyper::upgrade::on(&mut request);
     let gateway = gateway.clone();
     let pool = admitted.pool;
-    let upstream = opened.dialed.stream;
+    let mut upstream = opened.dialed.stream;
     let handle = tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        // The client's own socket, when hyper hands it back: the relay then
+        // reads and writes it directly, not through hyper's wrappers.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Bytes the client sent right after its CONNECT head.
+                if !parts.read_buf.is_empty() && upstream.write_all(&parts.read_buf).await.is_err()
+                {
+                    return;
+                }
+                tunnel::run(&gateway, parts.io.into_inner(), lease, upstream, &pool).await;
+            }
+            Err(upgraded) => {
                 tunnel::run(&gateway, TokioIo::new(upgraded), lease, upstream, &pool).await;
             }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
     *slot.lock() = Some(handle);

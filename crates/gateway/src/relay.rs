@@ -146,7 +146,11 @@ where
 {
     let mut out = Half::new();
     let mut inb = Half::new();
+    // The timer is re-armed only when it fires (to the last activity plus
+    // `idle`), not on every poll that moved bytes: a busy tunnel costs a
+    // clock read per wake-up, not a timer update.
     let mut timer = pin!(tokio::time::sleep(idle));
+    let mut last_active = Instant::now();
     let end = poll_fn(|cx| {
         let mut active = false;
         if !out.done {
@@ -175,11 +179,19 @@ where
             return Poll::Ready(RelayEnd::Closed);
         }
         if active {
-            timer.as_mut().reset(Instant::now() + idle);
+            last_active = Instant::now();
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(RelayEnd::Idle),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    let deadline = last_active + idle;
+                    if deadline <= Instant::now() {
+                        return Poll::Ready(RelayEnd::Idle);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     })
     .await;
