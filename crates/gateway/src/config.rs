@@ -114,7 +114,10 @@ impl GatewayConfig {
             return Err(ConfigError::new("lease-ttl", "must be at least 2 seconds"));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::new("max-connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "max-client-connections",
+                "must be at least 1",
+            ));
         }
         if self.header_limit < 8192 {
             return Err(ConfigError::new(

@@ -181,11 +181,13 @@ async fn open_tunnel(
         // reads and writes it directly, not through hyper's wrappers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                // Bytes the client sent right after its CONNECT head.
-                if !parts.read_buf.is_empty() && upstream.write_all(&parts.read_buf).await.is_err()
-                {
+                // Bytes the client sent right after its CONNECT head; then
+                // the buffer goes (it may hold hyper's whole read buffer).
+                let early = parts.read_buf;
+                if !early.is_empty() && upstream.write_all(&early).await.is_err() {
                     return;
                 }
+                drop(early);
                 tunnel::run(&gateway, parts.io.into_inner(), lease, upstream, &pool).await;
             }
             Err(upgraded) => {
