@@ -189,3 +189,47 @@ async fn shutdown_closes_tunnels_and_leaves_no_lease_behind() {
     }
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_tunnel_renews_its_lease_and_closes_when_the_lease_is_lost() {
+    let upstream = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let config = GatewayConfig {
+        lease_ttl: Duration::from_secs(2),
+        ..GatewayConfig::default()
+    };
+    let gateway = spawn_gateway(
+        config,
+        vec![Upstream::new(format!("http://{}", upstream.addr()))],
+    )
+    .await;
+    let (mut tunnel, head) = connect(gateway.addr, target.addr(), &format!("pool-{POOL}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lease_id = crate::common::head_header(&head, "x-pharox-lease-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = gateway.storage.get_lease(lease_id).await.unwrap();
+    // Held past half its TTL, the tunnel's lease is renewed (waited for, at
+    // most 10 s, not slept through).
+    let renewed = async {
+        loop {
+            let lease = gateway.storage.get_lease(lease_id).await.unwrap();
+            if lease.expires_at > first.expires_at {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let renewed = tokio::time::timeout(Duration::from_secs(10), renewed)
+        .await
+        .unwrap();
+    assert!(renewed.released_at.is_none());
+    // Someone else ends the lease (an operator, a cleanup after a stall):
+    // at its next renewal the gateway closes the tunnel, so the proxy never
+    // carries a tunnel its lease no longer counts.
+    gateway.storage.release(lease_id).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel is still open");
+}
