@@ -242,3 +242,100 @@ async fn a_sticky_session_keeps_its_upstream_and_moves_when_it_dies() {
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(!after.contains(&first));
 }
+
+#[tokio::test]
+async fn an_upstream_rejecting_its_credentials_is_a_proxy_failure() {
+    let strict = HttpProxy::start_with_auth("up", "right-secret")
+        .await
+        .unwrap();
+    let live = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let gateway = spawn_gateway(
+        GatewayConfig::default(),
+        vec![
+            Upstream::new(format!("http://up:wrong-secret@{}", strict.addr())),
+            Upstream::new(format!("http://{}", live.addr())),
+        ],
+    )
+    .await;
+    // Absolute-form: the upstream answers 407, the gateway moves on (the
+    // request had no body, so it can be sent again).
+    let client = gateway.client(&format!("pool-{POOL}-selector-round_robin"));
+    for _ in 0..2 {
+        let response = client.get(target.url("/ok")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-pharox-proxy-id"].to_str().unwrap(),
+            gateway.proxies[1].to_string()
+        );
+    }
+    assert!(strict.auth_failures() >= 1);
+    // Alone in a pool, it is a 502 that says so; CONNECT too.
+    let only = spawn_gateway(
+        GatewayConfig::default(),
+        vec![Upstream::new(format!(
+            "http://up:wrong-secret@{}",
+            strict.addr()
+        ))],
+    )
+    .await;
+    let response = only
+        .client(&format!("pool-{POOL}"))
+        .get(target.url("/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let error = response.headers()["x-pharox-error"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("proxy_auth"), "{error}");
+    assert!(!error.contains("wrong-secret"), "{error}");
+    let (_, head) = crate::common::connect(only.addr, target.addr(), &format!("pool-{POOL}")).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(!head.contains("wrong-secret"), "{head}");
+    let settled = async {
+        while gateway.active_leases().await > 0 || only.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
+    assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
+    assert!(only.proxy(only.proxies[0]).await.usage.error_score > 0.0);
+}
+
+#[tokio::test]
+async fn with_a_wait_a_request_gets_the_proxy_another_gives_back() {
+    let upstream = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let config = GatewayConfig {
+        wait: Duration::from_secs(20),
+        ..GatewayConfig::default()
+    };
+    let gateway = spawn_gateway(
+        config,
+        vec![Upstream::new(format!("http://{}", upstream.addr()))],
+    )
+    .await;
+    let (held, head) =
+        crate::common::connect(gateway.addr, target.addr(), &format!("pool-{POOL}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The only proxy is taken: this request waits instead of a 503 ...
+    let client = gateway.client(&format!("pool-{POOL}"));
+    let url = target.url("/ok");
+    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap().status() });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished());
+    // ... and is served once the tunnel gives the proxy back.
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}
