@@ -3,7 +3,7 @@
 //! the upstream) fails.
 
 use pharox::ports::DialError;
-use pharox::{PharoxError, PreparedRequest};
+use pharox::{PharoxError, PreparedRequest, ProxyId};
 
 use crate::metrics::GatewayResult;
 use crate::route::Route;
@@ -112,6 +112,7 @@ impl From<OpenError> for Refusal {
             },
             OpenError::AllFailed { attempts, last } => Self::UpstreamFailed { attempts, last },
             OpenError::Storage(e) => Self::Storage(e),
+            OpenError::Refused(refusal) => refusal,
         }
     }
 }
@@ -122,10 +123,26 @@ impl From<RouteError> for Refusal {
     }
 }
 
-/// An admitted request: what to lease, for which pool.
+/// An admitted request: what to lease, for which pool, and what a retry
+/// needs to lease again without the proxies already tried.
 pub(crate) struct Admitted {
     pub(crate) request: PreparedRequest,
     pub(crate) pool: String,
+    route: Route,
+    consumer: String,
+}
+
+impl Admitted {
+    /// The request again, excluding the proxies in `tried`.
+    pub(crate) async fn without(
+        &self,
+        gateway: &Gateway,
+        tried: &[ProxyId],
+    ) -> Result<PreparedRequest, Refusal> {
+        prepare(gateway, &self.route, &self.consumer, tried)
+            .await
+            .map(|(request, _)| request)
+    }
 }
 
 /// Checks a client's credentials and reads its route (the username, then
@@ -149,14 +166,34 @@ pub(crate) async fn admit<'h>(
     };
     let mut route = Route::parse_username(username)?;
     route.fill_from_headers(header)?;
+    let consumer = Gateway::consumer(caller.as_ref());
+    let (request, pool) = prepare(gateway, &route, &consumer, &[]).await?;
+    Ok(Admitted {
+        request,
+        pool,
+        route,
+        consumer,
+    })
+}
+
+/// The prepared lease request of `route` for `consumer`, without `tried`,
+/// and its pool.
+async fn prepare(
+    gateway: &Gateway,
+    route: &Route,
+    consumer: &str,
+    tried: &[ProxyId],
+) -> Result<(PreparedRequest, String), Refusal> {
+    let config = gateway.config();
     let request = route.lease_request(
         config.default_pool.as_deref(),
-        &Gateway::consumer(caller.as_ref()),
+        consumer,
         config.lease_ttl,
+        tried,
     )?;
     let pool = request.pool().to_owned();
     match gateway.manager().prepare(request).await {
-        Ok(request) => Ok(Admitted { request, pool }),
+        Ok(request) => Ok((request, pool)),
         Err(PharoxError::Invalid(v)) => Err(Refusal::Route(format!("{}: {}", v.field, v.reason))),
         Err(e) => Err(Refusal::Storage(e)),
     }

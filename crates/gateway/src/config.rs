@@ -113,6 +113,12 @@ impl GatewayConfig {
         if self.lease_ttl < Duration::from_secs(2) {
             return Err(ConfigError::new("lease-ttl", "must be at least 2 seconds"));
         }
+        if self.lease_ttl <= self.connect_timeout {
+            return Err(ConfigError::new(
+                "lease-ttl",
+                "must be longer than --connect-timeout (a lease must outlast its dial)",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "max-client-connections",
@@ -134,6 +140,25 @@ impl GatewayConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// These settings brought into range: at least one attempt (at most
+    /// 100), a head limit of at least 8 KiB, at least one connection,
+    /// timeouts from 1 ms to a day, and a lease TTL from 2 s to a day.
+    #[must_use]
+    pub fn clamped(mut self) -> Self {
+        let within = |d: Duration, low: Duration| d.clamp(low, Duration::from_secs(86_400));
+        self.max_attempts = self.max_attempts.clamp(1, 100);
+        self.header_limit = self.header_limit.max(8192);
+        self.max_connections = self.max_connections.max(1);
+        self.connect_timeout = within(self.connect_timeout, Duration::from_millis(1));
+        self.header_timeout = within(self.header_timeout, Duration::from_millis(1));
+        self.idle_timeout = within(self.idle_timeout, Duration::from_millis(1));
+        self.wait = self.wait.min(Duration::from_secs(600));
+        self.lease_ttl = within(self.lease_ttl, Duration::from_secs(2));
+        self
     }
 }
 

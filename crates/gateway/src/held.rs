@@ -80,11 +80,6 @@ impl HeldLease {
         &self.lease
     }
 
-    /// Replaces the lease with its renewed self.
-    pub(crate) fn renewed(&mut self, lease: Lease) {
-        self.lease = lease;
-    }
-
     /// The outcome to release with.
     pub(crate) fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = Some(outcome);

@@ -4,12 +4,14 @@
 use std::convert::Infallible;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,10 +22,11 @@ use pharox::ports::{DialError, DialTarget};
 use pharox::{Lease, Outcome, Proxy, ProxyFailureKind, TargetHost};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::admit::{Admitted, Refusal, admit, open_refusal};
 use crate::held::HeldLease;
+use crate::keep::keep_alive;
 use crate::metrics::{GatewayMetrics, GatewayResult};
 use crate::upstream::{self, Budget, Use};
 use crate::{ERROR_HEADER, Gateway, LEASE_ID_HEADER, PROXY_ID_HEADER, tunnel};
@@ -150,33 +153,30 @@ async fn open_tunnel(
 ) -> Result<(Response<GatewayBody>, GatewayResult), Refusal> {
     let target = connect_target(request.uri())?;
     let mut budget = Budget::new(gateway.config().connect_timeout);
-    let opened = upstream::open(
-        gateway,
-        &admitted.request,
-        &target,
-        Use::Tunnel,
-        &mut budget,
-    )
-    .await
-    .map_err(|e| open_refusal(e, &admitted.pool))?;
+    let opened = upstream::open(gateway, &admitted, &target, Use::Tunnel, &mut budget).await;
     gateway.metrics().attempts(budget.attempts);
     drop(budget);
+    let opened = opened.map_err(|e| open_refusal(e, &admitted.pool))?;
     let mut lease = opened.lease;
-    lease.set_outcome(success(&target, &opened.dialed.latency));
     let mut response = Response::new(GatewayBody::empty());
     lease_headers(response.headers_mut(), lease.lease());
     let upgrade = hyper::upgrade::on(&mut request);
     let gateway = gateway.clone();
     let pool = admitted.pool;
+    let latency = opened.dialed.latency;
     let mut upstream = opened.dialed.stream;
     let handle = tokio::spawn(async move {
         let upgraded = match upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
+                // The client went before its tunnel began: the lease goes
+                // back with no outcome (nothing was used).
                 tracing::debug!(error = %e, "CONNECT upgrade failed");
+                gateway.metrics().tunnel(&pool, GatewayResult::Aborted);
                 return;
             }
         };
+        lease.set_outcome(success(&target, &latency));
         // The client's own socket, when hyper hands it back: the relay then
         // reads and writes it directly, not through hyper's wrappers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -185,6 +185,7 @@ async fn open_tunnel(
                 // the buffer goes (it may hold hyper's whole read buffer).
                 let early = parts.read_buf;
                 if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+                    gateway.metrics().tunnel(&pool, GatewayResult::Aborted);
                     return;
                 }
                 drop(early);
@@ -226,7 +227,10 @@ fn dial_target(host: &str, port: u16) -> Result<DialTarget, Refusal> {
 /// An absolute-form request, sent through a leased proxy: as it is to an
 /// HTTP proxy (with that proxy's credentials), in origin form through a
 /// tunnel otherwise. A proxy that fails before the answer reaches the
-/// client is replaced, as long as the request body was not sent yet.
+/// client is replaced when that is harmless: always before the request was
+/// written, after it only for a request without a body whose method may be
+/// repeated (RFC 9110 9.2.2), and after an upstream 407 (refused whole)
+/// for a request without a body.
 async fn forward(
     gateway: &Gateway,
     request: Request<Incoming>,
@@ -241,41 +245,80 @@ async fn forward(
     }
     let host = uri.host().unwrap_or_default();
     let target = dial_target(host, uri.port_u16().unwrap_or(80))?;
-    let target_host = TargetHost::new(&target.host).ok();
     let config = gateway.config();
     let (parts, body) = request.into_parts();
-    let replayable = body.is_end_stream();
+    let bodiless = body.is_end_stream();
+    let repeatable = bodiless
+        && matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
     let mut body = Some(body);
     let mut budget = Budget::new(config.connect_timeout);
-    loop {
-        let opened = upstream::open(
-            gateway,
-            &admitted.request,
-            &target,
-            Use::Forward,
-            &mut budget,
-        )
-        .await
-        .map_err(|e| open_refusal(e, &admitted.pool))?;
+    let answered = loop {
+        let opened =
+            match upstream::open(gateway, &admitted, &target, Use::Forward, &mut budget).await {
+                Ok(opened) => opened,
+                Err(e) => break Err(open_refusal(e, &admitted.pool)),
+            };
         let mut lease = opened.lease;
         let latency = opened.dialed.latency;
+        // Nothing is written before the handshake: a failure here leaves
+        // the request (and its body) to the next proxy.
+        let (mut sender, connection) = match handshake(opened.dialed.stream).await {
+            Ok(ready) => ready,
+            Err(failure) => {
+                budget.failed(lease, failure);
+                continue;
+            }
+        };
         let proxy = Arc::clone(&lease.lease().proxy);
-        let outgoing = upstream_request(&parts, body.take(), opened.to_proxy, &proxy, &uri)?;
-        let sent = send(gateway, opened.dialed.stream, outgoing).await;
-        let failure = match sent {
-            Ok(response)
+        let outgoing =
+            match upstream_request(&parts, body.take(), opened.to_proxy, &proxy, &uri, &target) {
+                Ok(outgoing) => outgoing,
+                Err(refusal) => break Err(refusal),
+            };
+        let mut kept = lease.lease().clone();
+        let idle = config.idle_timeout;
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(idle, sender.send_request(outgoing)) => Some(sent),
+            () = keep_alive(gateway.manager(), &mut kept, config.lease_ttl) => None,
+        };
+        let (failure, retry) = match sent {
+            None => {
+                // The lease ended while the answer was awaited: no fault
+                // of the proxy, and nothing to send again under it.
+                drop(lease);
+                break Err(Refusal::UpstreamFailed {
+                    attempts: budget.attempts,
+                    last: DialError::new(
+                        ProxyFailureKind::Other,
+                        "the lease ended before the upstream answered",
+                    ),
+                });
+            }
+            Some(Ok(Ok(response)))
                 if opened.to_proxy
                     && response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED =>
             {
-                DialError::new(ProxyFailureKind::ProxyAuth, "the proxy answered 407")
+                (
+                    DialError::new(ProxyFailureKind::ProxyAuth, "the proxy answered 407"),
+                    bodiless,
+                )
             }
-            Ok(response) => {
+            Some(Ok(Ok(response))) => {
                 let status = response.status().as_u16();
-                let blocked = config.blocked_status.contains(&status);
-                let (outcome, result) = match (&target_host, blocked) {
+                let target_host = TargetHost::new(&target.host).ok();
+                let (outcome, result) = match (target_host, config.blocked_status.contains(&status))
+                {
                     (Some(target), true) => (
                         Outcome::Blocked {
-                            target: target.clone(),
+                            target,
                             http_status: Some(status),
                         },
                         GatewayResult::Blocked,
@@ -283,103 +326,113 @@ async fn forward(
                     _ => (success(&target, &latency), GatewayResult::Success),
                 };
                 lease.set_outcome(outcome);
-                gateway.metrics().attempts(budget.attempts);
-                drop(budget);
-                return Ok((answer(response, lease, gateway.metrics()), result));
+                break Ok((answer(gateway, response, lease, kept, connection), result));
             }
-            Err(failure) => failure,
+            Some(Ok(Err(e))) => (
+                DialError::new(
+                    ProxyFailureKind::Protocol,
+                    format!("no answer through the proxy: {e}"),
+                ),
+                repeatable,
+            ),
+            Some(Err(_)) => (
+                DialError::new(
+                    ProxyFailureKind::Timeout,
+                    format!("no answer within {idle:?}"),
+                ),
+                repeatable,
+            ),
         };
         budget.failed(lease, failure);
-        if !replayable || budget.attempts >= config.max_attempts {
-            let last = budget
-                .last
-                .take()
-                .unwrap_or_else(|| DialError::new(ProxyFailureKind::Other, "failed"));
-            return Err(Refusal::UpstreamFailed {
+        if !retry {
+            break Err(Refusal::UpstreamFailed {
                 attempts: budget.attempts,
-                last,
+                last: budget
+                    .last
+                    .take()
+                    .unwrap_or_else(|| DialError::new(ProxyFailureKind::Other, "failed")),
             });
         }
-    }
+    };
+    gateway.metrics().attempts(budget.attempts);
+    answered
 }
 
-/// Sends `request` over a fresh HTTP/1.1 connection on `stream` and waits
-/// (up to the idle timeout) for the answer's head.
-async fn send(
-    gateway: &Gateway,
+/// An HTTP/1.1 client connection on `stream`, its driver running in a
+/// task of its own (aborted through the handle when the lease is lost).
+async fn handshake(
     stream: Box<dyn pharox::ports::ProxyStream>,
-    request: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, DialError> {
-    let idle = gateway.config().idle_timeout;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+) -> Result<(SendRequest<UpstreamBody>, AbortHandle), DialError> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| DialError::new(ProxyFailureKind::Protocol, format!("HTTP handshake: {e}")))?;
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    match tokio::time::timeout(idle, sender.send_request(request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(DialError::new(
-            ProxyFailureKind::Protocol,
-            format!("no answer through the proxy: {e}"),
-        )),
-        Err(_) => Err(DialError::new(
-            ProxyFailureKind::Timeout,
-            format!("no answer within {idle:?}"),
-        )),
-    }
+    Ok((sender, driver.abort_handle()))
 }
 
 /// The request body sent upstream: the client's, or none.
 type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
 
 /// The request to send upstream: hop-by-hop and `X-Pharox-*` headers
-/// dropped, `Host` set; absolute-form with the proxy's credentials for an
-/// HTTP proxy, origin-form through a tunnel.
+/// dropped, `Host` set to the target (RFC 9112 3.2.2: a proxy replaces
+/// it); absolute-form, without any user info, with the proxy's credentials
+/// for an HTTP proxy; origin-form through a tunnel.
 fn upstream_request(
     parts: &hyper::http::request::Parts,
     body: Option<Incoming>,
     to_proxy: bool,
     proxy: &Proxy,
     uri: &Uri,
+    target: &DialTarget,
 ) -> Result<Request<UpstreamBody>, Refusal> {
     let body = match body {
         Some(body) => http_body_util::Either::Left(body),
         None => http_body_util::Either::Right(http_body_util::Empty::new()),
     };
-    let target_uri = if to_proxy {
-        uri.clone()
-    } else {
-        uri.path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .map_err(|_| Refusal::BadRequest("the request path is not valid".to_owned()))?
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = match uri.port() {
+        Some(port) => format!("{}:{port}", bracketed(&target.host)),
+        None => bracketed(&target.host),
     };
+    let target_uri = if to_proxy {
+        format!("http://{host}{path}")
+    } else {
+        path.to_owned()
+    }
+    .parse::<Uri>()
+    .map_err(|_| Refusal::BadRequest("the request target is not valid".to_owned()))?;
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = target_uri;
     let headers = request.headers_mut();
     copy_end_to_end(&parts.headers, headers);
-    if !headers.contains_key(header::HOST)
-        && let Some(authority) = uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(header::HOST, host);
-    }
+    let host = HeaderValue::from_str(&host)
+        .map_err(|_| Refusal::BadRequest("the request's host is not valid".to_owned()))?;
+    headers.insert(header::HOST, host);
     if to_proxy
         && let Some(credentials) = &proxy.credentials
-        && let Ok(value) = HeaderValue::from_str(&format!(
+        && let Ok(mut value) = HeaderValue::from_str(&format!(
             "Basic {}",
             STANDARD.encode(format!("{}:{}", credentials.username, credentials.password))
         ))
     {
-        let mut value = value;
         value.set_sensitive(true);
         headers.insert(header::PROXY_AUTHORIZATION, value);
     }
     Ok(request)
+}
+
+/// A host for a URL or `Host`: an IPv6 literal in brackets.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
 }
 
 /// Copies the end-to-end headers: not the hop-by-hop ones (RFC 9110 7.6.1,
@@ -416,29 +469,48 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// The upstream's answer for the client: end-to-end headers, the lease's
-/// ids, and a body that releases the lease when it ends.
+/// ids, and a body that releases the lease when it ends. While the body
+/// streams, a task keeps the lease alive; if the lease is lost it cuts the
+/// upstream connection, so the proxy carries no request its lease no
+/// longer counts.
 fn answer(
+    gateway: &Gateway,
     response: Response<Incoming>,
     lease: HeldLease,
-    metrics: &GatewayMetrics,
+    mut kept: Lease,
+    connection: AbortHandle,
 ) -> Response<GatewayBody> {
     let (parts, body) = response.into_parts();
+    let mut headers = HeaderMap::new();
+    copy_end_to_end(&parts.headers, &mut headers);
+    lease_headers(&mut headers, lease.lease());
+    let lost = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let manager = Arc::clone(gateway.manager());
+        let ttl = gateway.config().lease_ttl;
+        let lost = Arc::clone(&lost);
+        tokio::spawn(async move {
+            keep_alive(&manager, &mut kept, ttl).await;
+            lost.store(true, Ordering::Release);
+            connection.abort();
+        })
+        .abort_handle()
+    };
+    let idle_timeout = gateway.config().idle_timeout;
     let mut out = Response::new(GatewayBody {
         kind: Kind::Upstream(Box::new(Streamed {
             body,
             lease: Some(lease),
             moved: 0,
-            metrics: metrics.clone(),
+            metrics: gateway.metrics().clone(),
+            watcher,
+            lost,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
         })),
     });
     *out.status_mut() = parts.status;
-    copy_end_to_end(&parts.headers, out.headers_mut());
-    if let Kind::Upstream(streamed) = &out.body().kind
-        && let Some(lease) = &streamed.lease
-    {
-        let lease = lease.lease().clone();
-        lease_headers(out.headers_mut(), &lease);
-    }
+    *out.headers_mut() = headers;
     out
 }
 
@@ -507,18 +579,37 @@ enum Kind {
 }
 
 /// An upstream body and the lease it runs under: released, with the bytes
-/// counted, when the body ends or the client goes away.
+/// counted, when the body ends, fails, or the client goes away.
 struct Streamed {
     body: Incoming,
     lease: Option<HeldLease>,
     moved: u64,
     metrics: GatewayMetrics,
+    /// The task keeping the lease alive.
+    watcher: AbortHandle,
+    /// Set by the watcher when the lease was lost (the body's failure is
+    /// then no fault of the proxy).
+    lost: Arc<AtomicBool>,
+    /// Runs out when the upstream sends nothing for `idle_timeout` while
+    /// the client waits for more.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: std::time::Duration,
 }
 
 impl Drop for Streamed {
     fn drop(&mut self) {
+        self.watcher.abort();
         self.metrics.bytes(self.moved, 0);
     }
+}
+
+/// Why an upstream body was cut short.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("the upstream sent nothing for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 impl GatewayBody {
@@ -535,29 +626,52 @@ impl GatewayBody {
     }
 }
 
+impl Streamed {
+    /// Ends the lease with a proxy failure (unless the lease was lost).
+    fn failed(&mut self, kind: ProxyFailureKind) {
+        if let Some(mut lease) = self.lease.take()
+            && !self.lost.load(Ordering::Acquire)
+        {
+            lease.set_outcome(Outcome::proxy_failure(kind));
+        }
+    }
+}
+
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            Kind::Upstream(streamed) => {
-                let frame = ready!(Pin::new(&mut streamed.body).poll_frame(cx));
-                match &frame {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            streamed.moved += data.len() as u64;
-                        }
+            Kind::Upstream(streamed) => match Pin::new(&mut streamed.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        streamed.moved += data.len() as u64;
                     }
-                    // The end (or a failure) of the body ends the lease.
-                    Some(Err(_)) | None => drop(streamed.lease.take()),
+                    let next = tokio::time::Instant::now() + streamed.idle_timeout;
+                    streamed.idle.as_mut().reset(next);
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(frame)
-            }
+                Poll::Ready(Some(Err(e))) => {
+                    streamed.failed(ProxyFailureKind::Protocol);
+                    Poll::Ready(Some(Err(BodyError::Upstream(e).into())))
+                }
+                Poll::Ready(None) => {
+                    // The end of the body ends the lease.
+                    drop(streamed.lease.take());
+                    Poll::Ready(None)
+                }
+                Poll::Pending => {
+                    ready!(streamed.idle.as_mut().poll(cx));
+                    streamed.failed(ProxyFailureKind::Timeout);
+                    let idle = streamed.idle_timeout;
+                    Poll::Ready(Some(Err(BodyError::Idle(idle).into())))
+                }
+            },
         }
     }
 

@@ -44,6 +44,7 @@ mod admit;
 pub mod config;
 mod held;
 mod http;
+mod keep;
 pub mod metrics;
 mod relay;
 pub mod route;
@@ -116,6 +117,9 @@ impl std::fmt::Debug for Inner {
 impl Gateway {
     /// A gateway leasing through `manager`, dialing with `dialer`, accepting
     /// the keys of `keys` (unless `config.no_auth`), recording no metrics.
+    /// Settings out of range are brought into it
+    /// ([`GatewayConfig::clamped`]); [`GatewayConfig::check`] reports them
+    /// instead, for a command line to refuse.
     #[must_use]
     pub fn new(
         manager: Arc<ProxyManager>,
@@ -145,6 +149,7 @@ impl Gateway {
         config: GatewayConfig,
         metrics: GatewayMetrics,
     ) -> Self {
+        let config = config.clamped();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         Self {
             inner: Arc::new(Inner {
@@ -282,9 +287,11 @@ async fn accept_loop(
             tokio::spawn(refuse(stream, protocol));
             continue;
         };
+        // Counted before its task starts, so a shutdown that begins now
+        // waits for it.
+        let connection = Connection::open(&gateway, slot);
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let connection = Connection::open(&gateway, slot);
             match protocol {
                 Protocol::Http => http::serve_connection(&gateway, stream).await,
                 Protocol::Socks5 => socks::serve_connection(&gateway, stream).await,
@@ -329,10 +336,25 @@ impl Drop for Connection {
 
 /// Answers a connection over the limit at once and closes it: a 503 for
 /// HTTP, a closed socket for SOCKS5 (whose greeting has no error reply).
+/// The request is read (briefly, a little) before the close, so the close
+/// does not reset the connection before the client read the answer.
 async fn refuse(mut stream: TcpStream, protocol: Protocol) {
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if let Protocol::Http = protocol {
         let answer = b"HTTP/1.1 503 Service Unavailable\r\nx-pharox-error: overloaded: too many client connections\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+        let answered = async {
+            stream.write_all(answer).await?;
+            stream.shutdown().await?;
+            let mut sink = [0_u8; 4096];
+            let mut drained = 0;
+            while drained < 64 * 1024 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
     }
 }

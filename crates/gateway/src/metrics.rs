@@ -37,6 +37,8 @@ pub enum GatewayResult {
     BadRequest,
     /// The storage failed: 503 or 500.
     StorageFailed,
+    /// The client went away before its tunnel began.
+    Aborted,
 }
 
 impl GatewayResult {
@@ -51,6 +53,7 @@ impl GatewayResult {
             Self::Refused => "refused",
             Self::BadRequest => "bad_request",
             Self::StorageFailed => "storage_failed",
+            Self::Aborted => "aborted",
         }
     }
 }

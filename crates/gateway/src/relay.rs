@@ -6,7 +6,7 @@
 //! small buffers (10,000 of them fit in a few tens of MiB), a busy one
 //! moves 64 KiB per read.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
@@ -40,6 +40,8 @@ pub(crate) enum RelayEnd {
     Idle,
     /// A side failed (reset, broken pipe).
     Failed,
+    /// The caller's stop came first (shutdown, a lost lease).
+    Stopped,
 }
 
 /// One direction: bytes read from one side, written to the other.
@@ -138,12 +140,20 @@ impl Half {
 }
 
 /// Relays between `client` and `upstream` until both sides close, one
-/// fails, or no byte moves for `idle`.
-pub(crate) async fn relay<C, U>(client: &mut C, upstream: &mut U, idle: Duration) -> Relayed
+/// fails, no byte moves for `idle`, or `stop` completes; what moved is
+/// counted in every case.
+pub(crate) async fn relay<C, U, S>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Duration,
+    stop: S,
+) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: Future<Output = ()>,
 {
+    let mut stop = pin!(stop);
     let mut out = Half::new();
     let mut inb = Half::new();
     // The timer is re-armed only when it fires (to the last activity plus
@@ -152,6 +162,9 @@ where
     let mut timer = pin!(tokio::time::sleep(idle));
     let mut last_active = Instant::now();
     let end = poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Stopped);
+        }
         let mut active = false;
         if !out.done {
             match out.poll_copy(
@@ -215,7 +228,13 @@ mod tests {
         let (mut client, mut client_far) = duplex(1 << 20);
         let (mut upstream, mut upstream_far) = duplex(1 << 20);
         let relaying = tokio::spawn(async move {
-            relay(&mut client_far, &mut upstream_far, Duration::from_secs(30)).await
+            relay(
+                &mut client_far,
+                &mut upstream_far,
+                Duration::from_secs(30),
+                std::future::pending(),
+            )
+            .await
         });
         let big = vec![7_u8; 300_000];
         client.write_all(&big).await.unwrap();
@@ -244,7 +263,13 @@ mod tests {
         let (_client, mut client_far) = duplex(1024);
         let (_upstream, mut upstream_far) = duplex(1024);
         let started = Instant::now();
-        let relayed = relay(&mut client_far, &mut upstream_far, Duration::from_secs(5)).await;
+        let relayed = relay(
+            &mut client_far,
+            &mut upstream_far,
+            Duration::from_secs(5),
+            std::future::pending(),
+        )
+        .await;
         assert_eq!(relayed.end, RelayEnd::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pharox::{LeaseRequest, ProxyFilter, Selector};
+use pharox::{LeaseRequest, ProxyFilter, ProxyId, Selector};
 
 /// `X-Pharox-Pool`: the pool, for clients that cannot set a username.
 pub const POOL_HEADER: &str = "x-pharox-pool";
@@ -135,13 +135,22 @@ impl Route {
     }
 
     /// The lease request for this route, from `default_pool` when it names
-    /// none, for `consumer`, each lease held for `ttl` unless renewed.
+    /// none, for `consumer`, each lease held for `ttl` unless renewed, and
+    /// never one of the proxies in `exclude` (those a request already
+    /// tried: a predicate, so only retries take the slower path).
     pub fn lease_request(
         &self,
         default_pool: Option<&str>,
         consumer: &str,
         ttl: Duration,
+        exclude: &[ProxyId],
     ) -> Result<LeaseRequest, RouteError> {
+        if self.session_ttl.is_some() && self.session.is_none() {
+            return Err(RouteError::BadValue {
+                key: "ttl",
+                reason: "is the session's TTL: it needs a session (session-KEY)",
+            });
+        }
         let pool = self
             .pool
             .as_deref()
@@ -156,6 +165,10 @@ impl Route {
         }
         if let Some(asn) = self.asn {
             filter = filter.asn(asn);
+        }
+        if !exclude.is_empty() {
+            let tried = exclude.to_vec();
+            filter = filter.predicate(move |proxy| !tried.contains(&proxy.id));
         }
         let mut request = LeaseRequest::new(pool)
             .consumer(consumer)
@@ -319,13 +332,21 @@ mod tests {
         assert_eq!(route.country.as_deref(), Some("US"));
         assert_eq!(
             Route::default()
-                .lease_request(None, "c", Duration::from_secs(1))
+                .lease_request(None, "c", Duration::from_secs(1), &[])
                 .unwrap_err(),
             RouteError::NoPool
         );
         let request = Route::default()
-            .lease_request(Some("fallback"), "c", Duration::from_secs(1))
+            .lease_request(Some("fallback"), "c", Duration::from_secs(1), &[])
             .unwrap();
         assert_eq!(request.pool(), "fallback");
+        let lonely_ttl = Route::parse_username("pool-web-ttl-60").unwrap();
+        match lonely_ttl
+            .lease_request(None, "c", Duration::from_secs(1), &[])
+            .unwrap_err()
+        {
+            RouteError::BadValue { key, .. } => assert_eq!(key, "ttl"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -43,14 +43,7 @@ pub(crate) async fn serve_connection(gateway: &Gateway, mut stream: TcpStream) {
         }
     };
     let mut budget = Budget::new(gateway.config().connect_timeout);
-    let opened = upstream::open(
-        gateway,
-        &admitted.request,
-        &target,
-        Use::Tunnel,
-        &mut budget,
-    )
-    .await;
+    let opened = upstream::open(gateway, &admitted, &target, Use::Tunnel, &mut budget).await;
     gateway.metrics().attempts(budget.attempts);
     drop(budget);
     match opened {

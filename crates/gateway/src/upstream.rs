@@ -9,6 +9,7 @@ use pharox::{Outcome, PharoxError, PreparedRequest, ProxyFailureKind, ProxyProto
 use tokio::time::Instant;
 
 use crate::Gateway;
+use crate::admit::{Admitted, Refusal};
 use crate::held::HeldLease;
 
 /// How the gateway will use the upstream.
@@ -44,13 +45,18 @@ pub(crate) enum OpenError {
     },
     /// The storage failed.
     Storage(PharoxError),
+    /// Leasing again without the proxies tried failed otherwise.
+    Refused(Refusal),
 }
 
 /// What an [`open`] call has used of its budget.
 #[derive(Debug)]
 pub(crate) struct Budget {
     pub(crate) attempts: u32,
-    pub(crate) deadline: Instant,
+    /// When the connect timeout runs out: it starts with the first lease,
+    /// so a wait for a free proxy (`--wait-ms`) does not eat into it.
+    deadline: Option<Instant>,
+    connect_timeout: Duration,
     /// Leases of proxies that failed, held until the request is served so
     /// the next attempt cannot pick them again; each is released with its
     /// failure when dropped.
@@ -62,10 +68,24 @@ impl Budget {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
         Self {
             attempts: 0,
-            deadline: Instant::now() + connect_timeout,
+            deadline: None,
+            connect_timeout,
             failed: Vec::new(),
             last: None,
         }
+    }
+
+    /// What is left of the connect timeout (all of it before the first
+    /// lease).
+    fn remaining(&self) -> Duration {
+        self.deadline.map_or(self.connect_timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// The proxies tried so far.
+    fn tried(&self) -> Vec<pharox::ProxyId> {
+        self.failed.iter().map(|l| l.lease().proxy_id).collect()
     }
 
     /// Counts a failure of `lease`'s proxy, to be reported when released.
@@ -77,21 +97,29 @@ impl Budget {
     }
 }
 
-/// Leases and dials until an upstream is ready, for `target`.
+/// Leases and dials until an upstream is ready, for `target`. A retry
+/// never leases a proxy this request tried already.
 pub(crate) async fn open(
     gateway: &Gateway,
-    request: &PreparedRequest,
+    admitted: &Admitted,
     target: &DialTarget,
     usage: Use,
     budget: &mut Budget,
 ) -> Result<Opened, OpenError> {
     let config = gateway.config();
     while budget.attempts < config.max_attempts {
-        let first = budget.attempts == 0;
+        let first = budget.attempts == 0 && budget.failed.is_empty();
+        if !first && budget.remaining().is_zero() {
+            break;
+        }
         let lease = if first {
-            acquire_waiting(gateway, request).await
+            acquire_waiting(gateway, &admitted.request).await
         } else {
-            gateway.manager().acquire_prepared(request).await
+            let request = admitted
+                .without(gateway, &budget.tried())
+                .await
+                .map_err(OpenError::Refused)?;
+            gateway.manager().acquire_prepared(&request).await
         }
         .map_err(OpenError::Storage)?;
         let Some(lease) = lease else {
@@ -103,18 +131,19 @@ pub(crate) async fn open(
                 None => OpenError::NoProxy,
             });
         };
-        budget.attempts += 1;
+        if budget.deadline.is_none() {
+            budget.deadline = Some(Instant::now() + budget.connect_timeout);
+        }
+        let remaining = budget.remaining();
         let held = gateway.hold(lease);
-        let proxy = &held.lease().proxy;
-        let to_proxy = usage == Use::Forward && proxy.protocol == ProxyProtocol::Http;
-        let remaining = budget.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            budget.failed(
-                held,
-                DialError::new(ProxyFailureKind::Timeout, "the connect timeout ran out"),
-            );
+            // Never dialed: released as it is, no fault of the proxy.
+            drop(held);
             break;
         }
+        budget.attempts += 1;
+        let proxy = &held.lease().proxy;
+        let to_proxy = usage == Use::Forward && proxy.protocol == ProxyProtocol::Http;
         let dialer = gateway.dialer();
         let dial = async {
             if to_proxy {
@@ -144,10 +173,9 @@ pub(crate) async fn open(
     }
     Err(OpenError::AllFailed {
         attempts: budget.attempts,
-        last: budget
-            .last
-            .take()
-            .unwrap_or_else(|| DialError::new(ProxyFailureKind::Timeout, "no attempt left")),
+        last: budget.last.take().unwrap_or_else(|| {
+            DialError::new(ProxyFailureKind::Timeout, "the connect timeout ran out")
+        }),
     })
 }
 

@@ -339,3 +339,84 @@ async fn with_a_wait_a_request_gets_the_proxy_another_gives_back() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_retry_never_leases_a_proxy_that_failed_this_request() {
+    // The dead proxy could take five leases at once and comes first: a
+    // retry that did not exclude it would get it three times over.
+    let dead = closed_port().unwrap();
+    let live = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let gateway = spawn_gateway(
+        GatewayConfig::default(),
+        vec![
+            Upstream::new(format!("http://{dead}")).max_concurrency(5),
+            Upstream::new(format!("http://{}", live.addr())),
+        ],
+    )
+    .await;
+    let response = gateway
+        .client(&format!("pool-{POOL}-selector-first_available"))
+        .get(target.url("/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-pharox-proxy-id"].to_str().unwrap(),
+        gateway.proxies[1].to_string()
+    );
+    drop(response);
+    let settled = async {
+        while gateway.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
+    assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_reached_the_target_is_not_sent_twice() {
+    // Upstreams that take the request and never answer.
+    let silent = [
+        BlackHole::start().await.unwrap(),
+        BlackHole::start().await.unwrap(),
+        BlackHole::start().await.unwrap(),
+    ];
+    let target = TargetServer::start().await.unwrap();
+    let config = GatewayConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..GatewayConfig::default()
+    };
+    let gateway = spawn_gateway(
+        config,
+        silent
+            .iter()
+            .map(|s| Upstream::new(format!("http://{}", s.addr())))
+            .collect(),
+    )
+    .await;
+    let client = gateway.client(&format!("pool-{POOL}"));
+    // A POST is not repeated: one proxy tried.
+    let post = client.post(target.url("/ok")).send().await.unwrap();
+    assert_eq!(post.status(), 502);
+    let error = post.headers()["x-pharox-error"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.starts_with("upstream_failed: 1 proxies tried"),
+        "{error}"
+    );
+    // A GET may be: three.
+    let get = client.get(target.url("/ok")).send().await.unwrap();
+    assert_eq!(get.status(), 502);
+    let error = get.headers()["x-pharox-error"].to_str().unwrap().to_owned();
+    assert!(
+        error.starts_with("upstream_failed: 3 proxies tried"),
+        "{error}"
+    );
+}

@@ -233,3 +233,53 @@ async fn a_tunnel_renews_its_lease_and_closes_when_the_lease_is_lost() {
     let closed = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the tunnel is still open");
 }
+
+#[tokio::test]
+async fn a_forwarded_request_keeps_its_lease_while_the_target_is_slow() {
+    let upstream = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let config = GatewayConfig {
+        lease_ttl: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        ..GatewayConfig::default()
+    };
+    let gateway = spawn_gateway(
+        config,
+        vec![Upstream::new(format!("http://{}", upstream.addr()))],
+    )
+    .await;
+    // The answer takes longer than the lease's TTL: the lease is renewed
+    // meanwhile, so the request succeeds under an active lease.
+    let response = gateway
+        .client(&format!("pool-{POOL}"))
+        .get(target.url("/slow?ms=2500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let lease_id = response.headers()["x-pharox-lease-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "slow");
+    let released = async {
+        loop {
+            let lease = gateway.storage.get_lease(lease_id).await.unwrap();
+            if lease.released_at.is_some() {
+                return lease;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let lease = tokio::time::timeout(Duration::from_secs(5), released)
+        .await
+        .unwrap();
+    // Renewed while the answer was awaited (it ran past its first TTL),
+    // and released while still active.
+    assert!(
+        lease.expires_at - lease.acquired_at > time::Duration::seconds(2),
+        "never renewed: {lease:?}"
+    );
+    assert!(lease.released_at.unwrap() <= lease.expires_at, "{lease:?}");
+}

@@ -226,3 +226,36 @@ async fn socks5_clients_authenticate_and_route_by_username() {
     );
     assert_eq!(upstream.tunnels(), 1);
 }
+
+#[tokio::test]
+async fn the_gateway_sets_host_to_the_target_it_dials() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = HttpProxy::start().await.unwrap();
+    let target = TargetServer::start().await.unwrap();
+    let gateway = spawn_gateway(
+        GatewayConfig::default(),
+        vec![Upstream::new(format!("http://{}", upstream.addr()))],
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "GET http://user:secret@{}/ok HTTP/1.1\r\nHost: elsewhere.example\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        target.addr(),
+        crate::common::basic(&format!("pool-{POOL}"))
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = target.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("host"),
+        Some(target.addr().to_string().as_str())
+    );
+    // The user info of the client's URL goes nowhere.
+    for (name, value) in &seen[0].headers {
+        assert!(!value.contains("secret"), "{name}: {value}");
+    }
+}
