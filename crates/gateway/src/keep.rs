@@ -29,7 +29,10 @@ pub(crate) async fn keep_alive(manager: &ProxyManager, lease: &mut Lease, ttl: D
                 tracing::warn!(lease = %current.id, "lease expired unrenewed; ending its use");
                 return;
             }
-            match tokio::time::timeout(left, manager.renew(current, ttl)).await {
+            // Boxed: the renewal's state exists only while it runs, so an
+            // idle tunnel's future stays small.
+            let renewal = Box::pin(manager.renew(current, ttl));
+            match tokio::time::timeout(left, renewal).await {
                 Ok(Ok(renewed)) => {
                     *current = renewed;
                     break;
