@@ -118,8 +118,9 @@ fn assert_uniform(
 async fn random_acquire_is_uniform_over_the_pool() {
     let schema = common::schema().await;
     let storage = schema.storage().clone();
-    // Five times the span the pick measures (`sql::RANDOM_SPAN`), so a
-    // proxy's chance depends on the keys around it unless corrected.
+    // Ten times the span the pick measures (`sql::RANDOM_SPAN`) and five
+    // times its estimate's (`sql::RANDOM_ESTIMATE`), so a proxy's chance
+    // depends on the keys around it unless corrected.
     let (pool, proxies) = seed(&storage, "uniform", 160).await;
     let consumer = storage.ensure_consumer("chi2").await.unwrap();
     let request = AcquireRequest::new(pool.name.clone(), consumer, Duration::from_secs(60))

@@ -43,12 +43,14 @@ const MAX_KEYED_BUFFERS: i64 = 1_000;
 /// 40.
 const MAX_KEYED_ROWS: i64 = 200;
 
-/// Rows random's acquire may examine with one scalar column: every scan it
-/// makes is a walk of at most 32 candidates (`sql::RANDOM_SPAN`), two for
-/// its estimate and up to four per attempt, for at most eight attempts
-/// (`sql::RANDOM_ATTEMPTS`; on average two), and each row is counted by its
-/// index scan and by the node above it: 2 × (2 + 4 × 8) × 32 = 2,176 at
-/// most, ~340 to 960 seen here. A walk of every proxy of the common value
+/// Rows random's acquire may examine with one scalar column: two walks of
+/// at most 32 candidates for its estimate (`sql::RANDOM_ESTIMATE`), then
+/// per attempt at most 16 forward (32 in a pool of fewer than 32
+/// candidates), 32 forward after a wrap and twice 16 backward
+/// (`sql::RANDOM_SPAN`), for at most twelve attempts
+/// (`sql::RANDOM_ATTEMPTS`; on average 2.5), each row counted by its index
+/// scan and by the node above it: 2 × (64 + 12 × 80) = 2,048 at most,
+/// ~120 to 630 seen here. A walk of every proxy of the common value
 /// (5,000 of a country) still exceeds it; a city's 1,000 exceed the
 /// buffer bound.
 const MAX_RANDOM_KEYED_ROWS: i64 = 2_500;

@@ -55,19 +55,25 @@ pub(crate) const RANDOM_WINDOW: usize = 16;
 
 /// K of [`random_pick`]: how many candidates before a proxy its chance is
 /// measured over, and how many after a random point it is chosen among.
-pub(crate) const RANDOM_SPAN: usize = 32;
+pub(crate) const RANDOM_SPAN: usize = 16;
+
+/// E of [`random_pick`]: how many candidates the statement's estimate of
+/// a span walks (twice K, so the estimate varies half as much as the spans
+/// it is set against).
+pub(crate) const RANDOM_ESTIMATE: usize = 32;
 
 /// T of [`random_pick`]: the attempts one statement makes before it falls
 /// back to an unweighted choice.
-pub(crate) const RANDOM_ATTEMPTS: usize = 8;
+pub(crate) const RANDOM_ATTEMPTS: usize = 12;
 
 /// α of [`random_pick`]: the share of attempts accepted on average.
-const RANDOM_ACCEPT: &str = "0.5";
+const RANDOM_ACCEPT: f64 = 0.4;
 
 /// The random `pick` (and the CTEs it reads): uniform over the candidates,
 /// with fixed keys, by rejection sampling on `proxy_pick_idx`. It reads a
-/// bounded number of index entries (a few hundred) and writes nothing but
-/// the lease, so the proxy's update stays HOT like every other selector's.
+/// bounded number of index entries (about a hundred) and writes nothing
+/// but the lease, so the proxy's update stays HOT like every other
+/// selector's.
 ///
 /// Every proxy has a fixed uniform key (`pick_key`, m0010). An attempt
 /// draws a point `r` and a rank `j` below K ([`RANDOM_SPAN`]) and takes the
@@ -75,39 +81,42 @@ const RANDOM_ACCEPT: &str = "0.5";
 /// end. Candidate `x` is reached that way when `r` falls in the K gaps
 /// before it, so with chance `W(x) / K`, where `W(x)` is its key minus the
 /// key of the K-th candidate before it (wrapping): the spans differ from
-/// proxy to proxy (a Gamma(K) spread, about ±18 % for K = 32), so that
+/// proxy to proxy (a Gamma(K) spread, about ±25 % for K = 16), so that
 /// alone is not uniform. The attempt is accepted with chance `c / W(x)`,
 /// which makes every candidate's chance `c / K`: the same for all. `c` is
-/// α ([`RANDOM_ACCEPT`]) times a span measured once per statement after an
-/// independent point (`est`), so about α of the attempts are accepted
-/// whatever the pool's size; a candidate whose span is below `c` (about
-/// one in 100 for one statement in 1,000) is accepted always and so comes
-/// out slightly rarer. The first accepted attempt whose proxy is not
-/// locked wins; after T ([`RANDOM_ATTEMPTS`]) attempts without one (0.5 %
-/// of statements, simulated) the first unlocked attempted proxy is taken
-/// unweighted.
+/// α ([`RANDOM_ACCEPT`]) times the span of E ([`RANDOM_ESTIMATE`])
+/// candidates after an independent point (`est`), scaled to K, so about α
+/// of the attempts are accepted whatever the pool's size; a candidate whose
+/// span is below `c` (about one in 300 for one statement in 1,000) is
+/// accepted always and so comes out slightly rarer. The first accepted
+/// attempt whose proxy is not locked wins; after T ([`RANDOM_ATTEMPTS`])
+/// attempts without one (0.4 % of statements, simulated) the first
+/// unlocked attempted proxy is taken unweighted.
 ///
-/// With fewer than K candidates (`est` finds them all), `j` is drawn below
+/// With fewer than E candidates (`est` finds them all), `j` is drawn below
 /// their number and every attempt is accepted: uniform as it stands. With
 /// none, no attempt is made: `est` has walked every candidate already (as
-/// any selector's miss does), and eight more walks would find nothing.
+/// any selector's miss does), and more walks would find nothing.
 ///
-/// Each attempt reads 8, 16 or 32 candidates forward (the fewest that
-/// hold the `j + 1`-th: 22 on average) and K backward, one statement
-/// about 32 + 2 × 54 on average; `LIMIT 1` over the attempts
-/// stops at the first accepted one. Simulated over 1,000 proxies and
-/// 100,000 picks, the counts' chi-squared statistic is 990 against 999
-/// degrees of freedom (uniform draws give 999 on average); the design
-/// before this one (a window of 16 after `r`, one chosen at random, its
-/// key redrawn on lease) gave 1,494 there, passed the 40-proxy test only
-/// because its window was 40 % of the pool, and made every random lease a
-/// non-HOT update of all 26 indexes of `proxy`.
-/// `tests/random_uniformity.rs` checks the counts on the server.
+/// Each attempt reads 4, 8, 16 or 32 candidates forward (the fewest that
+/// hold the `j + 1`-th: 11 on average when `j` is below K) and K backward,
+/// one statement about 32 + 2.5 × 27 = 100 on average; `LIMIT 1` over the
+/// attempts stops at the first accepted one. Simulated over 1,000 proxies
+/// and 100,000 picks, the counts' chi-squared statistic is 991 against 999
+/// degrees of freedom (uniform draws give 999 on average). K = E = 32 with
+/// α = 0.5 and T = 8 gave 968 there and read about 160 candidates a
+/// statement; before it, a window of 16 after `r` with the chosen proxy's
+/// key redrawn on lease gave 1,494 and made every random lease a non-HOT
+/// update of all 26 indexes of `proxy`. `tests/random_uniformity.rs`
+/// checks the counts on the server.
 pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Lock) -> String {
     let lock = lock.clause();
     let asc = "p.pool_id, p.pick_key, p.id";
     let desc = "p.pool_id DESC, p.pick_key DESC, p.id DESC";
     let k = RANDOM_SPAN;
+    let e = RANDOM_ESTIMATE;
+    // c's factor on the estimated span: α, scaled from E candidates to K.
+    let accept = RANDOM_ACCEPT * k as f64 / e as f64;
     // Keyed (see round_robin_pick): the pool and the column are
     // equalities, so a plain bound on `pick_key` is the third column of the
     // m0011 `(pool_id, column, pick_key, id)` index; otherwise a row
@@ -135,39 +144,29 @@ pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Loc
     // Up to K keys of candidates, as an array. A constant LIMIT, not
     // `OFFSET j`: with a parameter there PostgreSQL assumes a tenth of the
     // pool is read and sorts the pool instead of walking the index.
-    let keys = |bound: &str, order: &str| {
+    let keys = |bound: &str, order: &str, limit: usize| {
         format!(
             "ARRAY(SELECT p.pick_key FROM proxy p {joins} WHERE {bound} AND {candidate} \
-             ORDER BY {order} LIMIT {k})"
+             ORDER BY {order} LIMIT {limit})"
         )
     };
-    let est_next = keys(&from("rnd.r"), asc);
-    let est_first = keys(&wrap_up("n.r"), asc);
+    let est_next = keys(&from("rnd.r"), asc, e);
+    let est_first = keys(&wrap_up("n.r"), asc, e);
     // An attempt needs only the first j + 1 candidates after its point:
-    // read 8, 16 or all K of them as j asks (j is uniform below K, so 22
-    // on average instead of 32). Each branch keeps a constant LIMIT, and
-    // CASE runs only the branch it takes; a shorter array still means the
-    // pool ran out, so the wrap-around below reads as before.
-    let nth_next = {
-        let walk = |limit: usize| {
-            format!(
-                "ARRAY(SELECT p.pick_key FROM proxy p {joins} WHERE {} AND {candidate} \
-                 ORDER BY {asc} LIMIT {limit})",
-                from("a.r")
-            )
-        };
-        format!(
-            "CASE WHEN a.j < {q} THEN {} WHEN a.j < {h} THEN {} ELSE {} END",
-            walk(k / 4),
-            walk(k / 2),
-            walk(k),
-            q = k / 4,
-            h = k / 2,
-        )
-    };
-    let nth_first = keys(&wrap_up("a.r"), asc);
-    let kth_before = keys(&below("t.key"), desc);
-    let kth_last = keys(&wrap_down("t.key"), desc);
+    // read 4, 8, 16 or 32 of them as j asks (j is below K, or below E when
+    // the pool has fewer than E candidates). Each branch keeps a constant
+    // LIMIT, and CASE runs only the branch it takes; a shorter array still
+    // means the pool ran out, so the wrap-around below reads as before.
+    let nth_next = format!(
+        "CASE WHEN a.j < 4 THEN {} WHEN a.j < 8 THEN {} WHEN a.j < 16 THEN {} ELSE {} END",
+        keys(&from("a.r"), asc, 4),
+        keys(&from("a.r"), asc, 8),
+        keys(&from("a.r"), asc, 16),
+        keys(&from("a.r"), asc, e),
+    );
+    let nth_first = keys(&wrap_up("a.r"), asc, e);
+    let kth_before = keys(&below("t.key"), desc, k);
+    let kth_last = keys(&wrap_down("t.key"), desc, k);
     // Found by its key: the pool as an equality, so `pick_key` is the
     // second bound of `proxy_pick_idx` (after a range on `pool_id` it would
     // only filter the pool's entries).
@@ -182,12 +181,13 @@ pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Loc
         "rnd AS MATERIALIZED (SELECT random() AS r), \
          est AS MATERIALIZED (\
            SELECT cardinality(n.keys) + cardinality(w.keys) AS m, \
-             COALESCE(n.keys[{k}], w.keys[{k} - cardinality(n.keys)] + 1) - n.r AS span \
+             COALESCE(n.keys[{e}], w.keys[{e} - cardinality(n.keys)] + 1) - n.r AS span \
            FROM (SELECT rnd.r, {est_next} AS keys FROM rnd OFFSET 0) n, \
-           LATERAL (SELECT CASE WHEN cardinality(n.keys) < {k} THEN {est_first} \
+           LATERAL (SELECT CASE WHEN cardinality(n.keys) < {e} THEN {est_first} \
              ELSE '{{}}'::float8[] END AS keys OFFSET 0) w), \
          att AS MATERIALIZED (\
-           SELECT random() AS r, floor(random() * LEAST((SELECT m FROM est), {k}))::int AS j, \
+           SELECT random() AS r, floor(random() * CASE WHEN (SELECT m FROM est) < {e} \
+             THEN (SELECT m FROM est) ELSE {k} END)::int AS j, \
              random() AS u \
            FROM generate_series(1, {RANDOM_ATTEMPTS}) WHERE (SELECT m FROM est) > 0), \
          tries AS (\
@@ -197,9 +197,9 @@ pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Loc
              ELSE ({nth_first})[a.j + 1 - cardinality(f.keys)] END AS key OFFSET 0) x \
            WHERE x.key IS NOT NULL), \
          judged AS (\
-           SELECT t.key, CASE WHEN (SELECT m FROM est) < {k} THEN TRUE \
+           SELECT t.key, CASE WHEN (SELECT m FROM est) < {e} THEN TRUE \
              ELSE t.u * (t.key - COALESCE(b.back, t.key - 1)) \
-               < {RANDOM_ACCEPT} * (SELECT span FROM est) END AS accepted \
+               < {accept} * (SELECT span FROM est) END AS accepted \
            FROM tries t, \
            LATERAL (SELECT {kth_before} AS keys OFFSET 0) bk, \
            LATERAL (SELECT CASE WHEN cardinality(bk.keys) = {k} THEN bk.keys[{k}] \
