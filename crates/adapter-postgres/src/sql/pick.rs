@@ -122,25 +122,35 @@ pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Loc
     // m0011 `(pool_id, column, pick_key, id)` index; otherwise a row
     // comparison starts the `(pool_id, pick_key, id)` scan exactly.
     let keyed = is_keyed(candidate);
+    // The pool's id and whether the consumer exists, looked up once for the
+    // statement (`rk`) rather than in each of the dozen subqueries that
+    // need them, where every lookup is an index probe of its own (about a
+    // third of the buffers the statement touched).
+    let pool_id = "(SELECT id FROM rk)";
+    let hoisted = candidate
+        .replace(POOL_ID, pool_id)
+        .replace(CONSUMER_EXISTS, "(SELECT ok FROM rk)");
+    let candidate = hoisted.as_str();
+    let in_pool = format!("p.pool_id >= {pool_id} AND p.pool_id <= {pool_id}");
     let from = |key: &str| {
         if keyed {
             format!("p.pick_key >= {key}")
         } else {
-            format!("(p.pool_id, p.pick_key) >= ({POOL_ID}, {key}) AND p.pool_id <= {POOL_ID}")
+            format!("(p.pool_id, p.pick_key) >= ({pool_id}, {key}) AND p.pool_id <= {pool_id}")
         }
     };
     let below = |key: &str| {
         if keyed {
             format!("p.pick_key < {key}")
         } else {
-            format!("(p.pool_id, p.pick_key) < ({POOL_ID}, {key}) AND p.pool_id >= {POOL_ID}")
+            format!("(p.pool_id, p.pick_key) < ({pool_id}, {key}) AND p.pool_id >= {pool_id}")
         }
     };
     // The wrap-arounds: from the pool's smallest key up to `key`, and from
     // its largest key down to `key`. Each runs only when the scan before it
     // ran out of the pool (CASE evaluates its branches lazily).
-    let wrap_up = |key: &str| format!("{IN_POOL} AND p.pick_key < {key}");
-    let wrap_down = |key: &str| format!("{IN_POOL} AND p.pick_key > {key}");
+    let wrap_up = |key: &str| format!("{in_pool} AND p.pick_key < {key}");
+    let wrap_down = |key: &str| format!("{in_pool} AND p.pick_key > {key}");
     // Up to K keys of candidates, as an array. A constant LIMIT, not
     // `OFFSET j`: with a parameter there PostgreSQL assumes a tenth of the
     // pool is read and sorts the pool instead of walking the index.
@@ -172,13 +182,14 @@ pub(super) fn random_pick(columns: &str, joins: &str, candidate: &str, lock: Loc
     // only filter the pool's entries).
     let lock_one = format!(
         "LATERAL (SELECT {columns} FROM proxy p {joins} \
-           WHERE p.pool_id = {POOL_ID} AND p.pick_key = t.key AND {candidate}{lock}) l"
+           WHERE p.pool_id = {pool_id} AND p.pick_key = t.key AND {candidate}{lock}) l"
     );
     // `OFFSET 0` keeps each LATERAL a subquery of its own: pulled up, its
     // expression would be copied into every reference and run once per
     // copy.
     format!(
-        "rnd AS MATERIALIZED (SELECT random() AS r), \
+        "rk AS MATERIALIZED (SELECT {POOL_ID} AS id, {CONSUMER_EXISTS} AS ok), \
+         rnd AS MATERIALIZED (SELECT random() AS r), \
          est AS MATERIALIZED (\
            SELECT cardinality(n.keys) + cardinality(w.keys) AS m, \
              COALESCE(n.keys[{e}], w.keys[{e} - cardinality(n.keys)] + 1) - n.r AS span \
