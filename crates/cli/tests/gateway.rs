@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pharox_migration::sea_orm_migration::sea_orm::sqlx::{self, AssertSqlSafe};
-use pharox_test_proxies::{HttpProxy, TargetServer};
+use pharox_test_proxies::{HttpProxy, Socks4Server, Socks5Server, TargetServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -304,6 +304,99 @@ async fn curl_goes_through_the_gateway_in_memory_over_http_connect_and_socks5() 
 
     let (code, _) = terminate_within(&mut gateway, Duration::from_secs(15));
     assert_eq!(code, Some(0), "{}", gateway.log());
+}
+
+/// A proxy list file (`.txt`) of proxy URLs, one per line.
+fn url_list(urls: &[String]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .prefix("pharox-gateway-")
+        .suffix(".txt")
+        .tempfile()
+        .unwrap();
+    for url in urls {
+        writeln!(file, "{url}").unwrap();
+    }
+    file.flush().unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_target_through_every_upstream_kind() {
+    let target = TargetServer::start().await.unwrap();
+    let http = HttpProxy::start().await.unwrap();
+    let http_auth = HttpProxy::start_with_auth("up", "up-secret").await.unwrap();
+    let socks5 = Socks5Server::start().await.unwrap();
+    let socks5_auth = Socks5Server::start_with_auth("up", "up-secret")
+        .await
+        .unwrap();
+    let socks4 = Socks4Server::start().await.unwrap();
+    let kinds = [
+        ("http", format!("http://{}", http.addr())),
+        (
+            "http with credentials",
+            format!("http://up:up-secret@{}", http_auth.addr()),
+        ),
+        ("socks5", format!("socks5://{}", socks5.addr())),
+        (
+            "socks5 with credentials",
+            format!("socks5://up:up-secret@{}", socks5_auth.addr()),
+        ),
+        ("socks4a", format!("socks4://{}", socks4.addr())),
+    ];
+    for (kind, url) in kinds {
+        let list = url_list(&[url]);
+        let (mut gateway, found) = start_gateway(
+            &["--pool", "web", "--proxies", list.path().to_str().unwrap()],
+            &format!("lease:{KEY}"),
+            &[LISTENING],
+        );
+        let proxy = format!("http://pool-web:{KEY}@{}", found[0]);
+        // Absolute-form, then a CONNECT tunnel (curl -p), by host name so
+        // the SOCKS upstreams resolve it (remote DNS).
+        for tunnel in [false, true] {
+            let mut args = vec![
+                "-D".to_owned(),
+                "-".to_owned(),
+                "-x".to_owned(),
+                proxy.clone(),
+            ];
+            if tunnel {
+                args.insert(0, "-p".to_owned());
+            }
+            args.push(target.localhost_url("/ok"));
+            let out = curl_async(args).await;
+            assert!(
+                out.status.success(),
+                "{kind}, tunnel {tunnel}: {}",
+                text(&out)
+            );
+            let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                printed.starts_with("HTTP/1.1 200"),
+                "{kind}: {}",
+                text(&out)
+            );
+            assert!(printed.ends_with("ok"), "{kind}: {}", text(&out));
+            assert!(
+                header(&printed, "x-pharox-lease-id").is_some(),
+                "{kind}: {printed}"
+            );
+        }
+        let (code, _) = terminate_within(&mut gateway, Duration::from_secs(15));
+        assert_eq!(code, Some(0), "{kind}: {}", gateway.log());
+    }
+    // Each upstream carried both: forwarded or tunnelled by the HTTP ones,
+    // tunnelled (by name) by the SOCKS ones.
+    for proxy in [&http, &http_auth] {
+        assert_eq!(proxy.forwarded_requests(), 1);
+        assert_eq!(proxy.tunnels(), 1);
+    }
+    assert_eq!(http_auth.auth_failures(), 0);
+    for targets in [socks5.targets(), socks5_auth.targets(), socks4.targets()] {
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        assert!(targets.iter().all(|t| t.is_domain()), "{targets:?}");
+    }
+    assert_eq!(target.request_count(), 10);
 }
 
 #[test]
