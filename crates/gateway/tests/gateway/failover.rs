@@ -34,14 +34,7 @@ async fn a_dead_upstream_is_replaced_and_its_score_rises() {
         assert_eq!(response.text().await.unwrap(), "ok");
     }
     assert_eq!(live.forwarded_requests(), 4);
-    let settled = async {
-        while gateway.active_leases().await > 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), settled)
-        .await
-        .unwrap();
+    gateway.settled().await;
     let dead_proxy = gateway.proxy(gateway.proxies[0]).await;
     assert!(dead_proxy.usage.error_score > 0.0, "{:?}", dead_proxy.usage);
     assert_eq!(
@@ -86,14 +79,7 @@ async fn when_every_attempt_fails_the_client_gets_a_502_saying_why() {
         "{error}"
     );
     assert!(error.contains("connect_refused"), "{error}");
-    let settled = async {
-        while gateway.active_leases().await > 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), settled)
-        .await
-        .unwrap();
+    gateway.settled().await;
     for id in &gateway.proxies {
         assert!(gateway.proxy(*id).await.usage.error_score > 0.0);
     }
@@ -295,14 +281,8 @@ async fn an_upstream_rejecting_its_credentials_is_a_proxy_failure() {
     let (_, head) = crate::common::connect(only.addr, target.addr(), &format!("pool-{POOL}")).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(!head.contains("wrong-secret"), "{head}");
-    let settled = async {
-        while gateway.active_leases().await > 0 || only.active_leases().await > 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), settled)
-        .await
-        .unwrap();
+    gateway.settled().await;
+    only.settled().await;
     assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
     assert!(only.proxy(only.proxies[0]).await.usage.error_score > 0.0);
 }
@@ -367,14 +347,7 @@ async fn a_retry_never_leases_a_proxy_that_failed_this_request() {
         gateway.proxies[1].to_string()
     );
     drop(response);
-    let settled = async {
-        while gateway.active_leases().await > 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), settled)
-        .await
-        .unwrap();
+    gateway.settled().await;
     assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
 }
 
