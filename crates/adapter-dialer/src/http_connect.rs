@@ -1,6 +1,8 @@
 //! HTTP `CONNECT` tunnels: the request, the bounded reading of the
 //! proxy's answer head, and the Basic `Proxy-Authorization` value.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use pharox_domain::{Proxy, ProxyFailureKind};
 use pharox_ports::{DialError, DialTarget, ProxyStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -19,10 +21,12 @@ use crate::tcp::handshake_error;
 /// proxy, never to a log.
 #[must_use]
 pub fn basic_proxy_authorization(proxy: &Proxy) -> Option<String> {
-    proxy
-        .credentials
-        .as_ref()
-        .map(pharox_domain::Credentials::basic_authorization)
+    proxy.credentials.as_ref().map(|c| {
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", c.username, c.password))
+        )
+    })
 }
 
 /// Longest answer head accepted from the proxy.

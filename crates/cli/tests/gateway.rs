@@ -28,9 +28,8 @@ const LISTENING: &str = "pharox gateway: listening on http://";
 const SOCKS: &str = "pharox gateway: socks5 on socks5://";
 const METRICS: &str = "pharox gateway: metrics on http://";
 
-/// A proxy list file (`.txt`) naming `proxies`, one per line (`host:port`
-/// or a proxy URL).
-fn proxy_list(proxies: &[impl std::fmt::Display]) -> tempfile::NamedTempFile {
+/// A proxy list file (`.txt`) naming `proxies` (host:port per line).
+fn proxy_list(proxies: &[SocketAddr]) -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new()
         .prefix("pharox-gateway-")
         .suffix(".txt")
@@ -307,6 +306,20 @@ async fn curl_goes_through_the_gateway_in_memory_over_http_connect_and_socks5() 
     assert_eq!(code, Some(0), "{}", gateway.log());
 }
 
+/// A proxy list file (`.txt`) of proxy URLs, one per line.
+fn url_list(urls: &[String]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .prefix("pharox-gateway-")
+        .suffix(".txt")
+        .tempfile()
+        .unwrap();
+    for url in urls {
+        writeln!(file, "{url}").unwrap();
+    }
+    file.flush().unwrap();
+    file
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_the_target_through_every_upstream_kind() {
     let target = TargetServer::start().await.unwrap();
@@ -331,7 +344,7 @@ async fn curl_reaches_the_target_through_every_upstream_kind() {
         ("socks4a", format!("socks4://{}", socks4.addr())),
     ];
     for (kind, url) in kinds {
-        let list = proxy_list(&[url]);
+        let list = url_list(&[url]);
         let (mut gateway, found) = start_gateway(
             &["--pool", "web", "--proxies", list.path().to_str().unwrap()],
             &format!("lease:{KEY}"),

@@ -151,19 +151,6 @@ impl Credentials {
         }
     }
 
-    /// The `Proxy-Authorization` (or `Authorization`) value for these
-    /// credentials: `Basic base64(user:password)`. It carries the password
-    /// (base64 is no protection): send it to the proxy, never to a log.
-    #[must_use]
-    pub fn basic_authorization(&self) -> String {
-        use base64::Engine as _;
-        let pair = format!("{}:{}", self.username, self.password);
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        )
-    }
-
     /// Checks that neither part is blank. The error names the field only.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.username.trim().is_empty() {

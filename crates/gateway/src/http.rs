@@ -28,7 +28,7 @@ use crate::admit::{Admitted, Refusal, admit, open_refusal};
 use crate::held::HeldLease;
 use crate::keep::keep_alive;
 use crate::metrics::{GatewayMetrics, GatewayResult};
-use crate::upstream::{self, Budget, Use, dial_target, success};
+use crate::upstream::{self, Budget, Use};
 use crate::{ERROR_HEADER, Gateway, LEASE_ID_HEADER, PROXY_ID_HEADER, tunnel};
 
 /// The tunnel a `CONNECT` on this connection started, awaited before the
@@ -209,6 +209,19 @@ fn connect_target(uri: &Uri) -> Result<DialTarget, Refusal> {
         .port_u16()
         .ok_or_else(|| Refusal::BadRequest("CONNECT needs a port (host:port)".to_owned()))?;
     dial_target(authority.host(), port)
+}
+
+fn dial_target(host: &str, port: u16) -> Result<DialTarget, Refusal> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(Refusal::BadRequest(
+            "the target needs a host and a port".to_owned(),
+        ));
+    }
+    Ok(DialTarget {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// An absolute-form request, sent through a leased proxy: as it is to an
@@ -402,7 +415,10 @@ fn upstream_request(
     headers.insert(header::HOST, host);
     if to_proxy
         && let Some(credentials) = &proxy.credentials
-        && let Ok(mut value) = HeaderValue::from_str(&credentials.basic_authorization())
+        && let Ok(mut value) = HeaderValue::from_str(&format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", credentials.username, credentials.password))
+        ))
     {
         value.set_sensitive(true);
         headers.insert(header::PROXY_AUTHORIZATION, value);
@@ -507,6 +523,14 @@ fn lease_headers(headers: &mut HeaderMap, lease: &Lease) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
+    }
+}
+
+/// A success through `target` after `latency`.
+fn success(target: &DialTarget, latency: &std::time::Duration) -> Outcome {
+    Outcome::Success {
+        target: TargetHost::new(&target.host).ok(),
+        latency_ms: Some(latency.as_secs_f64() * 1000.0),
     }
 }
 

@@ -10,9 +10,9 @@ use pharox::ports::DialTarget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::admit::{admit, open_refusal};
+use crate::admit::{Refusal, admit, open_refusal};
 use crate::metrics::GatewayResult;
-use crate::upstream::{self, Budget, Use, dial_target, success};
+use crate::upstream::{self, Budget, Use};
 use crate::{Gateway, tunnel};
 
 const VERSION: u8 = 0x05;
@@ -49,7 +49,10 @@ pub(crate) async fn serve_connection(gateway: &Gateway, mut stream: TcpStream) {
     match opened {
         Ok(opened) => {
             let mut lease = opened.lease;
-            lease.set_outcome(success(&target, &opened.dialed.latency));
+            lease.set_outcome(pharox::Outcome::Success {
+                target: pharox::TargetHost::new(&target.host).ok(),
+                latency_ms: Some(opened.dialed.latency.as_secs_f64() * 1000.0),
+            });
             if reply(&mut stream, 0x00).await.is_err() {
                 return;
             }
@@ -145,14 +148,13 @@ async fn handshake(
         reply(stream, 0x07).await?;
         return Ok(None);
     }
-    match dial_target(&host, port) {
-        Ok(target) => Ok(Some((admitted, target))),
-        Err(refusal) => {
-            gateway.metrics().tunnel(&admitted.pool, refusal.result());
-            reply(stream, refusal.socks_reply()).await?;
-            Ok(None)
-        }
+    if host.is_empty() || port == 0 {
+        let refusal = Refusal::BadRequest("the target needs a host and a port".to_owned());
+        gateway.metrics().tunnel(&admitted.pool, refusal.result());
+        reply(stream, refusal.socks_reply()).await?;
+        return Ok(None);
     }
+    Ok(Some((admitted, DialTarget { host, port })))
 }
 
 /// The RFC 1929 sub-negotiation's user name and password.

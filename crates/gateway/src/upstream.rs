@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pharox::ports::{DialError, DialTarget, Dialed};
-use pharox::{Outcome, PharoxError, PreparedRequest, ProxyFailureKind, ProxyProtocol, TargetHost};
+use pharox::{Outcome, PharoxError, PreparedRequest, ProxyFailureKind, ProxyProtocol};
 use tokio::time::Instant;
 
 use crate::Gateway;
@@ -94,30 +94,6 @@ impl Budget {
         tracing::debug!(proxy = %lease.lease().proxy_id, error = %error, "upstream failed");
         self.failed.push(lease);
         self.last = Some(error);
-    }
-}
-
-/// A client's target: a host (brackets of an IPv6 literal dropped) and a
-/// port, neither empty.
-pub(crate) fn dial_target(host: &str, port: u16) -> Result<DialTarget, Refusal> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return Err(Refusal::BadRequest(
-            "the target needs a host and a port".to_owned(),
-        ));
-    }
-    Ok(DialTarget {
-        host: host.to_owned(),
-        port,
-    })
-}
-
-/// The outcome of a use of an upstream that went through: a success for
-/// `target` after the dial's `latency`.
-pub(crate) fn success(target: &DialTarget, latency: &Duration) -> Outcome {
-    Outcome::Success {
-        target: TargetHost::new(&target.host).ok(),
-        latency_ms: Some(latency.as_secs_f64() * 1000.0),
     }
 }
 

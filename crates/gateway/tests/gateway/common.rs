@@ -102,19 +102,6 @@ impl TestGateway {
             .active_leases
     }
 
-    /// Waits (at most 5 s, then fails) until the pool has no active lease:
-    /// releases run in tasks of their own, just after a response ends.
-    pub async fn settled(&self) {
-        let released = async {
-            while self.active_leases().await > 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(5), released)
-            .await
-            .expect("every lease is released");
-    }
-
     /// The proxy, as stored now.
     pub async fn proxy(&self, id: ProxyId) -> Proxy {
         self.storage.get_proxy(id).await.unwrap()

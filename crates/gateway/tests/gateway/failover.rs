@@ -34,7 +34,14 @@ async fn a_dead_upstream_is_replaced_and_its_score_rises() {
         assert_eq!(response.text().await.unwrap(), "ok");
     }
     assert_eq!(live.forwarded_requests(), 4);
-    gateway.settled().await;
+    let settled = async {
+        while gateway.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
     let dead_proxy = gateway.proxy(gateway.proxies[0]).await;
     assert!(dead_proxy.usage.error_score > 0.0, "{:?}", dead_proxy.usage);
     assert_eq!(
@@ -79,7 +86,14 @@ async fn when_every_attempt_fails_the_client_gets_a_502_saying_why() {
         "{error}"
     );
     assert!(error.contains("connect_refused"), "{error}");
-    gateway.settled().await;
+    let settled = async {
+        while gateway.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
     for id in &gateway.proxies {
         assert!(gateway.proxy(*id).await.usage.error_score > 0.0);
     }
@@ -281,8 +295,14 @@ async fn an_upstream_rejecting_its_credentials_is_a_proxy_failure() {
     let (_, head) = crate::common::connect(only.addr, target.addr(), &format!("pool-{POOL}")).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(!head.contains("wrong-secret"), "{head}");
-    gateway.settled().await;
-    only.settled().await;
+    let settled = async {
+        while gateway.active_leases().await > 0 || only.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
     assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
     assert!(only.proxy(only.proxies[0]).await.usage.error_score > 0.0);
 }
@@ -347,7 +367,14 @@ async fn a_retry_never_leases_a_proxy_that_failed_this_request() {
         gateway.proxies[1].to_string()
     );
     drop(response);
-    gateway.settled().await;
+    let settled = async {
+        while gateway.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .unwrap();
     assert!(gateway.proxy(gateway.proxies[0]).await.usage.error_score > 0.0);
 }
 

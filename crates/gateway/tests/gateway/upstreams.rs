@@ -73,7 +73,13 @@ async fn absolute_form_requests_go_through_every_upstream_kind() {
         );
         assert_eq!(response.text().await.unwrap(), "ok", "{kind}");
         // The lease ends with the response.
-        gateway.settled().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while gateway.active_leases().await > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the lease is released");
     }
     // Each proxy saw its request: forwarded by the HTTP proxies, tunnelled
     // (by name: remote DNS) by the SOCKS ones.
@@ -163,7 +169,13 @@ async fn the_connect_answer_names_the_proxy_and_the_lease() {
     assert!(answer.ends_with("ok"), "{answer}");
     drop(stream);
     // Closing the tunnel releases the lease, reported as a success.
-    gateway.settled().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while gateway.active_leases().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lease is released");
     let lease = gateway
         .storage
         .get_lease(lease_id.parse().unwrap())
